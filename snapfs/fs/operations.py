@@ -1,0 +1,284 @@
+"""pyfuse3 Operations over the FsModel: inode -> model call, SnapfsError -> errno, nothing else.
+
+All handlers run as trio tasks in one thread. Anything that may touch storage or decode a chunk
+runs in a worker thread (`trio.to_thread`), so requests overlap and zstd/AES/SHA-256 (which
+release the GIL) use both cores; reads whose chunk is already decoded are answered inline, as a
+memoryview of the cached chunk (no copy). After a sequential read the next chunks of that file
+are decoded in the background (readahead), at most two at a time.
+
+Failure semantics: a corrupt or missing chunk fails only the reads that need it (EIO, logged once
+per file and message); a missing or wrong key fails the encrypted archives (EACCES); everything
+else in the mount stays readable. The mount is read-only: every write is EROFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+
+import pyfuse3
+import trio
+
+from snapfs.errors import (
+    CorruptDataError,
+    CryptKeyError,
+    MissingChunkError,
+    NotFoundError,
+    SnapfsError,
+    UsageError,
+)
+from snapfs.fs.tree import (
+    Attr,
+    BytesContent,
+    Content,
+    DirHandle,
+    DirNode,
+    FsModel,
+    LazyFileNode,
+    PxarNode,
+    SymlinkNode,
+)
+
+log = logging.getLogger("snapfs.fs")
+
+#: Attributes of archived data never change; placeholders (not yet loaded) are never cached.
+CACHE_TIMEOUT = 24 * 3600.0
+READDIR_BATCH = 256
+BLOCK_SIZE = 128 * 1024
+
+
+def errno_for(exc: BaseException) -> int:
+    """The one place a snapfs error becomes an errno."""
+    if isinstance(exc, NotFoundError):
+        return errno.ENOENT
+    if isinstance(exc, CryptKeyError):
+        return errno.EACCES
+    if isinstance(exc, (MissingChunkError, CorruptDataError)):
+        return errno.EIO
+    if isinstance(exc, UsageError):
+        return errno.EINVAL
+    return errno.EIO
+
+
+def entry_attributes(attr: Attr) -> pyfuse3.EntryAttributes:
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = attr.ino
+    e.generation = 0
+    e.st_mode = attr.mode
+    e.st_nlink = attr.nlink
+    e.st_uid = attr.uid
+    e.st_gid = attr.gid
+    e.st_rdev = attr.rdev
+    e.st_size = attr.size
+    e.st_blksize = BLOCK_SIZE
+    e.st_blocks = (attr.size + 511) // 512
+    e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = attr.mtime_ns
+    timeout = CACHE_TIMEOUT if attr.final else 0.0
+    e.entry_timeout = timeout
+    e.attr_timeout = timeout
+    return e
+
+
+class SnapfsOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, model: FsModel, *, workers: int = 8, readahead_workers: int = 2) -> None:
+        super().__init__()
+        self.model = model
+        self._limiter = trio.CapacityLimiter(workers)
+        self._readahead_limiter = trio.CapacityLimiter(readahead_workers)
+        self._fhs = itertools.count(1)
+        self._files: dict[int, Content | BytesContent] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._prefetching: set[bytes] = set()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def _run(self, where: str, func, *args, quiet_enoent: bool = False):
+        """Run blocking model work in a worker thread; map SnapfsError to FUSEError."""
+        try:
+            return await trio.to_thread.run_sync(func, *args, limiter=self._limiter)
+        except SnapfsError as exc:
+            raise self._fail(exc, where, quiet_enoent) from None
+
+    def _fail(self, exc: BaseException, where: str, quiet_enoent: bool = False) -> pyfuse3.FUSEError:
+        code = errno_for(exc) if isinstance(exc, SnapfsError) else errno.EIO
+        if not (quiet_enoent and code == errno.ENOENT):
+            self.model.report(exc, where)
+        return pyfuse3.FUSEError(code)
+
+    def _node(self, ino: int):
+        try:
+            return self.model.node(ino)
+        except NotFoundError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    async def _attr(self, node) -> Attr:
+        attr = node.attr(load=False)
+        if not attr.final:
+            attr = await self._run(node.path, self.model.attr, node)
+        return attr
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self._node(parent_inode)
+        name = bytes(name)
+        if name in (b".", b".."):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        child = None
+        if isinstance(parent, DirNode) and parent._children is not None:
+            child = parent._children.get(name)
+            if child is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+        if child is None:
+            child = await self._run(parent.path, self.model.lookup, parent, name, quiet_enoent=True)
+        attr = await self._attr(child)
+        self.model.remember(child)
+        return entry_attributes(attr)
+
+    async def forget(self, inode_list):
+        for ino, count in inode_list:
+            self.model.forget(ino, count)
+
+    async def getattr(self, inode, ctx=None):
+        return entry_attributes(await self._attr(self._node(inode)))
+
+    async def readlink(self, inode, ctx=None):
+        node = self._node(inode)
+        if isinstance(node, SymlinkNode):
+            return node.target
+        if isinstance(node, PxarNode) and stat.S_ISLNK(node.entry.mode):
+            return self.model.readlink(node)
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+    async def getxattr(self, inode, name, ctx=None):
+        name = bytes(name)
+        for key, value in self.model.xattrs(self._node(inode)):
+            if key == name:
+                return value
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def listxattr(self, inode, ctx=None):
+        return [key for key, _ in self.model.xattrs(self._node(inode))]
+
+    async def statfs(self, ctx=None):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = BLOCK_SIZE
+        s.f_frsize = BLOCK_SIZE
+        s.f_blocks = s.f_bfree = s.f_bavail = 0
+        s.f_files = s.f_ffree = s.f_favail = 0
+        s.f_namemax = 4096
+        return s
+
+    # -- directories --------------------------------------------------------------------------
+
+    async def opendir(self, inode, ctx=None):
+        node = self._node(inode)
+        if isinstance(node, DirNode) and node._children is not None:
+            handle = self.model.opendir(node)
+        else:
+            if not (isinstance(node, DirNode) or node.attr(load=False).is_dir):
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            handle = await self._run(node.path, self.model.opendir, node)
+        fh = next(self._fhs)
+        self._dirs[fh] = handle
+        return fh
+
+    async def readdir(self, fh, start_id, token):
+        handle = self._dirs[fh]
+        start = start_id
+        while True:
+            if isinstance(handle.node, DirNode):
+                items = self.model.readdir(handle, start, READDIR_BATCH)
+            else:
+                items = await self._run(handle.node.path, self.model.readdir, handle, start, READDIR_BATCH)
+            if not items:
+                return
+            for item in items:
+                if not pyfuse3.readdir_reply(token, item.name, entry_attributes(item.attr), item.next_offset):
+                    return
+                self.model.remember(item.node)  # readdirplus hands the kernel a reference
+            start = items[-1].next_offset
+
+    async def releasedir(self, fh):
+        self._dirs.pop(fh, None)
+
+    # -- files --------------------------------------------------------------------------------
+
+    async def open(self, inode, flags, ctx=None):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = self._node(inode)
+        if isinstance(node, LazyFileNode) and node._data is not None:
+            content = BytesContent(node._data)
+        else:
+            attr = node.attr(load=False)
+            if attr.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if not stat.S_ISREG(attr.mode):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            content = await self._run(node.path, self.model.open, node)
+        fh = next(self._fhs)
+        self._files[fh] = content
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+
+    async def read(self, fh, off, size):
+        content = self._files[fh]
+        if isinstance(content, BytesContent):
+            return content.read(off, size)
+        sequential = content.is_sequential(off)
+        try:
+            data = content.read(off, size, block=False)
+            if data is None:
+                data = await trio.to_thread.run_sync(content.read, off, size, limiter=self._limiter)
+        except SnapfsError as exc:
+            raise self._fail(exc, content.name) from None
+        except Exception as exc:  # a bug must not kill the mount; never pass wrong bytes on
+            log.exception("%s: reading %d bytes at %d", content.name, size, off)
+            raise self._fail(exc, content.name) from None
+        if sequential:
+            self._readahead(content, off, size)
+        return data
+
+    def _readahead(self, content: Content, off: int, size: int) -> None:
+        chunks = content.stream.chunks
+        for digest in content.readahead(off, size):
+            if digest in self._prefetching:
+                continue
+            self._prefetching.add(digest)
+            trio.lowlevel.spawn_system_task(self._prefetch, chunks, digest)
+
+    async def _prefetch(self, chunks, digest: bytes) -> None:
+        try:
+            await trio.to_thread.run_sync(chunks.read_chunk, digest, limiter=self._readahead_limiter)
+        except Exception:
+            pass  # the read that needs this chunk reports the error itself
+        finally:
+            self._prefetching.discard(digest)
+
+    async def release(self, fh):
+        self._files.pop(fh, None)
+
+    # -- the mount is read-only -----------------------------------------------------------------
+
+    async def _read_only(self, *args, **kwargs):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = _read_only
+    setxattr = _read_only
+    removexattr = _read_only
+    mknod = _read_only
+    mkdir = _read_only
+    unlink = _read_only
+    rmdir = _read_only
+    symlink = _read_only
+    rename = _read_only
+    link = _read_only
+    create = _read_only
+    write = _read_only

@@ -1,0 +1,818 @@
+"""The mounted datastore as a tree of nodes, and the inode table the kernel talks to. No FUSE here.
+
+Layout (every level built lazily, on first lookup or listing):
+
+    /                                 root namespace
+      vm/ ct/ host/                   backup types that have groups
+        <id>/                         a group: its snapshots plus `latest` -> newest complete one
+          <time>/                     a snapshot, from its manifest:
+            drive-scsi0.img           fidx (and plain didx) archives as files (IndexStream)
+            qemu-server.conf          blobs, decoded
+            index.json                the manifest text
+            root.pxar/                pxar archives (v1, or split .mpxar+.ppxar) as directories
+      ns/<name>/                      child namespaces, the same layout inside
+
+Inodes: the datastore-level nodes get small numbers from a counter and live as long as the mount
+(there are as many as snapshots and archives, not files). An entry inside a pxar archive gets
+`archive_id << 44 | entry_offset`, so it is stable for the life of the mount without a global
+table; the table that maps it back holds only what the kernel still references (lookup counts,
+dropped on `forget`). A hard link is its target's inode, and its target's st_nlink counts the
+links seen so far (pxar records links only at the link, so a link not yet listed is not counted).
+
+Threading: methods documented as blocking read storage or decode chunks and are meant to run in
+worker threads. The inode table (`node`, `remember`, `forget`) is touched only from the thread
+that serves FUSE requests. One pxar Accessor is not thread-safe, so its metadata calls hold the
+archive's lock; file content is read from the archive's IndexStreams directly (at the entry's
+`content_offset`), which are thread-safe, so concurrent readers of one archive do not serialise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from snapfs.errors import (
+    CorruptDataError,
+    CryptKeyError,
+    NotFoundError,
+    SnapfsError,
+    UnsupportedFormatError,
+)
+from snapfs.format.crypt import CryptConfig
+from snapfs.format.manifest import ManifestFile
+from snapfs.fs import acl as aclmod
+from snapfs.pxar.accessor import Accessor
+from snapfs.pxar.entry import Entry, EntryKind
+from snapfs.store.cache import ChunkCache
+from snapfs.store.chunks import ChunkReader
+from snapfs.store.datastore import BACKUP_TYPES, MANIFEST_NAME, Datastore, Group, Snapshot
+from snapfs.store.stream import IndexStream
+from snapfs.views.archives import SnapshotReader
+
+log = logging.getLogger("snapfs.fs")
+
+ROOT_INODE = 1
+ARCHIVE_SHIFT = 44
+MAX_ARCHIVES = (1 << (63 - ARCHIVE_SHIFT)) - 1
+_OFFSET_MASK = (1 << ARCHIVE_SHIFT) - 1
+
+DIR_MODE = stat.S_IFDIR | 0o555
+FILE_MODE = stat.S_IFREG | 0o444
+LINK_MODE = stat.S_IFLNK | 0o777
+
+#: Readahead target: bytes decoded ahead of a sequential reader (at least two chunks).
+READAHEAD_BYTES = 16 * 1024 * 1024
+MIN_READAHEAD_CHUNKS = 2
+
+
+@dataclass(slots=True)
+class Attr:
+    """What stat(2) shows. `final` is False for placeholders the kernel must not cache."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    rdev: int
+    mtime_ns: int
+    final: bool = True
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+# --- nodes ----------------------------------------------------------------------------------------
+
+
+class Node:
+    """A datastore-level node (directory, file or symlink above and beside the pxar entries)."""
+
+    __slots__ = ("model", "ino", "path", "mtime_ns")
+    mode = DIR_MODE
+
+    def __init__(self, model: FsModel, path: str, mtime_ns: int) -> None:
+        self.model = model
+        self.ino = model._new_ino(self)
+        self.path = path
+        self.mtime_ns = mtime_ns
+
+    def attr(self, load: bool = True) -> Attr:
+        """Attributes; with load=False never blocks (a lazy node then answers a placeholder)."""
+        return Attr(self.ino, self.mode, 1, self.model.uid, self.model.gid, 0, 0, self.mtime_ns)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path or '/'} ino={self.ino}>"
+
+
+class DirNode(Node):
+    """A virtual directory whose children are computed once, on first use (blocking)."""
+
+    __slots__ = ("_children", "_lock")
+
+    def __init__(self, model: FsModel, path: str, mtime_ns: int) -> None:
+        super().__init__(model, path, mtime_ns)
+        self._children: dict[bytes, Node] | None = None
+        self._lock = threading.Lock()
+
+    def children(self) -> dict[bytes, Node]:
+        """Blocking on first call."""
+        if self._children is None:
+            with self._lock:
+                if self._children is None:
+                    self._children = self._load()
+        return self._children
+
+    def _load(self) -> dict[bytes, Node]:
+        raise NotImplementedError
+
+    def _child_path(self, name: str) -> str:
+        return f"{self.path}/{name}" if self.path else name
+
+
+class NamespaceNode(DirNode):
+    """The root, or one namespace: its backup types plus `ns/` when it has child namespaces."""
+
+    __slots__ = ("ns",)
+
+    def __init__(self, model: FsModel, path: str, ns: tuple[str, ...]) -> None:
+        super().__init__(model, path, model.mount_time_ns)
+        self.ns = ns
+
+    def _load(self) -> dict[bytes, Node]:
+        ds = self.model.datastore
+        by_type: dict[str, list[Group]] = {}
+        for group in ds.groups(self.ns):
+            by_type.setdefault(group.type, []).append(group)
+        out: dict[bytes, Node] = {}
+        for backup_type in BACKUP_TYPES:
+            if backup_type in by_type:
+                out[backup_type.encode()] = TypeNode(self.model, self._child_path(backup_type), by_type[backup_type])
+        children = ds.namespaces(self.ns)
+        if children:
+            out[b"ns"] = NamespaceListNode(self.model, self._child_path("ns"), children)
+        return out
+
+
+class NamespaceListNode(DirNode):
+    __slots__ = ("namespaces",)
+
+    def __init__(self, model: FsModel, path: str, namespaces: list[tuple[str, ...]]) -> None:
+        super().__init__(model, path, model.mount_time_ns)
+        self.namespaces = namespaces
+
+    def _load(self) -> dict[bytes, Node]:
+        return {
+            ns[-1].encode(): NamespaceNode(self.model, self._child_path(ns[-1]), ns)
+            for ns in sorted(self.namespaces)
+        }
+
+
+class TypeNode(DirNode):
+    __slots__ = ("groups",)
+
+    def __init__(self, model: FsModel, path: str, groups: list[Group]) -> None:
+        super().__init__(model, path, model.mount_time_ns)
+        self.groups = groups
+
+    def _load(self) -> dict[bytes, Node]:
+        return {
+            g.id.encode(): GroupNode(self.model, self._child_path(g.id), g)
+            for g in sorted(self.groups, key=lambda g: g.id)
+        }
+
+
+class GroupNode(DirNode):
+    """A backup group: one directory per snapshot, and `latest` -> the newest complete one."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, model: FsModel, path: str, group: Group) -> None:
+        super().__init__(model, path, model.mount_time_ns)
+        self.group = group
+
+    def _load(self) -> dict[bytes, Node]:
+        ds = self.model.datastore
+        snapshots = ds.snapshots(self.group)
+        out: dict[bytes, Node] = {
+            s.time_name.encode(): SnapshotNode(self.model, self._child_path(s.time_name), s) for s in snapshots
+        }
+        for s in reversed(snapshots):
+            # Only the newest few are usually checked: a snapshot being written has no manifest.
+            if MANIFEST_NAME in ds.backend.list_dir(s.path).files:
+                out[b"latest"] = SymlinkNode(
+                    self.model, self._child_path("latest"), s.time_name.encode(), s.time * 1_000_000_000
+                )
+                break
+        return out
+
+
+class SymlinkNode(Node):
+    __slots__ = ("target",)
+    mode = LINK_MODE
+
+    def __init__(self, model: FsModel, path: str, target: bytes, mtime_ns: int) -> None:
+        super().__init__(model, path, mtime_ns)
+        self.target = target
+
+    def attr(self, load: bool = True) -> Attr:
+        return Attr(self.ino, self.mode, 1, self.model.uid, self.model.gid, len(self.target), 0, self.mtime_ns)
+
+
+class SnapshotNode(DirNode):
+    """A snapshot: its manifest is read when the directory is first listed or looked into."""
+
+    __slots__ = ("snapshot", "_state", "_state_lock")
+
+    def __init__(self, model: FsModel, path: str, snapshot: Snapshot) -> None:
+        super().__init__(model, path, snapshot.time * 1_000_000_000)
+        self.snapshot = snapshot
+        self._state: SnapshotState | None = None
+        self._state_lock = threading.Lock()
+
+    def _load(self) -> dict[bytes, Node]:
+        ds = self.model.datastore
+        if MANIFEST_NAME not in ds.backend.list_dir(self.snapshot.path).files:
+            return {}  # incomplete (being written or aborted): shown, but empty
+        manifest = ds.manifest(self.snapshot)
+        out: dict[bytes, Node] = {b"index.json": ManifestNode(self.model, self._child_path("index.json"), self)}
+        names = {f.filename for f in manifest.files}
+        for f in manifest.files:
+            name = f.filename
+            node: Node | None = None
+            if name.endswith(".blob"):
+                shown = name.removesuffix(".blob")
+                node = BlobNode(self.model, self._child_path(shown), self, f)
+            elif name.endswith(".fidx"):
+                shown = name.removesuffix(".fidx")
+                node = StreamNode(self.model, self._child_path(shown), self, f)
+            elif name.endswith(".pxar.didx"):
+                shown = name.removesuffix(".didx")
+                node = ArchiveNode(self.model, self._child_path(shown), self, shown)
+            elif name.endswith(".mpxar.didx"):
+                shown = name.removesuffix(".mpxar.didx") + ".pxar"
+                if shown + ".didx" in names:
+                    continue  # a v1 archive of the same name wins; should not happen
+                node = ArchiveNode(self.model, self._child_path(shown), self, shown)
+            elif name.endswith(".ppxar.didx"):
+                continue  # the payload half of a split archive, served through its .mpxar
+            elif name.endswith(".didx"):
+                shown = name.removesuffix(".didx")
+                node = StreamNode(self.model, self._child_path(shown), self, f)
+            if node is not None and shown and shown.encode() not in out:
+                out[shown.encode()] = node
+        return dict(sorted(out.items()))
+
+    def state(self) -> SnapshotState:
+        """The snapshot's reader (blocking: reads the manifest, checks the key)."""
+        if self._state is None:
+            with self._state_lock:
+                if self._state is None:
+                    self._state = self.model._open_snapshot(self.snapshot)
+        return self._state
+
+
+@dataclass
+class SnapshotState:
+    reader: SnapshotReader
+    key_error: SnapfsError | None  # why the given key was not used for this snapshot
+
+    def require_key(self, file: ManifestFile) -> None:
+        if self.key_error is not None and file.crypt_mode == "encrypt":
+            raise self.key_error
+
+
+class LazyFileNode(Node):
+    """A snapshot file whose bytes are small and decoded whole (blob, manifest)."""
+
+    __slots__ = ("snapshot_node", "_data", "_lock")
+    mode = FILE_MODE
+
+    def __init__(self, model: FsModel, path: str, snapshot_node: SnapshotNode) -> None:
+        super().__init__(model, path, snapshot_node.mtime_ns)
+        self.snapshot_node = snapshot_node
+        self._data: bytes | None = None
+        self._lock = threading.Lock()
+
+    def data(self) -> bytes:
+        """Blocking on first call; errors are not remembered (a retry may succeed)."""
+        if self._data is None:
+            with self._lock:
+                if self._data is None:
+                    self._data = self._load()
+        return self._data
+
+    def _load(self) -> bytes:
+        raise NotImplementedError
+
+    def attr(self, load: bool = True) -> Attr:
+        data = self._data
+        if data is None and load:
+            try:
+                data = self.data()
+            except SnapfsError as exc:
+                self.model.report(exc, self.path)
+        size = 0 if data is None else len(data)
+        return Attr(self.ino, self.mode, 1, self.model.uid, self.model.gid, size, 0, self.mtime_ns, data is not None)
+
+
+class ManifestNode(LazyFileNode):
+    __slots__ = ()
+
+    def _load(self) -> bytes:
+        return self.snapshot_node.state().reader.manifest_text()
+
+
+class BlobNode(LazyFileNode):
+    __slots__ = ("file",)
+
+    def __init__(self, model: FsModel, path: str, snapshot_node: SnapshotNode, file: ManifestFile) -> None:
+        super().__init__(model, path, snapshot_node)
+        self.file = file
+
+    def _load(self) -> bytes:
+        state = self.snapshot_node.state()
+        state.require_key(self.file)
+        return state.reader.blob(self.file.filename)
+
+
+class StreamNode(Node):
+    """An image (fidx) or other non-pxar didx archive: its size is in the manifest."""
+
+    __slots__ = ("snapshot_node", "file", "_stream", "_lock")
+    mode = FILE_MODE
+
+    def __init__(self, model: FsModel, path: str, snapshot_node: SnapshotNode, file: ManifestFile) -> None:
+        super().__init__(model, path, snapshot_node.mtime_ns)
+        self.snapshot_node = snapshot_node
+        self.file = file
+        self._stream: IndexStream | None = None
+        self._lock = threading.Lock()
+
+    def attr(self, load: bool = True) -> Attr:
+        return Attr(self.ino, self.mode, 1, self.model.uid, self.model.gid, self.file.size, 0, self.mtime_ns)
+
+    def stream(self) -> IndexStream:
+        """Blocking on first call: reads and checks the index file."""
+        if self._stream is None:
+            with self._lock:
+                if self._stream is None:
+                    state = self.snapshot_node.state()
+                    state.require_key(self.file)
+                    self._stream = state.reader.stream(self.file.filename)
+        return self._stream
+
+
+class ArchiveNode(Node):
+    """`root.pxar/`: the archive's root directory, opened when first entered or stat'ed."""
+
+    __slots__ = ("snapshot_node", "name", "archive", "_lock")
+
+    def __init__(self, model: FsModel, path: str, snapshot_node: SnapshotNode, name: str) -> None:
+        super().__init__(model, path, snapshot_node.mtime_ns)
+        self.snapshot_node = snapshot_node
+        self.name = name
+        self.archive: Archive | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> Archive:
+        """Blocking on first call: reads the index(es) and the archive's root entry."""
+        if self.archive is None:
+            with self._lock:
+                if self.archive is None:
+                    state = self.snapshot_node.state()
+                    base = self.name.removesuffix(".pxar")
+                    parts = {f"{base}.pxar.didx", f"{base}.mpxar.didx", f"{base}.ppxar.didx"}
+                    for f in state.reader.manifest.files:
+                        if f.filename in parts:
+                            state.require_key(f)
+                    accessor = state.reader.pxar(self.name)
+                    self.archive = Archive(self.model, self, accessor)
+        return self.archive
+
+    def attr(self, load: bool = True) -> Attr:
+        archive = self.archive
+        if archive is None and load:
+            try:
+                archive = self.open()
+            except SnapfsError as exc:
+                self.model.report(exc, self.path)
+        if archive is None:
+            return Attr(self.ino, self.mode, 1, self.model.uid, self.model.gid, 0, 0, self.mtime_ns, False)
+        return archive.entry_attr(archive.root, self.ino)
+
+
+class Archive:
+    """One opened pxar archive: its Accessor (behind a lock), id, and hard-link counts."""
+
+    def __init__(self, model: FsModel, node: ArchiveNode, accessor: Accessor) -> None:
+        self.model = model
+        self.node = node
+        self.accessor = accessor
+        self.lock = threading.Lock()
+        self.id = model._new_archive_id()
+        self.root = accessor.root()
+        self.links: dict[int, set[int]] = {}  # target entry_offset -> link entry_offsets seen
+
+    def ino(self, entry: Entry) -> int:
+        if entry.entry_offset == 0:
+            return self.node.ino
+        if entry.entry_offset > _OFFSET_MASK:
+            raise UnsupportedFormatError(
+                f"{self.accessor.name}: entry at offset {entry.entry_offset} is beyond what inode numbers hold"
+            )
+        return (self.id << ARCHIVE_SHIFT) | entry.entry_offset
+
+    def resolve(self, entry: Entry) -> Entry:
+        """A hard link's target (recording the link); anything else as is. Caller holds the lock."""
+        if entry.kind is not EntryKind.HARDLINK:
+            return entry
+        target = self.accessor.resolve_hardlink(entry)
+        self.links.setdefault(target.entry_offset, set()).add(entry.entry_offset)
+        return target
+
+    def entry_attr(self, entry: Entry, ino: int | None = None) -> Attr:
+        model = self.model
+        size = 0
+        nlink = 1
+        if entry.kind is EntryKind.FILE:
+            size = entry.size
+            nlink += len(self.links.get(entry.entry_offset, ()))
+        elif entry.kind is EntryKind.SYMLINK:
+            size = len(entry.link_target or b"")
+        rdev = os.makedev(*entry.device) if entry.device is not None else 0
+        uid, gid = (model.uid, model.gid) if model.map_owner else (entry.uid, entry.gid)
+        return Attr(self.ino(entry) if ino is None else ino, entry.mode, nlink, uid, gid, size, rdev, entry.mtime_ns)
+
+    def content(self, entry: Entry) -> Content:
+        """A regular file's bytes as a window on the stream that holds them (blocking)."""
+        acc = self.accessor
+        if entry.kind is not EntryKind.FILE or entry.content_offset is None:
+            raise UnsupportedFormatError(f"{acc.name}: {entry.path!r} is not a regular file")
+        with self.lock:
+            if entry.size:
+                acc.read(entry, 0, 1)  # checks the PAYLOAD header of a split archive once
+        source = acc.archive if acc.format_version == 1 else acc.payload
+        if not isinstance(source, IndexStream):
+            raise UnsupportedFormatError(f"{acc.name}: content of {entry.path!r} is not in an index stream")
+        return Content(source, entry.content_offset, entry.size, f"{self.node.path}{_show(entry.path)}")
+
+
+class PxarNode:
+    """An entry inside an archive, as long as the kernel references it."""
+
+    __slots__ = ("archive", "entry", "ino", "lookups")
+
+    def __init__(self, archive: Archive, entry: Entry) -> None:
+        self.archive = archive
+        self.entry = entry
+        self.ino = archive.ino(entry)
+        self.lookups = 0
+
+    @property
+    def path(self) -> str:
+        return f"{self.archive.node.path}{_show(self.entry.path)}"
+
+    def attr(self, load: bool = True) -> Attr:
+        return self.archive.entry_attr(self.entry, self.ino)
+
+    def __repr__(self) -> str:
+        return f"<PxarNode {self.path} ino={self.ino} lookups={self.lookups}>"
+
+
+def _show(path: bytes) -> str:
+    return os.fsdecode(path if path.startswith(b"/") else b"/" + path)
+
+
+AnyNode = Node | PxarNode
+
+
+# --- open files and directories ----------------------------------------------------------------
+
+
+class Content:
+    """Bytes [base, base+size) of an IndexStream, read chunk by chunk with no copy when possible.
+
+    Keeps the chunk it served last (so a run of small reads inside one chunk touches nothing
+    shared), and after a sequential read names the chunks to decode next (readahead).
+    """
+
+    __slots__ = ("stream", "base", "size", "name", "_cur", "_next", "ahead")
+
+    def __init__(self, stream: IndexStream, base: int, size: int, name: str) -> None:
+        self.stream = stream
+        self.base = base
+        self.size = size
+        self.name = name
+        self._cur: tuple[int, int, memoryview] | None = None  # (start, stop, data) of one chunk
+        self._next = 0  # where a sequential reader continues
+        self.ahead = -1  # last chunk index handed out for readahead
+
+    def _chunk(self, i: int, block: bool) -> tuple[int, int, memoryview] | None:
+        index = self.stream.index
+        start, stop = index.chunk_range(i)
+        digest = index.digest(i)
+        chunks = self.stream.chunks
+        data = chunks.cache.get(digest)
+        if data is None:
+            if not block:
+                return None
+            data = chunks.read_chunk(digest)
+        if len(data) != stop - start:
+            raise CorruptDataError(
+                f"{self.stream.name}: chunk {digest.hex()} at offset {start} decodes to {len(data)} "
+                f"bytes, the index says {stop - start}"
+            )
+        return (start, stop, memoryview(data))
+
+    def read(self, offset: int, size: int, block: bool = True) -> memoryview | bytes | None:
+        """File bytes at [offset, offset+size); None if not block and a chunk is not decoded yet."""
+        if offset >= self.size or size <= 0:
+            return b""
+        pos = self.base + offset
+        end = self.base + min(offset + size, self.size)
+        parts = []
+        cur = self._cur
+        while pos < end:
+            if cur is None or not (cur[0] <= pos < cur[1]):
+                cur = self._chunk(self.stream.index.chunk_at(pos), block)
+                if cur is None:
+                    return None
+            start, stop, data = cur
+            parts.append(data[pos - start : min(end, stop) - start])
+            pos = min(end, stop)
+        self._cur = cur
+        self._next = offset + size
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readahead(self, offset: int, size: int) -> list[bytes]:
+        """Digests to decode ahead of a sequential reader that just read [offset, offset+size)."""
+        index = self.stream.index
+        end = self.base + min(offset + size, self.size)
+        if end >= self.base + self.size or end <= 0:
+            return []
+        current = index.chunk_at(end - 1)
+        last_byte = min(self.base + self.size, end + READAHEAD_BYTES) - 1
+        last = max(index.chunk_at(last_byte), min(current + MIN_READAHEAD_CHUNKS, index.chunk_at(self.base + self.size - 1)))
+        first = current + 1
+        if first <= self.ahead <= last:
+            first = self.ahead + 1  # the ones before were handed out by an earlier read
+        if first > last:
+            return []
+        self.ahead = last
+        cache = self.stream.chunks.cache
+        return [d for d in (index.digest(i) for i in range(first, last + 1)) if d not in cache]
+
+    def is_sequential(self, offset: int) -> bool:
+        return offset == self._next
+
+
+class BytesContent:
+    """Content already in memory (a decoded blob or the manifest)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+
+    def read(self, offset: int, size: int, block: bool = True) -> memoryview:
+        return self.data[offset : offset + size]
+
+
+class DirHandle:
+    """An open directory: a listing position, so 100,000 entries stream in kernel-sized batches."""
+
+    __slots__ = ("node", "_static", "_iter", "_iter_pos", "_pending")
+
+    def __init__(self, node: AnyNode, static: list[tuple[bytes, Node]] | None) -> None:
+        self.node = node
+        self._static = static
+        self._iter: Iterator[Entry] | None = None
+        self._iter_pos = 0
+        self._pending: list[tuple[int, bytes, PxarNode]] = []
+
+
+@dataclass(slots=True)
+class DirItem:
+    name: bytes
+    node: AnyNode
+    attr: Attr
+    next_offset: int
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+class FsModel:
+    """The whole mount's state: nodes, inode table, shared chunk cache and readers."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        crypt: CryptConfig | None = None,
+        cache: ChunkCache | None = None,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> None:
+        self.datastore = datastore
+        self.crypt = crypt
+        self.cache = cache if cache is not None else ChunkCache()
+        self.map_owner = uid is not None or gid is not None
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.mount_time_ns = time.time_ns()
+        # One ChunkReader per key, shared by every snapshot: one fetch per chunk process-wide.
+        self._chunk_readers = {
+            False: ChunkReader(datastore.backend, None, self.cache),
+            True: ChunkReader(datastore.backend, crypt, self.cache) if crypt is not None else None,
+        }
+        self._nodes: dict[int, Node] = {}
+        self._entries: dict[int, PxarNode] = {}
+        self._inos = itertools.count(ROOT_INODE)
+        self._archive_ids = itertools.count(1)
+        self._reported: set[tuple[str, str]] = set()
+        self._reported_lock = threading.Lock()
+        self.root = NamespaceNode(self, "", ())
+        assert self.root.ino == ROOT_INODE
+
+    # -- inode table (event-loop thread only) ---------------------------------------------------
+
+    def _new_ino(self, node: Node) -> int:
+        ino = next(self._inos)
+        if ino > _OFFSET_MASK:
+            raise UnsupportedFormatError("too many datastore-level nodes for the inode space")
+        self._nodes[ino] = node
+        return ino
+
+    def _new_archive_id(self) -> int:
+        archive_id = next(self._archive_ids)
+        if archive_id > MAX_ARCHIVES:
+            raise UnsupportedFormatError("too many pxar archives opened in one mount")
+        return archive_id
+
+    def node(self, ino: int) -> AnyNode:
+        node = self._nodes.get(ino)
+        if node is None:
+            node = self._entries.get(ino)
+            if node is None:
+                raise NotFoundError(f"inode {ino} is not known (forgotten or never looked up)")
+        return node
+
+    def remember(self, node: AnyNode) -> AnyNode:
+        """The kernel got this node (lookup, readdirplus): count it; returns the table's node."""
+        if isinstance(node, PxarNode):
+            known = self._entries.get(node.ino)
+            if known is None:
+                self._entries[node.ino] = known = node
+            known.lookups += 1
+            return known
+        return node
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self._entries.get(ino)
+        if node is not None:
+            node.lookups -= count
+            if node.lookups <= 0:
+                del self._entries[ino]
+
+    @property
+    def entries_referenced(self) -> int:
+        """pxar entries the kernel still holds (what `forget` keeps bounded)."""
+        return len(self._entries)
+
+    # -- blocking operations (worker threads) -----------------------------------------------------
+
+    def lookup(self, parent: AnyNode, name: bytes) -> AnyNode:
+        """The child `name` of a directory node; NotFoundError if there is none."""
+        if isinstance(parent, DirNode):
+            child = parent.children().get(name)
+            if child is None:
+                raise NotFoundError(f"{parent.path or '/'}: no entry {os.fsdecode(name)!r}")
+            return child
+        archive, entry = self._pxar_dir(parent)
+        with archive.lock:
+            found = archive.accessor.lookup_child(entry, name)
+            if found is None:
+                raise NotFoundError(f"{_where(parent)}: no entry {os.fsdecode(name)!r}")
+            found = archive.resolve(found)
+        return PxarNode(archive, found)
+
+    def attr(self, node: AnyNode) -> Attr:
+        return node.attr(load=True)
+
+    def readlink(self, node: AnyNode) -> bytes:
+        if isinstance(node, SymlinkNode):
+            return node.target
+        if isinstance(node, PxarNode) and node.entry.kind is EntryKind.SYMLINK:
+            return node.entry.link_target or b""
+        raise UnsupportedFormatError(f"{_where(node)} is not a symbolic link")
+
+    def opendir(self, node: AnyNode) -> DirHandle:
+        if isinstance(node, DirNode):
+            return DirHandle(node, list(node.children().items()))
+        self._pxar_dir(node)  # opens the archive, checks it is a directory
+        return DirHandle(node, None)
+
+    def readdir(self, handle: DirHandle, start: int, count: int) -> list[DirItem]:
+        """Up to `count` entries from position `start`; `next_offset` resumes after each."""
+        if handle._static is not None:
+            items = handle._static[start : start + count]
+            return [DirItem(name, n, n.attr(load=False), start + i + 1) for i, (name, n) in enumerate(items)]
+        pending = [p for p in handle._pending if p[0] >= start]
+        expected = pending[0][0] if pending else handle._iter_pos
+        archive, entry = self._pxar_dir(handle.node)
+        with archive.lock:
+            if handle._iter is None or expected != start:
+                handle._iter = archive.accessor.listdir(entry)
+                handle._iter_pos = 0
+                pending = []
+                for _ in itertools.islice(handle._iter, start):
+                    handle._iter_pos += 1
+            while len(pending) < count:
+                child = next(handle._iter, None)
+                if child is None:
+                    break
+                index = handle._iter_pos
+                handle._iter_pos += 1
+                name = child.name  # a hard link keeps its own name, but is its target's inode
+                pending.append((index, name, PxarNode(archive, archive.resolve(child))))
+            handle._pending = pending
+            # Attributes after the batch: a hard link later in it raises its target's st_nlink.
+            return [DirItem(name, node, node.attr(), index + 1) for index, name, node in pending[:count]]
+
+    def open(self, node: AnyNode) -> Content | BytesContent:
+        """Content handle of a regular file (blocking: index, blob or manifest read)."""
+        if isinstance(node, LazyFileNode):
+            return BytesContent(node.data())
+        if isinstance(node, StreamNode):
+            stream = node.stream()
+            return Content(stream, 0, stream.size, node.path)
+        if isinstance(node, PxarNode):
+            archive = node.archive
+            return archive.content(node.entry)
+        raise UnsupportedFormatError(f"{_where(node)} is not a regular file")
+
+    def xattrs(self, node: AnyNode) -> list[tuple[bytes, bytes]]:
+        """(name, value) of every extended attribute, ACLs in the kernel's binary form."""
+        if not isinstance(node, PxarNode):
+            return []
+        entry = node.entry
+        out = list(entry.xattrs)
+        if entry.fcaps is not None:
+            out.append((b"security.capability", entry.fcaps))
+        if aclmod.has_access_acl(entry.acl):
+            out.append((aclmod.ACL_XATTR_ACCESS, aclmod.access_acl_xattr(entry.mode, entry.acl)))
+        if entry.kind is EntryKind.DIRECTORY and aclmod.has_default_acl(entry.acl):
+            out.append((aclmod.ACL_XATTR_DEFAULT, aclmod.default_acl_xattr(entry.acl)))
+        return out
+
+    def _pxar_dir(self, node: AnyNode) -> tuple[Archive, Entry]:
+        if isinstance(node, ArchiveNode):
+            archive = node.open()
+            return archive, archive.root
+        if isinstance(node, PxarNode) and node.entry.kind is EntryKind.DIRECTORY:
+            return node.archive, node.entry
+        raise UnsupportedFormatError(f"{_where(node)} is not a directory")
+
+    def _open_snapshot(self, snapshot: Snapshot) -> SnapshotState:
+        key_error = None
+        crypt = self.crypt
+        try:
+            reader = SnapshotReader(self.datastore, snapshot, crypt, self.cache)
+        except CryptKeyError as exc:
+            if crypt is None:
+                raise
+            # A key for another snapshot must not hide this one's unencrypted archives.
+            key_error = exc
+            crypt = None
+            reader = SnapshotReader(self.datastore, snapshot, None, self.cache)
+        shared = self._chunk_readers[crypt is not None]
+        if shared is not None:
+            reader.chunks = shared
+        return SnapshotState(reader, key_error)
+
+    # -- diagnostics ------------------------------------------------------------------------------
+
+    def report(self, exc: BaseException, where: str) -> None:
+        """Log an error once per (file, message): a reader retrying a bad chunk must not flood."""
+        key = (where, str(exc))
+        with self._reported_lock:
+            if key in self._reported:
+                return
+            if len(self._reported) > 100_000:
+                self._reported.clear()
+            self._reported.add(key)
+        log.error("%s: %s", where or "/", exc)
+
+
+def _where(node: AnyNode) -> str:
+    return node.path or "/"

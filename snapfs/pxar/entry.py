@@ -1,0 +1,115 @@
+"""The decoded view of one pxar archive entry, independent of how it was found.
+
+An `Entry` is immutable and self-contained: everything the FUSE layer and restore need to answer
+getattr/readlink/listxattr, plus the offsets the accessor needs to come back to it (read its
+content, list it, resolve it). It holds no reference to the accessor or its byte sources.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from snapfs.pxar.format import S_IFMT
+
+
+class EntryKind(enum.Enum):
+    DIRECTORY = "dir"
+    FILE = "file"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+    DEVICE = "device"
+    FIFO = "fifo"
+    SOCKET = "socket"
+
+
+@dataclass(frozen=True)
+class Acl:
+    """POSIX ACL as pxar stores it (§8.2); permissions are the raw stored u64 values.
+
+    `group_obj` is present only when the access ACL has a mask (the mode's group bits then hold the
+    mask). `default` is (user_obj, group_obj, other, mask); ACL_NO_MASK marks an absent one.
+    """
+
+    users: tuple[tuple[int, int], ...] = ()
+    groups: tuple[tuple[int, int], ...] = ()
+    group_obj: int | None = None
+    default: tuple[int, int, int, int] | None = None
+    default_users: tuple[tuple[int, int], ...] = ()
+    default_groups: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not (
+            self.users
+            or self.groups
+            or self.group_obj is not None
+            or self.default is not None
+            or self.default_users
+            or self.default_groups
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One archive entry.
+
+    `entry_offset` is the position of the entry's FILENAME item (0 for the root, which has none):
+    unique per archive, so usable as an inode key, and the base a HARDLINK offset is relative to.
+    `entry_end` is the end of the entry's items; for a directory the end of its goodbye table, from
+    which the directory is reopened. `content_offset` is where the file bytes start: in the archive
+    for unified (v1) archives, in the payload stream for split (v2) archives.
+    """
+
+    path: bytes
+    name: bytes
+    kind: EntryKind
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    flags: int
+    size: int
+    xattrs: tuple[tuple[bytes, bytes], ...]
+    acl: Acl | None
+    fcaps: bytes | None
+    quota_project_id: int | None
+    link_target: bytes | None
+    device: tuple[int, int] | None
+    entry_offset: int
+    entry_end: int
+    content_offset: int | None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is EntryKind.DIRECTORY
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind is EntryKind.FILE
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.kind is EntryKind.SYMLINK
+
+    @property
+    def is_hardlink(self) -> bool:
+        return self.kind is EntryKind.HARDLINK
+
+    @property
+    def is_device(self) -> bool:
+        return self.kind is EntryKind.DEVICE
+
+    @property
+    def file_type(self) -> int:
+        """The S_IFMT bits of `mode` (0 for a hard link, which carries no metadata of its own)."""
+        return self.mode & S_IFMT
+
+    @property
+    def permissions(self) -> int:
+        return self.mode & ~S_IFMT
+
+    @property
+    def mtime(self) -> tuple[int, int]:
+        """(seconds, nanoseconds) with 0 <= nanoseconds < 10**9, floor-based like statx."""
+        return divmod(self.mtime_ns, 1_000_000_000)

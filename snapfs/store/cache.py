@@ -1,0 +1,64 @@
+"""ChunkCache: decoded chunks in memory, bounded by bytes, least recently used out first.
+
+Keyed by chunk digest, so every reader in the process shares it: two snapshots that share chunks
+share cache. lru-dict keeps the recency order in C; this class adds the byte bound (lru-dict bounds
+entries, and chunks range from a few KiB to 4 MiB) and a lock for the compound operations.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from lru import LRU
+
+DEFAULT_CACHE_SIZE = 256 * 1024 * 1024
+
+
+class ChunkCache:
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_SIZE) -> None:
+        if max_bytes < 0:
+            raise ValueError("cache size must not be negative")
+        self.max_bytes = max_bytes
+        self._entries: LRU = LRU(1 << 30)  # entry count is not the bound; bytes are
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, digest: bytes) -> bytes | None:
+        with self._lock:
+            data = self._entries.get(digest)
+            if data is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return data
+
+    def put(self, digest: bytes, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return  # would evict everything and still not fit
+        with self._lock:
+            old = self._entries.get(digest)
+            if old is not None:
+                self._bytes -= len(old)
+            self._entries[digest] = data
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(least_recent=True)
+                self._bytes -= len(evicted)
+
+    def __contains__(self, digest: bytes) -> bool:
+        with self._lock:
+            return self._entries.has_key(digest)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._bytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0

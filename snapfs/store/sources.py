@@ -1,0 +1,133 @@
+"""SOURCE strings to Backends: `/path/to/datastore` or `s3://BUCKET/STORE`, plus their options.
+
+Every command that reads a datastore takes the same SOURCE and the same options, so the argparse
+options live here once (`add_source_options`) and `open_backend` turns the parsed values into a
+Backend: LocalBackend for a path, S3Backend for s3:// (optionally under a DiskCache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+
+from snapfs.errors import UsageError
+from snapfs.store.backend import Backend, LocalBackend
+
+DEFAULT_CACHE_DIR_SIZE = 10 * 1024**3
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)(B?)\s*\Z", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """`1048576`, `64M`, `10GiB`, `1.5G` -> bytes (K/M/G/T are powers of 1024)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise UsageError(f"invalid size {text!r} (e.g. 500M, 10G, 1048576)")
+    number, unit = float(m.group(1)), m.group(2).upper()
+    value = int(number * 1024 ** " KMGT".index(unit or " "))
+    if value <= 0:
+        raise UsageError(f"invalid size {text!r}: must be positive")
+    return value
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """The source options of the command line; the defaults are what an option left out means."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    path_style: bool = False
+    ca_bundle: str | None = None
+    s3_connections: int | None = None
+    rate_limit: int | None = None
+    cache_dir: str | None = None
+    cache_dir_size: int = DEFAULT_CACHE_DIR_SIZE
+    refresh_interval: float | None = None
+    provider: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BackendOptions:
+        """The options `add_source_options` added; absent attributes keep their defaults."""
+        values = {}
+        for name in cls.__dataclass_fields__:
+            value = getattr(args, name, None)
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """The S3 and cache options shared by every command that takes a SOURCE."""
+    from snapfs.store.stats import PRICE_TABLES
+
+    g = parser.add_argument_group("S3 source options (SOURCE = s3://BUCKET/STORE)")
+    g.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint, e.g. https://s3.example.com:9000 (default: AWS)")
+    g.add_argument("--region", help="S3 region (default: from the AWS configuration, else us-east-1)")
+    g.add_argument("--profile", help="AWS profile from ~/.aws/config and ~/.aws/credentials")
+    g.add_argument(
+        "--path-style", action="store_true", default=None,
+        help="address the bucket as https://ENDPOINT/BUCKET/KEY instead of https://BUCKET.ENDPOINT/KEY",
+    )
+    g.add_argument("--ca-bundle", metavar="FILE", help="CA certificates (PEM) to check the endpoint's TLS certificate with")
+    g.add_argument("--s3-connections", type=int, metavar="N", help="parallel S3 connections (default: 8)")
+    g.add_argument("--rate-limit", type=_size_arg, metavar="BYTES/S", help="download bandwidth limit, e.g. 50M")
+    g.add_argument("--cache-dir", metavar="DIR", help="keep fetched chunks and indexes on disk here, across runs")
+    g.add_argument(
+        "--cache-dir-size", type=_size_arg, metavar="SIZE",
+        help=f"bound of the --cache-dir cache (default: {DEFAULT_CACHE_DIR_SIZE // 1024**3}G)",
+    )
+    g.add_argument(
+        "--refresh-interval", type=float, metavar="SECONDS",
+        help="re-list a folder of the bucket after this many seconds (default: list once per run)",
+    )
+    g.add_argument(
+        "--price-table", dest="provider", choices=sorted(PRICE_TABLES),
+        help="provider whose list prices estimate the request cost in the statistics (default: aws)",
+    )
+
+
+def open_backend(source: str, *, options: BackendOptions | None = None) -> Backend:
+    """The Backend for SOURCE: a datastore directory, or `s3://BUCKET/STORE`."""
+    options = options or BackendOptions()
+    if source.startswith("s3://"):
+        return _open_s3(source, options)
+    if "://" in source:
+        raise UsageError(f"unsupported SOURCE {source!r} (a datastore directory or s3://BUCKET/STORE)")
+    return LocalBackend(source)
+
+
+def _open_s3(source: str, options: BackendOptions) -> Backend:
+    from snapfs.store.s3 import DEFAULT_CONNECTIONS, S3Backend, S3Settings, parse_s3_source
+    from snapfs.store.stats import DEFAULT_PROVIDER
+
+    bucket, store = parse_s3_source(source)
+    connections = options.s3_connections if options.s3_connections is not None else DEFAULT_CONNECTIONS
+    if connections < 1:
+        raise UsageError("--s3-connections must be at least 1")
+    if options.refresh_interval is not None and options.refresh_interval < 0:
+        raise UsageError("--refresh-interval must not be negative")
+    settings = S3Settings(
+        endpoint_url=options.endpoint_url,
+        region=options.region,
+        profile=options.profile,
+        path_style=bool(options.path_style),
+        ca_bundle=options.ca_bundle,
+        connections=connections,
+        rate_limit=options.rate_limit,
+        list_ttl=options.refresh_interval or None,
+        provider=options.provider or DEFAULT_PROVIDER,
+    )
+    backend: Backend = S3Backend(bucket, store, settings)
+    if options.cache_dir:
+        from snapfs.store.diskcache import DiskCache
+
+        backend = DiskCache(backend, options.cache_dir, options.cache_dir_size)
+    return backend

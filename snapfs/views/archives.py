@@ -1,0 +1,148 @@
+"""Open what a user names in a snapshot: a blob, an image, a pxar archive, or a file inside one.
+
+One place that knows PBS's naming habits (archive names typed with or without their .blob/.fidx/
+.didx suffix, `root.pxar` meaning either a v1 archive or a split .mpxar/.ppxar pair, `index.json`
+meaning the manifest), shared by `snapfs cat`, `ls`, `find`, the mount and restore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from snapfs.errors import NotFoundError, UnsupportedFormatError
+from snapfs.format.blob import decode_blob
+from snapfs.format.crypt import CryptConfig
+from snapfs.pxar.accessor import Accessor
+from snapfs.pxar.entry import Entry, EntryKind
+from snapfs.store.cache import ChunkCache
+from snapfs.store.chunks import ChunkReader
+from snapfs.store.datastore import MANIFEST_NAME, Datastore, Snapshot
+from snapfs.store.stream import IndexStream
+
+MANIFEST_ALIASES = ("index.json", MANIFEST_NAME)
+
+
+@dataclass
+class PxarFile:
+    """One regular file inside a pxar archive, readable as a stream."""
+
+    accessor: Accessor
+    entry: Entry
+
+    def iter_content(self, block: int = 4 * 1024 * 1024) -> Iterator[bytes]:
+        offset = 0
+        while offset < self.entry.size:
+            data = self.accessor.read(self.entry, offset, min(block, self.entry.size - offset))
+            if not data:
+                break
+            yield data
+            offset += len(data)
+
+
+def pxar_archive_names(datastore: Datastore, snapshot: Snapshot) -> list[str]:
+    """The pxar archives of a snapshot by the name users give them (`root.pxar`)."""
+    names = []
+    for f in datastore.manifest(snapshot).files:
+        if f.filename.endswith(".pxar.didx"):
+            names.append(f.filename.removesuffix(".didx"))
+        elif f.filename.endswith(".mpxar.didx"):
+            names.append(f.filename.removesuffix(".mpxar.didx") + ".pxar")
+    return names
+
+
+class SnapshotReader:
+    """Opens the archives of one snapshot through one ChunkReader (so they share its cache)."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        snapshot: Snapshot,
+        crypt: CryptConfig | None = None,
+        cache: ChunkCache | None = None,
+    ) -> None:
+        self.datastore = datastore
+        self.snapshot = snapshot
+        self.crypt = crypt
+        self.manifest = datastore.manifest(snapshot)
+        datastore.check_key(snapshot, crypt)
+        self.chunks = ChunkReader(datastore.backend, crypt, cache)
+
+    def manifest_text(self) -> bytes:
+        raw = self.datastore.backend.read_file(f"{self.snapshot.path}/{MANIFEST_NAME}")
+        return decode_blob(raw, None, name=f"{self.snapshot.path}/{MANIFEST_NAME}")
+
+    def blob(self, name: str) -> bytes:
+        file = self.datastore.resolve_archive(self.snapshot, name)
+        if file.archive_type != "blob":
+            raise UnsupportedFormatError(f"{self.snapshot}: {file.filename} is not a blob")
+        return self.datastore.open_blob(self.snapshot, file, self.crypt)
+
+    def stream(self, name: str) -> IndexStream:
+        file = self.datastore.resolve_archive(self.snapshot, name)
+        self.datastore._require_key(self.snapshot, file, self.crypt)
+        index = self.datastore.open_index(self.snapshot, file)
+        return IndexStream(index, self.chunks, f"{self.snapshot}/{file.filename}")
+
+    def pxar(self, name: str) -> Accessor:
+        """`root.pxar` (or `root.pxar.didx`, `root.mpxar.didx`) as an Accessor."""
+        base = name.removesuffix(".didx")
+        for suffix in (".mpxar", ".ppxar", ".pxar"):
+            if base.endswith(suffix):
+                base = base.removesuffix(suffix)
+                break
+        filenames = {f.filename for f in self.manifest.files}
+        if f"{base}.pxar.didx" in filenames:
+            return Accessor(self.stream(f"{base}.pxar.didx"), name=f"{self.snapshot}/{base}.pxar")
+        if f"{base}.mpxar.didx" in filenames:
+            payload = None
+            if f"{base}.ppxar.didx" in filenames:
+                payload = self.stream(f"{base}.ppxar.didx")
+            return Accessor(
+                self.stream(f"{base}.mpxar.didx"), payload, name=f"{self.snapshot}/{base}.mpxar"
+            )
+        raise NotFoundError(f"snapshot {self.snapshot} has no pxar archive {name!r}")
+
+
+def split_archive_path(name: str) -> tuple[str, str | None]:
+    """`root.pxar/etc/hosts` -> ('root.pxar', '/etc/hosts'); `drive-scsi0.img` -> (name, None)."""
+    head, sep, rest = name.partition("/")
+    return (head, "/" + rest if sep else None)
+
+
+def open_snapshot_file(
+    datastore: Datastore, snapshot: Snapshot, name: str, crypt: CryptConfig | None
+) -> bytes | IndexStream | PxarFile:
+    """What `snapfs cat` prints for NAME: decoded blob, index stream, or a pxar file's content."""
+    archive, inner = split_archive_path(name)
+    reader = SnapshotReader(datastore, snapshot, crypt)
+    if archive in MANIFEST_ALIASES and inner is None:
+        return reader.manifest_text()
+    # `root.pxar.didx` typed in full means the raw stream; `root.pxar[/path]` means the tree.
+    if inner is not None or archive.endswith((".pxar", ".mpxar")):
+        accessor = reader.pxar(archive)
+        entry = accessor.lookup(inner or "/")
+        if entry.kind is EntryKind.HARDLINK:
+            entry = accessor.resolve_hardlink(entry)
+        if entry.kind is not EntryKind.FILE:
+            raise UnsupportedFormatError(
+                f"{snapshot}/{archive}{inner or '/'} is a {entry.kind.name.lower()}, not a regular file"
+            )
+        return PxarFile(accessor, entry)
+    file = datastore.resolve_archive(snapshot, archive)
+    if file.archive_type == "blob":
+        return reader.blob(archive)
+    return reader.stream(archive)
+
+
+def write_stream(target: bytes | IndexStream | PxarFile, out: BinaryIO) -> None:
+    if isinstance(target, bytes):
+        out.write(target)
+    elif isinstance(target, IndexStream):
+        for block in target.iter_range():
+            out.write(block)
+    else:
+        for block in target.iter_content():
+            out.write(block)
+    out.flush()
