@@ -29,6 +29,7 @@ from snapfs.store.writer import DatastoreWriter
 
 IMAGE_CHUNK_SIZE = 4 * 1024 * 1024
 PXAR_AVG_CHUNK_SIZE = 4 * 1024 * 1024
+CATALOG_AVG_CHUNK_SIZE = 512 * 1024  # pbs-format.md 8.1: the client chunks catalogs finer
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ def _backup_tree(
             _add_index(writer, result, snapshot, filename, index, job.crypt_mode)
     if catalog is not None:
         catalog.end_directory()
-        index, _ = job.dynamic(split_stream(io.BytesIO(catalog.finish()), PXAR_AVG_CHUNK_SIZE))
+        index, _ = job.dynamic(split_stream(io.BytesIO(catalog.finish()), CATALOG_AVG_CHUNK_SIZE))
         _add_index(writer, result, snapshot, "catalog.pcat1.didx", index, job.crypt_mode)
 
 

@@ -156,8 +156,14 @@ class Progress:
         from tqdm import tqdm
 
         self._bar = tqdm(
-            total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=self._desc, file=sys.stderr, dynamic_ncols=True, leave=False,
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=self._desc,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=False,
         )
 
     def update(self, nbytes: int = 0, files: int = 0) -> None:
@@ -191,7 +197,9 @@ class RestoreOptions:
 
     def __post_init__(self) -> None:
         if self.overwrite not in OVERWRITE_POLICIES:
-            raise UsageError(f"--overwrite {self.overwrite!r}: expected one of {', '.join(OVERWRITE_POLICIES)}")
+            raise UsageError(
+                f"--overwrite {self.overwrite!r}: expected one of {', '.join(OVERWRITE_POLICIES)}"
+            )
 
 
 class PathFilter:
@@ -315,7 +323,9 @@ class _Prefetcher:
         self.index = getattr(source, "index", None)
         self.chunks = getattr(source, "chunks", None)
         self.enabled = self.index is not None and self.chunks is not None and workers > 0
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="snapfs-prefetch")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, workers), thread_name_prefix="snapfs-prefetch"
+        )
         self._recent: deque[bytes] = deque(maxlen=4096)
         self._recent_set: set[bytes] = set()
 
@@ -423,7 +433,11 @@ class _Frame:
 
 class _PxarRestore:
     def __init__(
-        self, accessor: Accessor, target: str, options: RestoreOptions, report: RestoreReport,
+        self,
+        accessor: Accessor,
+        target: str,
+        options: RestoreOptions,
+        report: RestoreReport,
         progress: Progress,
     ) -> None:
         self.accessor = accessor
@@ -453,7 +467,10 @@ class _PxarRestore:
         if os.path.isdir(target) and not os.path.islink(target):
             parent = target
         else:
-            parent, name = os.path.dirname(os.path.abspath(target)), os.fsencode(os.path.basename(target))
+            parent, name = (
+                os.path.dirname(os.path.abspath(target)),
+                os.fsencode(os.path.basename(target)),
+            )
         check_name(name, target)
         if self.opts.dry_run:
             self._count(entry)
@@ -472,14 +489,17 @@ class _PxarRestore:
         stack: list[_Frame] = []
         filt = PathFilter(self.opts.includes, self.opts.excludes)
         walk_acc = Accessor(self.accessor.archive, self.accessor.payload, name=self.accessor.name)
-        content_source = self.accessor.payload if self.accessor.format_version == 2 else self.accessor.archive
+        content_source = (
+            self.accessor.payload if self.accessor.format_version == 2 else self.accessor.archive
+        )
         prefetch = _Prefetcher(content_source, self.opts.workers if not self.opts.dry_run else 0)
         budget = _ByteBudget(self.opts.prefetch_bytes)
         items: queue.Queue = queue.Queue(maxsize=4096)
         walker = threading.Thread(
             target=_walker,
             args=(walk_acc, root, filt, items, budget, prefetch),
-            name="snapfs-walk", daemon=True,
+            name="snapfs-walk",
+            daemon=True,
         )
         walker.start()
         root_prefix = root.path.rstrip(b"/")
@@ -495,15 +515,23 @@ class _PxarRestore:
                     raise item
                 entry = item.entry
                 if entry.path == root.path:
-                    frame = _Frame(entry, root_prefix, (), -1 if target_fd is None else target_fd,
-                                   apply_meta=created or self.opts.overwrite == "always")
+                    frame = _Frame(
+                        entry,
+                        root_prefix,
+                        (),
+                        -1 if target_fd is None else target_fd,
+                        apply_meta=created or self.opts.overwrite == "always",
+                    )
                     stack.append(frame)
                     continue
                 parent = entry.path.rsplit(b"/", 1)[0]
                 while stack and stack[-1].path != parent:
                     self._leave(stack.pop())
                 if not stack:
-                    self.report.fail(f"{entry.path!r}: entry outside the directory being restored", path=_p(entry.path))
+                    self.report.fail(
+                        f"{entry.path!r}: entry outside the directory being restored",
+                        path=_p(entry.path),
+                    )
                     continue
                 try:
                     check_name(entry.name, self.accessor.name)
@@ -649,7 +677,9 @@ class _PxarRestore:
             self.report.skipped.append(_p(entry.path))
             return False
         if stat.S_ISDIR(st.st_mode):
-            raise SnapfsError(f"a directory exists at {_p(entry.path)}; not replacing it with a {entry.kind.value}")
+            raise SnapfsError(
+                f"a directory exists at {_p(entry.path)}; not replacing it with a {entry.kind.value}"
+            )
         # Unlink, never write through: the old name may be a hard link or a symlink.
         os.unlink(name, dir_fd=pfd)
         return True
@@ -664,7 +694,12 @@ class _PxarRestore:
         return False
 
     def _make_file(self, pfd: int, name: bytes, entry: Entry) -> None:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+        fd = os.open(
+            name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=pfd,
+        )
         try:
             self._write_content(fd, entry)
             self._apply_fd_meta(fd, entry)
@@ -676,8 +711,14 @@ class _PxarRestore:
         while offset < entry.size:
             data = self.accessor.read(entry, offset, min(_READ_SIZE, entry.size - offset))
             if not data:
-                raise SnapfsError(f"{_p(entry.path)}: content ends at {offset} of {entry.size} bytes")
-            skipped = _write_sparse(fd, data, offset) if self.opts.sparse else _write_dense(fd, data, offset)
+                raise SnapfsError(
+                    f"{_p(entry.path)}: content ends at {offset} of {entry.size} bytes"
+                )
+            skipped = (
+                _write_sparse(fd, data, offset)
+                if self.opts.sparse
+                else _write_dense(fd, data, offset)
+            )
             self.report.bytes_sparse += skipped
             self.report.bytes_written += len(data) - skipped
             self.report.bytes_total += len(data)
@@ -710,7 +751,9 @@ class _PxarRestore:
         fd = self.target_fd
         for part in rel:
             try:
-                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                nfd = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
             finally:
                 if fd != self.target_fd:
                     os.close(fd)
@@ -724,32 +767,57 @@ class _PxarRestore:
         perm = entry.mode & 0o7777
         if not self.opts.ignore_ownership:
             _try(errors, "owner", os.fchown, fd, entry.uid, entry.gid)
+        # A new entry inherits the default ACL of an existing parent; the archive's ACL (or its
+        # absence) must win, so drop inherited ones before the mode is set.
+        access = acl_access_xattr(entry.mode, entry.acl) if entry.acl is not None else None
+        default = acl_default_xattr(entry.acl) if entry.acl is not None and entry.is_dir else None
+        if access is None:
+            _remove_acl(errors, fd, b"system.posix_acl_access")
+        if default is None and entry.is_dir:
+            _remove_acl(errors, fd, b"system.posix_acl_default")
         _try(errors, "mode", os.fchmod, fd, perm)
         for xname, value in entry.xattrs:
             _try(errors, f"xattr {xname!r}", os.setxattr, fd, xname, value)
-        if entry.acl is not None:
-            access = acl_access_xattr(entry.mode, entry.acl)
-            if access is not None:
-                _try(errors, "ACL", os.setxattr, fd, b"system.posix_acl_access", access)
-            if entry.is_dir:
-                default = acl_default_xattr(entry.acl)
-                if default is not None:
-                    _try(errors, "default ACL", os.setxattr, fd, b"system.posix_acl_default", default)
+        if access is not None:
+            _try(errors, "ACL", os.setxattr, fd, b"system.posix_acl_access", access)
+        if default is not None:
+            _try(errors, "default ACL", os.setxattr, fd, b"system.posix_acl_default", default)
         if entry.fcaps is not None:
             _try(errors, "file capabilities", os.setxattr, fd, b"security.capability", entry.fcaps)
         _try(errors, "mtime", os.utime, fd, ns=(entry.mtime_ns, entry.mtime_ns))
         if errors:
-            self.report.fail(f"{_p(entry.path)}: restored, but not its {'; '.join(errors)}", path=_p(entry.path))
+            self.report.fail(
+                f"{_p(entry.path)}: restored, but not its {'; '.join(errors)}", path=_p(entry.path)
+            )
 
     def _apply_path_meta(self, pfd: int, name: bytes, entry: Entry, *, symlink: bool) -> None:
         errors: list[str] = []
         if not self.opts.ignore_ownership:
-            _try(errors, "owner", os.chown, name, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
+            _try(
+                errors,
+                "owner",
+                os.chown,
+                name,
+                entry.uid,
+                entry.gid,
+                dir_fd=pfd,
+                follow_symlinks=False,
+            )
         if not symlink:  # Linux has no symlink modes; chmod of a node we just made is safe
             _try(errors, "mode", os.chmod, name, entry.mode & 0o7777, dir_fd=pfd)
-        _try(errors, "mtime", os.utime, name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        _try(
+            errors,
+            "mtime",
+            os.utime,
+            name,
+            ns=(entry.mtime_ns, entry.mtime_ns),
+            dir_fd=pfd,
+            follow_symlinks=False,
+        )
         if errors:
-            self.report.fail(f"{_p(entry.path)}: restored, but not its {'; '.join(errors)}", path=_p(entry.path))
+            self.report.fail(
+                f"{_p(entry.path)}: restored, but not its {'; '.join(errors)}", path=_p(entry.path)
+            )
 
     # -- bookkeeping
 
@@ -774,6 +842,14 @@ def _try(errors: list[str], what: str, fn: Callable[..., Any], *args: Any, **kwa
         fn(*args, **kwargs)
     except OSError as exc:
         errors.append(f"{what} ({exc.strerror or exc})")
+
+
+def _remove_acl(errors: list[str], fd: int, name: bytes) -> None:
+    try:
+        os.removexattr(fd, name)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            errors.append(f"inherited ACL ({exc.strerror or exc})")
 
 
 def _p(path: bytes) -> str:
@@ -833,7 +909,9 @@ def restore_pxar(
     """
     options = options or RestoreOptions()
     progress = progress or Progress.disabled()
-    report = RestoreReport(kind="pxar", source=accessor.name, target=target, dry_run=options.dry_run)
+    report = RestoreReport(
+        kind="pxar", source=accessor.name, target=target, dry_run=options.dry_run
+    )
     root = accessor.lookup(inner or "/")
     whole = root.path in (b"", b"/")
     content = accessor.payload if accessor.format_version == 2 else accessor.archive
@@ -903,14 +981,23 @@ def run_restore(args: Any, datastore: Any, crypt: Any) -> RestoreReport:
         raise UsageError("--target-device is for images")
     file = datastore.resolve_archive(snapshot, archive)
     if file.archive_type == "blob":
-        return restore_blob(reader.blob(archive), args.target, overwrite=args.overwrite,
-                            dry_run=args.dry_run, source=f"{snapshot}/{file.filename}")
+        return restore_blob(
+            reader.blob(archive),
+            args.target,
+            overwrite=args.overwrite,
+            dry_run=args.dry_run,
+            source=f"{snapshot}/{file.filename}",
+        )
     if args.include or args.exclude:
         raise UsageError("--include/--exclude apply to pxar archives only")
     try:
         return restore_image(
-            reader.stream(archive), ImageTarget(args.target, device=args.target_device),
-            resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run, progress=progress,
+            reader.stream(archive),
+            ImageTarget(args.target, device=args.target_device),
+            resume=args.resume,
+            overwrite=args.overwrite,
+            dry_run=args.dry_run,
+            progress=progress,
         )
     finally:
         progress.close()

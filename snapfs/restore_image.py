@@ -90,7 +90,9 @@ def _partitions(rdev: int) -> set[int]:
     return found
 
 
-def open_image_target(target: ImageTarget, size: int, *, resume: bool, overwrite: str) -> tuple[int, bool]:
+def open_image_target(
+    target: ImageTarget, size: int, *, resume: bool, overwrite: str
+) -> tuple[int, bool]:
     """Open the target for writing; returns (fd, fresh) where fresh means 'known to read as zeros'.
 
     Refuses: a symlink (never followed), a block device without --target-device, a device that is
@@ -105,18 +107,24 @@ def open_image_target(target: ImageTarget, size: int, *, resume: bool, overwrite
     except OSError as exc:
         raise SnapfsError(f"{path}: cannot stat: {exc.strerror}") from None
     if st is not None and stat.S_ISLNK(st.st_mode):
-        raise UsageError(f"{path}: is a symlink; restore never follows symlinks, give the real path")
+        raise UsageError(
+            f"{path}: is a symlink; restore never follows symlinks, give the real path"
+        )
     if target.device:
         if st is None or not stat.S_ISBLK(st.st_mode):
             raise UsageError(f"{path}: --target-device given, but it is not a block device")
         busy = _mounted_devices()
         if st.st_rdev in busy or _partitions(st.st_rdev) & busy:
-            raise UsageError(f"{path}: is mounted (or one of its partitions is); refusing to write to it")
+            raise UsageError(
+                f"{path}: is mounted (or one of its partitions is); refusing to write to it"
+            )
         try:
             # O_EXCL on a block device fails with EBUSY while a filesystem or holder claims it.
             fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
         except OSError as exc:
-            raise SnapfsError(f"{path}: cannot open for writing: {exc.strerror} (in use?)") from None
+            raise SnapfsError(
+                f"{path}: cannot open for writing: {exc.strerror} (in use?)"
+            ) from None
         dev_size = os.lseek(fd, 0, os.SEEK_END)
         if dev_size < size:
             os.close(fd)
@@ -127,7 +135,9 @@ def open_image_target(target: ImageTarget, size: int, *, resume: bool, overwrite
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise UsageError(f"{path}: exists and is not a regular file")
     if st is not None and not resume and overwrite != "always":
-        raise UsageError(f"{path}: exists (use --resume to finish an interrupted restore, or --overwrite always)")
+        raise UsageError(
+            f"{path}: exists (use --resume to finish an interrupted restore, or --overwrite always)"
+        )
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         fresh = st is None or not resume
@@ -236,8 +246,12 @@ def restore_image(
             try:
                 data = future.result()
             except SnapfsError as exc:
-                report.fail(f"{target.path}: bytes {start}-{stop} not restored: {exc}",
-                            digest=index.digest(i).hex(), start=start, end=stop)
+                report.fail(
+                    f"{target.path}: bytes {start}-{stop} not restored: {exc}",
+                    digest=index.digest(i).hex(),
+                    start=start,
+                    end=stop,
+                )
                 progress.update(stop - start)
                 continue
             if fresh and _is_zero(data):
@@ -268,8 +282,9 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, name: str) -> No
         raise SnapfsError(f"{name}: write at offset {offset} failed: {exc.strerror}") from None
 
 
-def restore_blob(data: bytes, target: str, *, overwrite: str = "never", dry_run: bool = False,
-                 source: str = "") -> RestoreReport:
+def restore_blob(
+    data: bytes, target: str, *, overwrite: str = "never", dry_run: bool = False, source: str = ""
+) -> RestoreReport:
     """A decoded blob to a file, or to stdout when target is '-'."""
     report = RestoreReport(kind="blob", source=source, target=target)
     report.bytes_total = len(data)

@@ -131,7 +131,9 @@ class VerifyReport:
             out += [f"         error: {e}" for e in s.errors]
             for b in s.bad_chunks:
                 where = ", ".join(f"{a}-{z}" for a, z in b.ranges)
-                out.append(f"         chunk {b.digest} {b.state} in {b.archive} (bytes {where}): {b.message}")
+                out.append(
+                    f"         chunk {b.digest} {b.state} in {b.archive} (bytes {where}): {b.message}"
+                )
                 out += [f"           affects {a}" for a in b.affected]
             out += [f"         note: {n}" for n in s.notes]
         failed = sum(not s.ok for s in self.snapshots)
@@ -142,7 +144,9 @@ class VerifyReport:
         return out
 
 
-def select_snapshots(datastore: Datastore, ns: tuple[str, ...], selector: str | None) -> list[Snapshot]:
+def select_snapshots(
+    datastore: Datastore, ns: tuple[str, ...], selector: str | None
+) -> list[Snapshot]:
     """TYPE/ID/TIME: that snapshot; TYPE/ID: the group's snapshots; none: everything in ns and below."""
     if selector:
         parts = selector.strip("/").split("/")
@@ -157,7 +161,12 @@ def select_snapshots(datastore: Datastore, ns: tuple[str, ...], selector: str | 
         snapshot = parse_snapshot(selector, ns)
         datastore.check_exists(snapshot)
         return [snapshot]
-    return [s for n in datastore.all_namespaces(ns) for g in datastore.groups(n) for s in datastore.snapshots(g)]
+    return [
+        s
+        for n in datastore.all_namespaces(ns)
+        for g in datastore.groups(n)
+        for s in datastore.snapshots(g)
+    ]
 
 
 @dataclass
@@ -192,7 +201,9 @@ class Verifier:
             report.snapshots.append(result)
             jobs += self._check_snapshot_files(result)
         digests = {d for job in jobs for d in _digests(job.index)} - self.chunk_status.keys()
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="snapfs-verify") as pool:
+        with ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="snapfs-verify"
+        ) as pool:
             for digest, status in zip(digests, pool.map(self._check_chunk, digests), strict=True):
                 self.chunk_status[digest] = status
                 report.chunks_checked += 1
@@ -217,10 +228,12 @@ class Verifier:
         stored = manifest.key_fingerprint
         if stored is not None and crypt is not None and stored != crypt.fingerprint:
             result.errors.append(
-                str(WrongKeyError(
-                    f"snapshot was made with key {format_fingerprint(stored)}, "
-                    f"the key given is {format_fingerprint(crypt.fingerprint)}: content not checked"
-                ))
+                str(
+                    WrongKeyError(
+                        f"snapshot was made with key {format_fingerprint(stored)}, "
+                        f"the key given is {format_fingerprint(crypt.fingerprint)}: content not checked"
+                    )
+                )
             )
             crypt = None
         if manifest.is_signed:
@@ -251,7 +264,9 @@ class Verifier:
             except SnapfsError as exc:
                 result.errors.append(f"{file.filename}: {exc}")
         if not result.content_verified:
-            result.notes.append("encrypted content not verified without the key (presence and CRC only)")
+            result.notes.append(
+                "encrypted content not verified without the key (presence and CRC only)"
+            )
         return jobs
 
     # -- per chunk
@@ -325,11 +340,14 @@ class Verifier:
         meta_name = f"{base}.mpxar.didx" if split else f"{base}.pxar.didx"
 
         def stream(filename: str) -> IndexStream:
-            return IndexStream(ds.open_index(snapshot, ds.manifest(snapshot).file(filename)), reader,
-                               f"{snapshot}/{filename}")
+            return IndexStream(
+                ds.open_index(snapshot, ds.manifest(snapshot).file(filename)),
+                reader,
+                f"{snapshot}/{filename}",
+            )
 
-        payload = stream(f"{base}.ppxar.didx") if split and f"{base}.ppxar.didx" in names else None
-        accessor = Accessor(stream(meta_name), payload, name=f"{snapshot}/{base}.pxar")
+        # Metadata-only: entries carry their payload offsets, and the payload may be the damage.
+        accessor = Accessor(stream(meta_name), None, name=f"{snapshot}/{base}.pxar")
         content_in_job = job.filename != meta_name or not split
         label = f"{base}.pxar"
         walk_errors: list[SnapfsError] = []
@@ -338,9 +356,9 @@ class Verifier:
                 continue
             lo, hi = entry.content_offset, entry.content_offset + entry.size
             for b in bad:
-                if any(a < hi and lo < z for a, z in b.ranges) or (entry.size == 0 and any(
-                    a <= lo < z for a, z in b.ranges
-                )):
+                if any(a < hi and lo < z for a, z in b.ranges) or (
+                    entry.size == 0 and any(a <= lo < z for a, z in b.ranges)
+                ):
                     b.affected.append(f"{label}:{entry.path.decode('utf-8', 'backslashreplace')}")
         for exc in walk_errors:
             for b in bad:

@@ -85,21 +85,24 @@ def window_hash(window: bytes | bytearray | memoryview) -> int:
     return h
 
 
-def _masks(length: int, low_bits: int) -> tuple[tuple[int, int, int], ...]:
+_Rotation = tuple[int, int, int]  # (bits, keep-high mask, keep-low mask)
+
+
+def _masks(length: int, ignored_bits: int) -> tuple[tuple[_Rotation, ...], int]:
     """Per-byte masks covering at least `length` positions (rounded up, so the cache stays hot)."""
-    return _masks_for(max(1 << 12, 1 << (length - 1).bit_length()), low_bits)
+    return _masks_for(max(1 << 12, 1 << (length - 1).bit_length()), ignored_bits)
 
 
 @lru_cache(maxsize=16)
-def _masks_for(length: int, low_bits: int) -> tuple[tuple[int, int, int], ...]:
-    """(rotation, keep-high, keep-low) per rotation 1, 2, 4, then (0, filter fill, 0)."""
-    out = []
+def _masks_for(length: int, ignored_bits: int) -> tuple[tuple[_Rotation, ...], int]:
+    """The masks of the in-plane rotations by 1, 2 and 4 bits, and the filter's fill pattern."""
+    rotations = []
     for w in (1, 2, 4):
         high = int.from_bytes(bytes(((0xFF << w) & 0xFF,)) * length, "little")
         low = int.from_bytes(bytes(((1 << w) - 1,)) * length, "little")
-        out.append((w, high, low))
-    fill = int.from_bytes(bytes((low_bits,)) * length, "little")
-    return tuple(out) + ((0, fill, 0),)
+        rotations.append((w, high, low))
+    fill = int.from_bytes(bytes((ignored_bits,)) * length, "little")
+    return tuple(rotations), fill
 
 
 def _candidates(block: bytes | bytearray, mask: int) -> list[int]:
@@ -111,15 +114,14 @@ def _candidates(block: bytes | bytearray, mask: int) -> list[int]:
     wide = mask >= 0xFFFF
     # Bits of byte 0 that cannot matter to the necessary condition are forced to one.
     ignored = 0x03 if wide or mask >= 0xFF else (0x03 | (0xFF & ~mask))
-    rotations = _masks(length, ignored)
+    rotations, fill = _masks(length, ignored)
     h = [int.from_bytes(block.translate(table), "little") for table in _PLANE_TABLES]
-    for w, high, low in rotations[:3]:  # h_1 -> h_2 -> h_4 -> h_8
+    for w, high, low in rotations:  # h_1 -> h_2 -> h_4 -> h_8
         back = 8 - w
         rot = [((h[q] << w) & high) | ((h[q - 1] >> back) & low) for q in range(4)]
         shift = 8 * w
         h = [h[q] ^ (rot[q] << shift) for q in range(4)]
     h = [h[q] ^ (h[q - 1] << 64) for q in range(4)]  # h_16: rotl 8 moves plane q-1 to q
-    fill = rotations[3][1]
     if wide:
         lo = h[0] ^ (h[2] << 128)  # h_32, rotl 16
         hi = h[1] ^ (h[3] << 128)
