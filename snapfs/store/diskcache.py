@@ -195,7 +195,9 @@ class DiskCache:
             self.stats_counters.add("disk_cache_skipped_writes")
             if not self._warned:
                 self._warned = True
-                log.warning("cache %s: cannot write (%s); continuing without it", self.root, exc.strerror)
+                log.warning(
+                    "cache %s: cannot write (%s); continuing without it", self.root, exc.strerror
+                )
             return
         with self._lock:
             self._entries[rel] = size

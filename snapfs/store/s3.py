@@ -39,11 +39,25 @@ DEFAULT_CONNECTIONS = 8
 _BACKUP_TYPES = ("vm", "ct", "host")
 _RETRY_STATUS = frozenset({500, 502, 503, 504, 429})
 _THROTTLE_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
-     "RequestThrottled", "ProvisionedThroughputExceededException"}
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "RequestThrottled",
+        "ProvisionedThroughputExceededException",
+    }
 )
-_RETRY_CODES = _THROTTLE_CODES | {"RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable"}
-_REGION_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"})
+_RETRY_CODES = _THROTTLE_CODES | {
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+}
+_REGION_CODES = frozenset(
+    {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+)
 _READ_BLOCK = 256 * 1024
 
 # botocore's DEBUG logs print request headers (the access key id in Authorization) and bodies; a
@@ -163,7 +177,9 @@ class S3Backend:
         except botocore.exceptions.ProfileNotFound:
             raise SnapfsError(f"{self.name}: AWS profile {s.profile!r} not found") from None
         except botocore.exceptions.BotoCoreError as exc:
-            raise SnapfsError(f"{self.name}: cannot load the AWS configuration: {type(exc).__name__}") from None
+            raise SnapfsError(
+                f"{self.name}: cannot load the AWS configuration: {type(exc).__name__}"
+            ) from None
         region = s.region or session.region_name or "us-east-1"
         config = Config(
             region_name=region,
@@ -184,7 +200,9 @@ class S3Backend:
         except ValueError as exc:  # a malformed endpoint URL
             raise UsageError(f"invalid --endpoint-url {s.endpoint_url!r}: {exc}") from None
         except botocore.exceptions.BotoCoreError as exc:
-            raise SnapfsError(f"{self.name}: cannot create the S3 client: {type(exc).__name__}") from None
+            raise SnapfsError(
+                f"{self.name}: cannot create the S3 client: {type(exc).__name__}"
+            ) from None
 
     @staticmethod
     def _refuse_writes(model, **_kwargs) -> None:
@@ -197,7 +215,14 @@ class S3Backend:
 
     # -- requests, retries, errors ---------------------------------------------------------------
 
-    def _request(self, what: str, counter: str, call: Callable[[], T], *, missing: Callable[[], SnapfsError] | None = None) -> T:
+    def _request(
+        self,
+        what: str,
+        counter: str,
+        call: Callable[[], T],
+        *,
+        missing: Callable[[], SnapfsError] | None = None,
+    ) -> T:
         """Run `call` with retries; `what` names the object in errors; `missing` builds the 404 error."""
         s = self.settings
         attempts = max(s.max_attempts, 1)
@@ -210,7 +235,9 @@ class S3Backend:
                     self.stats_counters.add("throttled")
                 if attempt + 1 >= attempts:
                     self.stats_counters.add("errors")
-                    raise SnapfsError(f"{self.name}: {what}: {exc.reason} (gave up after {attempts} attempts)") from None
+                    raise SnapfsError(
+                        f"{self.name}: {what}: {exc.reason} (gave up after {attempts} attempts)"
+                    ) from None
                 self.stats_counters.add("retries")
                 delay = random.uniform(0, min(s.backoff_cap, s.backoff_base * (2**attempt)))
                 log.debug("%s: %s: %s; retrying in %.2fs", self.name, what, exc.reason, delay)
@@ -239,16 +266,27 @@ class S3Backend:
             if code == "NoSuchBucket":
                 return NotFoundError(f"s3://{self.bucket}: no such bucket at {self.endpoint}")
             if status in _RETRY_STATUS or code in _RETRY_CODES:
-                return _Transient(f"HTTP {status} {code}".strip(), throttled=code in _THROTTLE_CODES or status == 429)
+                return _Transient(
+                    f"HTTP {status} {code}".strip(),
+                    throttled=code in _THROTTLE_CODES or status == 429,
+                )
             if code in _REGION_CODES or status == 301:
                 headers = meta.get("HTTPHeaders") or {}
                 region = error.get("Region") or headers.get("x-amz-bucket-region")
-                hint = f"; the bucket is in {region}, use --region {region}" if region else "; check --region"
+                hint = (
+                    f"; the bucket is in {region}, use --region {region}"
+                    if region
+                    else "; check --region"
+                )
                 return SnapfsError(f"{self.name}: wrong region ({code or status}){hint}")
             if code == "InvalidAccessKeyId":
-                return SnapfsError(f"{self.name}: the server does not know the access key (InvalidAccessKeyId, HTTP 403)")
+                return SnapfsError(
+                    f"{self.name}: the server does not know the access key (InvalidAccessKeyId, HTTP 403)"
+                )
             if code == "SignatureDoesNotMatch":
-                return SnapfsError(f"{self.name}: the server rejected the request signature: wrong secret key (SignatureDoesNotMatch, HTTP 403)")
+                return SnapfsError(
+                    f"{self.name}: the server rejected the request signature: wrong secret key (SignatureDoesNotMatch, HTTP 403)"
+                )
             if status == 403 or code in ("AccessDenied", "AllAccessDisabled"):
                 return SnapfsError(
                     f"{self.name}: access denied (HTTP 403) on {what}: the credentials lack read/list permission"
@@ -262,17 +300,23 @@ class S3Backend:
                 "use ~/.aws/credentials, or --profile)"
             )
         if isinstance(exc, bx.PartialCredentialsError):
-            return SnapfsError(f"{self.name}: incomplete S3 credentials (an access key without its secret, or the reverse)")
+            return SnapfsError(
+                f"{self.name}: incomplete S3 credentials (an access key without its secret, or the reverse)"
+            )
         if isinstance(exc, bx.SSLError):
             return SnapfsError(
                 f"{self.name}: TLS certificate check failed for {self.endpoint} (give the CA with --ca-bundle)"
             )
-        if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ProxyConnectionError):
+        if isinstance(
+            exc, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ProxyConnectionError
+        ):
             return _Transient(f"cannot reach S3 endpoint {self.endpoint} ({type(exc).__name__})")
         if isinstance(exc, bx.ConnectTimeoutError | bx.ReadTimeoutError):
             return _Transient(f"timed out talking to {self.endpoint}")
         if isinstance(exc, bx.ResponseStreamingError | bx.IncompleteReadError | bx.HTTPClientError):
-            return _Transient(f"connection dropped while reading from {self.endpoint} ({type(exc).__name__})")
+            return _Transient(
+                f"connection dropped while reading from {self.endpoint} ({type(exc).__name__})"
+            )
         if isinstance(exc, bx.ParamValidationError):
             return SnapfsError(f"{self.name}: {what}: invalid request parameters")
         if isinstance(exc, bx.BotoCoreError):
@@ -325,7 +369,13 @@ class S3Backend:
         self.stats_counters.add("bytes_downloaded", len(data))
         return data
 
-    def _get(self, key: str, what: str, missing: Callable[[], SnapfsError], if_none_match: str | None = None) -> tuple[bytes | None, str]:
+    def _get(
+        self,
+        key: str,
+        what: str,
+        missing: Callable[[], SnapfsError],
+        if_none_match: str | None = None,
+    ) -> tuple[bytes | None, str]:
         def call() -> tuple[bytes | None, str]:
             kwargs = {"Bucket": self.bucket, "Key": key}
             if if_none_match:
@@ -351,7 +401,10 @@ class S3Backend:
         """(bytes, etag) of a file, or (None, etag) when it still has `etag` (HTTP 304)."""
         key = self._key(path)
         data, new_etag = self._get(
-            key, f"file {path}", lambda: NotFoundError(f"{self.name}: no such file {path}"), if_none_match=etag
+            key,
+            f"file {path}",
+            lambda: NotFoundError(f"{self.name}: no such file {path}"),
+            if_none_match=etag,
         )
         if new_etag:
             with self._list_lock:
@@ -380,24 +433,48 @@ class S3Backend:
                 future = Future()
                 self._inflight[digest] = future
         if not owner:
-            return future.result()
+            data = future.result()
+            self._take_ready(digest)  # a prefetch we joined: its parked copy is not needed again
+            return data
         self._fetch_into(digest, future)
         return future.result()
 
-    def _fetch_into(self, digest: bytes, future: Future) -> None:
+    def _fetch_into(self, digest: bytes, future: Future, *, park: bool = False) -> None:
         try:
             key = f"{self.store}/{chunk_path(digest)}"
             hexdigest = digest.hex()
             data, _ = self._get(
-                key, f"chunk {hexdigest}", lambda: MissingChunkError(f"chunk {hexdigest} is missing from {self.name}")
+                key,
+                f"chunk {hexdigest}",
+                lambda: MissingChunkError(f"chunk {hexdigest} is missing from {self.name}"),
             )
         except BaseException as exc:
             future.set_exception(exc)
-        else:
-            future.set_result(data)
-        finally:
             with self._chunk_lock:
                 self._inflight.pop(digest, None)
+            return
+        if park:
+            with self._chunk_lock:
+                # Parked before the result is published, so a reader that comes later finds it
+                # here and one that waited on the future removes it: nothing lingers unread.
+                self._inflight.pop(digest, None)
+                self._ready[digest] = data
+                self._ready_bytes += len(data)
+                while self._ready_bytes > self.settings.prefetch_bytes and self._ready:
+                    _, old = self._ready.popitem(last=False)
+                    self._ready_bytes -= len(old)
+            future.set_result(data)
+            return
+        # Published before leaving the in-flight table: a reader arriving in between still joins.
+        future.set_result(data)
+        with self._chunk_lock:
+            self._inflight.pop(digest, None)
+
+    def _take_ready(self, digest: bytes) -> None:
+        with self._chunk_lock:
+            data = self._ready.pop(digest, None)
+            if data is not None:
+                self._ready_bytes -= len(data)
 
     def prefetch(self, digests: Iterable[bytes]) -> None:
         """Start GETs for chunks a sequential reader will want next; read_chunk picks them up.
@@ -409,7 +486,8 @@ class S3Backend:
             with self._chunk_lock:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(
-                        max_workers=max(self.settings.connections, 1), thread_name_prefix="snapfs-s3"
+                        max_workers=max(self.settings.connections, 1),
+                        thread_name_prefix="snapfs-s3",
                     )
         for digest in digests:
             with self._chunk_lock:
@@ -417,23 +495,13 @@ class S3Backend:
                     continue
                 future: Future[bytes] = Future()
                 self._inflight[digest] = future
-            future.add_done_callback(lambda f, d=digest: self._keep_prefetched(d, f))
-            self._pool.submit(self._fetch_into, digest, future)
-
-    def _keep_prefetched(self, digest: bytes, future: Future) -> None:
-        if future.exception() is not None:
-            return  # a reader that still wants it will fetch again and get the error itself
-        data = future.result()
-        with self._chunk_lock:
-            self._ready[digest] = data
-            self._ready_bytes += len(data)
-            while self._ready_bytes > self.settings.prefetch_bytes and self._ready:
-                _, old = self._ready.popitem(last=False)
-                self._ready_bytes -= len(old)
+            self._pool.submit(self._fetch_into, digest, future, park=True)
 
     # -- LIST ------------------------------------------------------------------------------------
 
-    def _list(self, prefix: str, delimiter: str | None, what: str) -> tuple[list[str], list[tuple[str, str]]]:
+    def _list(
+        self, prefix: str, delimiter: str | None, what: str
+    ) -> tuple[list[str], list[tuple[str, str]]]:
         """(common prefixes, [(key, etag)]) of every page under `prefix`."""
         prefixes: list[str] = []
         objects: list[tuple[str, str]] = []
@@ -445,7 +513,9 @@ class S3Backend:
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._request(
-                what, "list_requests", self._guarded(what, lambda kw=kwargs: self._client.list_objects_v2(**kw))
+                what,
+                "list_requests",
+                self._guarded(what, lambda kw=kwargs: self._client.list_objects_v2(**kw)),
             )
             prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes") or ())
             objects.extend((o["Key"], o.get("ETag", "")) for o in page.get("Contents") or ())
@@ -453,7 +523,9 @@ class S3Backend:
                 return prefixes, objects
             token = page.get("NextContinuationToken")
             if not token:
-                raise SnapfsError(f"{self.name}: {what}: truncated listing without a continuation token")
+                raise SnapfsError(
+                    f"{self.name}: {what}: truncated listing without a continuation token"
+                )
 
     def _fresh(self, stamp: float) -> bool:
         ttl = self.settings.list_ttl
@@ -535,7 +607,11 @@ class S3Backend:
             stores = [p.rstrip("/") for p in top][:10]
         except SnapfsError:
             pass
-        hint = f" (prefixes in the bucket: {', '.join(stores)})" if stores else " (the bucket is empty)"
+        hint = (
+            f" (prefixes in the bucket: {', '.join(stores)})"
+            if stores
+            else " (the bucket is empty)"
+        )
         raise NotFoundError(f"{self.name}: no such datastore: no objects under {self.store}/{hint}")
 
     # -- statistics ------------------------------------------------------------------------------

@@ -69,27 +69,53 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     from snapfs.store.stats import PRICE_TABLES
 
     g = parser.add_argument_group("S3 source options (SOURCE = s3://BUCKET/STORE)")
-    g.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint, e.g. https://s3.example.com:9000 (default: AWS)")
-    g.add_argument("--region", help="S3 region (default: from the AWS configuration, else us-east-1)")
+    g.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3 endpoint, e.g. https://s3.example.com:9000 (default: AWS)",
+    )
+    g.add_argument(
+        "--region", help="S3 region (default: from the AWS configuration, else us-east-1)"
+    )
     g.add_argument("--profile", help="AWS profile from ~/.aws/config and ~/.aws/credentials")
     g.add_argument(
-        "--path-style", action="store_true", default=None,
+        "--path-style",
+        action="store_true",
+        default=None,
         help="address the bucket as https://ENDPOINT/BUCKET/KEY instead of https://BUCKET.ENDPOINT/KEY",
     )
-    g.add_argument("--ca-bundle", metavar="FILE", help="CA certificates (PEM) to check the endpoint's TLS certificate with")
-    g.add_argument("--s3-connections", type=int, metavar="N", help="parallel S3 connections (default: 8)")
-    g.add_argument("--rate-limit", type=_size_arg, metavar="BYTES/S", help="download bandwidth limit, e.g. 50M")
-    g.add_argument("--cache-dir", metavar="DIR", help="keep fetched chunks and indexes on disk here, across runs")
     g.add_argument(
-        "--cache-dir-size", type=_size_arg, metavar="SIZE",
+        "--ca-bundle",
+        metavar="FILE",
+        help="CA certificates (PEM) to check the endpoint's TLS certificate with",
+    )
+    g.add_argument(
+        "--s3-connections", type=int, metavar="N", help="parallel S3 connections (default: 8)"
+    )
+    g.add_argument(
+        "--rate-limit", type=_size_arg, metavar="BYTES/S", help="download bandwidth limit, e.g. 50M"
+    )
+    g.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="keep fetched chunks and indexes on disk here, across runs",
+    )
+    g.add_argument(
+        "--cache-dir-size",
+        type=_size_arg,
+        metavar="SIZE",
         help=f"bound of the --cache-dir cache (default: {DEFAULT_CACHE_DIR_SIZE // 1024**3}G)",
     )
     g.add_argument(
-        "--refresh-interval", type=float, metavar="SECONDS",
+        "--refresh-interval",
+        type=float,
+        metavar="SECONDS",
         help="re-list a folder of the bucket after this many seconds (default: list once per run)",
     )
     g.add_argument(
-        "--price-table", dest="provider", choices=sorted(PRICE_TABLES),
+        "--price-table",
+        dest="provider",
+        choices=sorted(PRICE_TABLES),
         help="provider whose list prices estimate the request cost in the statistics (default: aws)",
     )
 
@@ -100,7 +126,9 @@ def open_backend(source: str, *, options: BackendOptions | None = None) -> Backe
     if source.startswith("s3://"):
         return _open_s3(source, options)
     if "://" in source:
-        raise UsageError(f"unsupported SOURCE {source!r} (a datastore directory or s3://BUCKET/STORE)")
+        raise UsageError(
+            f"unsupported SOURCE {source!r} (a datastore directory or s3://BUCKET/STORE)"
+        )
     return LocalBackend(source)
 
 
@@ -109,7 +137,9 @@ def _open_s3(source: str, options: BackendOptions) -> Backend:
     from snapfs.store.stats import DEFAULT_PROVIDER
 
     bucket, store = parse_s3_source(source)
-    connections = options.s3_connections if options.s3_connections is not None else DEFAULT_CONNECTIONS
+    connections = (
+        options.s3_connections if options.s3_connections is not None else DEFAULT_CONNECTIONS
+    )
     if connections < 1:
         raise UsageError("--s3-connections must be at least 1")
     if options.refresh_interval is not None and options.refresh_interval < 0:
