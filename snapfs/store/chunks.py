@@ -55,6 +55,18 @@ class ChunkReader:
             with self._lock:
                 del self._inflight[digest]
 
+    def prefetch(self, digests: list[bytes]) -> None:
+        """Tell a backend that can fetch ahead (S3) which chunks a reader will want next.
+
+        A hint only: local disks gain nothing from it, so a backend without `prefetch` ignores it.
+        """
+        backend_prefetch = getattr(self.backend, "prefetch", None)
+        if backend_prefetch is None:
+            return
+        wanted = [d for d in digests if d not in self.cache]
+        if wanted:
+            backend_prefetch(wanted)
+
     def _fetch(self, digest: bytes) -> bytes:
         self.fetches += 1
         raw = self.backend.read_chunk(digest)

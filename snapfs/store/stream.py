@@ -18,6 +18,7 @@ from snapfs.store.chunks import ChunkReader
 
 DEFAULT_WORKERS = 2
 DEFAULT_WINDOW = 4
+PREFETCH_CHUNKS = 16  # how far ahead a backend that fetches ahead (S3) is told to go
 
 
 class IndexStream:
@@ -70,8 +71,13 @@ class IndexStream:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapfs-decode") as pool:
             pending: deque = deque()
             next_i = first
+            hinted = first  # chunks below this were already named to the backend's prefetch
             try:
                 while next_i <= last or pending:
+                    if hinted <= last and hinted < next_i + PREFETCH_CHUNKS // 2:
+                        stop = min(last + 1, next_i + PREFETCH_CHUNKS)
+                        self.chunks.prefetch([self.index.digest(i) for i in range(hinted, stop)])
+                        hinted = stop
                     while next_i <= last and len(pending) < window:
                         pending.append((next_i, pool.submit(load, next_i)))
                         next_i += 1
