@@ -1,9 +1,10 @@
 """Streaming decode throughput of a fixed index, against this machine's limit.
 
 The limit is the same work with no snapfs code in the loop: read each chunk file, zstd-decode it,
-SHA-256 it, in one process and one thread. snapfs reads the same image through
-IndexStream.iter_range (which decodes ahead in worker threads). Both run side by side on the same
-datastore, the page cache warm for both (the chunk files are read once before timing).
+SHA-256 it, in one process; measured with one thread and with as many threads as cores (zstd and
+SHA-256 release the GIL, so the second core is part of this machine's limit). snapfs reads the
+same image through IndexStream.iter_range (which decodes ahead in worker threads). All run side by
+side on the same datastore, the page cache warm for all (the chunk files are read once first).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import zstandard
 
@@ -48,21 +51,31 @@ def make_image(path: str, size: int) -> None:
             written += len(block)
 
 
-def limit_pass(root: str, digests: list[bytes]) -> float:
-    dctx = zstandard.ZstdDecompressor()
+_COMPRESSED = bytes.fromhex("31b958426fb6a37f")
+_local = threading.local()
+
+
+def _decode_one(path: str) -> int:
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    with open(path, "rb") as f:
+        raw = f.read()
+    body = memoryview(raw)[12:]
+    # decompressobj is the fast path for frames with or without a content size
+    data = dctx.decompressobj().decompress(body) if raw[:8] == _COMPRESSED else body
+    hashlib.sha256(data).digest()
+    return len(data)
+
+
+def limit_pass(root: str, digests: list[bytes], threads: int) -> float:
+    paths = [os.path.join(root, chunk_path(d)) for d in digests]
     start = time.perf_counter()
-    total = 0
-    for digest in digests:
-        with open(os.path.join(root, chunk_path(digest)), "rb") as f:
-            raw = f.read()
-        magic = raw[:8]
-        body = memoryview(raw)[12:]
-        if magic == bytes.fromhex("31b958426fb6a37f"):
-            data = dctx.decompress(body, max_output_size=16 * MiB)
-        else:
-            data = body.tobytes()
-        hashlib.sha256(data).digest()
-        total += len(data)
+    if threads == 1:
+        total = sum(map(_decode_one, paths))
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            total = sum(pool.map(_decode_one, paths))
     return total / (time.perf_counter() - start)
 
 
@@ -98,14 +111,17 @@ def main() -> int:
         snapshot = "vm/1/1970-01-01T00:00:01Z"
         index = SnapshotReader(datastore, parse_snapshot(snapshot)).stream("drive-scsi0.img").index
         digests = [d for _, _, d in index.chunks()]
-        limit_pass(store, digests)  # warm the page cache for both
-        limits, ours = [], []
-        for _ in range(args.rounds):  # interleaved so machine noise hits both alike
-            limits.append(limit_pass(store, digests))
+        cores = os.cpu_count() or 1
+        limit_pass(store, digests, 1)  # warm the page cache for all
+        one, many, ours = [], [], []
+        for _ in range(args.rounds):  # interleaved so machine noise hits all alike
+            one.append(limit_pass(store, digests, 1))
+            many.append(limit_pass(store, digests, cores))
             ours.append(snapfs_pass(datastore, snapshot))
-    limit, snap = max(limits), max(ours)
+    limit1, limit, snap = max(one), max(many), max(ours)
     result = {
         "image_mib": args.size_mib,
+        "limit_1_thread_mb_s": limit1 / 1e6,
         "limit_mb_s": limit / 1e6,
         "snapfs_mb_s": snap / 1e6,
         "ratio": snap / limit,
@@ -114,10 +130,11 @@ def main() -> int:
         json.dump(result, sys.stdout)
         print()
     else:
-        print(f"image {args.size_mib} MiB, best of {args.rounds}")
-        print(f"limit (read + zstd + sha256, one thread, no snapfs): {limit / 1e6:8.1f} MB/s")
-        print(f"snapfs IndexStream.iter_range:                       {snap / 1e6:8.1f} MB/s")
-        print(f"ratio: {snap / limit:.2f} (goal >= 0.8)")
+        print(f"image {args.size_mib} MiB, best of {args.rounds}, {cores} cores")
+        print(f"limit, 1 thread:  read + zstd + sha256, no snapfs  {limit1 / 1e6:8.1f} MB/s")
+        print(f"limit, {cores} threads: read + zstd + sha256, no snapfs  {limit / 1e6:8.1f} MB/s")
+        print(f"snapfs IndexStream.iter_range:                   {snap / 1e6:8.1f} MB/s")
+        print(f"ratio to the {cores}-thread limit: {snap / limit:.2f} (goal >= 0.8)")
     return 0
 
 
