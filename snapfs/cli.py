@@ -14,12 +14,14 @@ import socket
 import sys
 from collections.abc import Callable
 
+from snapfs import logs
 from snapfs.errors import SnapfsError, UsageError
 
 log = logging.getLogger("snapfs")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+LOG_LEVELS = logs.LEVELS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="snapfs", description="Read Proxmox Backup Server datastores without a PBS server."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="log events at this level and above (default: warning; debug with --debug)",
+    )
+    parser.add_argument(
+        "--log-file",
+        dest="global_log_file",
+        metavar="FILE",
+        help="also append log events here, one line each, with time and pid (never secrets)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -89,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "pattern", metavar="PATTERN", help="glob matched against each name, e.g. '*.conf'"
     )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_key(p)
     p.set_defaults(func=cmd_find)
 
@@ -246,7 +260,72 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("umount", help="unmount a snapfs mount (also one whose process died)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.set_defaults(func=cmd_umount)
+
+    from snapfs.mapping import add_map_parsers
+    from snapfs.nbd import add_nbd_parser
+
+    add_nbd_parser(sub, _add_source, _add_key)
+    add_map_parsers(sub, _add_source, _add_key)
+    _document(sub)
     return parser
+
+
+#: One or more examples per subcommand, shown by `snapfs COMMAND --help` (and checked by a test:
+#: tests/test_faults_env.py parses every one of them).
+EXAMPLES: dict[str, list[str]] = {
+    "snapshots": [
+        "snapfs snapshots /mnt/pbs-disk/datastore",
+        "snapfs snapshots s3://pbs-bucket/store1 --endpoint-url https://s3.eu-central-003.backblazeb2.com --json",
+    ],
+    "cat": [
+        "snapfs cat /srv/datastore vm/100/2024-06-01T10:00:00Z qemu-server.conf",
+        "snapfs cat /srv/datastore host/web1/2024-06-01T11:00:00Z root.pxar/etc/hosts",
+    ],
+    "ls": ["snapfs ls /srv/datastore host/web1/2024-06-01T11:00:00Z root.pxar /etc -l"],
+    "find": ["snapfs find /srv/datastore host/web1/2024-06-01T11:00:00Z root.pxar '*.conf' --json"],
+    "key": ["snapfs key show /root/pbs.key"],
+    "create": ["snapfs key create /root/new.key --kdf scrypt --password-file /root/new.pw"],
+    "show": ["snapfs key show /root/pbs.key"],
+    "backup": [
+        "snapfs backup /srv/datastore drive-scsi0.img:/var/lib/vz/vm-100-disk-0.raw "
+        "qemu-server.conf:/etc/pve/qemu-server/100.conf --id 100",
+        "snapfs backup /srv/datastore root.pxar:/etc --type host --id web1",
+    ],
+    "restore": [
+        "snapfs restore /srv/datastore host/web1/2024-06-01T11:00:00Z root.pxar/etc /tmp/etc",
+        "snapfs restore /srv/datastore vm/100/2024-06-01T10:00:00Z drive-scsi0.img /dev/sdb "
+        "--target-device --keyfile /root/pbs.key",
+    ],
+    "verify": [
+        "snapfs verify /srv/datastore",
+        "snapfs verify /srv/datastore vm/100 --keyfile /root/pbs.key --json",
+    ],
+    "mount": [
+        "snapfs mount /srv/datastore /mnt/pbs --keyfile /root/pbs.key --password-file /root/pbs.pw",
+        "snapfs umount /mnt/pbs",
+    ],
+    "umount": ["snapfs umount /mnt/pbs"],
+    "nbd": [
+        "snapfs nbd /srv/datastore vm/100/2024-06-01T10:00:00Z drive-scsi0.img "
+        "--overlay /var/tmp/vm100.overlay",
+    ],
+    "map": ["snapfs map /srv/datastore vm/100/2024-06-01T10:00:00Z drive-scsi0.img"],
+    "unmap": ["snapfs unmap /dev/loop0", "snapfs unmap"],
+}
+
+
+def _document(sub: argparse._SubParsersAction) -> None:
+    """Give every subcommand (and sub-subcommand) a description and an examples epilog."""
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, p in sub.choices.items():
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+        if not p.description and helps.get(name):
+            p.description = helps[name][0].upper() + helps[name][1:] + "."
+        if not p.epilog and name in EXAMPLES:
+            p.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _document(action)
 
 
 def _open_datastore(args: argparse.Namespace):
@@ -315,7 +394,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_find(args: argparse.Namespace) -> int:
     from snapfs.views.browse import find_paths
 
-    for path in find_paths(_snapshot_reader(args), args.archive, args.pattern):
+    paths = find_paths(_snapshot_reader(args), args.archive, args.pattern)
+    if args.json:
+        json.dump(list(paths), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    for path in paths:
         print(path)
     return 0
 
@@ -397,9 +481,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         uid=parse_id(args.uid, "uid"),
         gid=parse_id(args.gid, "gid"),
         foreground=args.foreground,
-        debug=args.debug or args.mount_debug,
+        debug=args.debug or args.mount_debug or args.log_level == "debug",
         read_ahead_kb=args.read_ahead_kb,
-        log_file=args.log_file,
+        log_file=args.log_file or args.global_log_file,
     )
     datastore = _open_datastore(args)
     return mount(datastore, _crypt_config(args), opts)
@@ -451,25 +535,37 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and os.path.basename(sys.argv[0]) == "mount.snapfs":
+        from snapfs.mount_helper import main as mount_helper_main
+
+        return mount_helper_main(sys.argv[1:])
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="snapfs: %(levelname)s: %(message)s",
-    )
+    logs.configure("debug" if debug else "warning")
+    command = "snapfs"
     try:
         args = build_parser().parse_args(argv)
+        logs.configure(args.log_level or ("debug" if debug else "warning"), args.global_log_file)
+        # Names only: arguments may be paths a user considers private, never secrets anyway.
+        command = " ".join(
+            str(getattr(args, a)) for a in ("command", "key_command") if getattr(args, a, None)
+        )
+        log.info("%s: started (pid %d)", command, os.getpid())
         func: Callable[[argparse.Namespace], int] = args.func
-        return func(args)
+        code = func(args)
+        log.info("%s: finished, exit code %d", command, code)
+        return code
     except UsageError as exc:
         if debug:
             raise
         print(f"snapfs: error: {exc}", file=sys.stderr)
+        log.error("%s: usage error: %s", command, exc, extra={"file_only": True})
         return EXIT_USAGE
     except SnapfsError as exc:
         if debug:
             raise
         print(f"snapfs: error: {exc}", file=sys.stderr)
+        log.error("%s: failed: %s", command, exc, extra={"file_only": True})
         return EXIT_ERROR
     except BrokenPipeError:
         # `snapfs cat ... | head`: the reader left; not an error of ours.

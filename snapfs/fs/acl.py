@@ -43,13 +43,18 @@ def has_access_acl(acl: Acl | None) -> bool:
 
 
 def has_default_acl(acl: Acl | None) -> bool:
-    return acl is not None and bool(acl.default is not None or acl.default_users or acl.default_groups)
+    return acl is not None and bool(
+        acl.default is not None or acl.default_users or acl.default_groups
+    )
 
 
 def access_acl_xattr(mode: int, acl: Acl) -> bytes:
     """The `system.posix_acl_access` value of an entry with this mode and ACL."""
     group_bits = (mode >> 3) & 7
-    records = [(ACL_USER_OBJ, (mode >> 6) & 7, ACL_UNDEFINED_ID), (ACL_OTHER, mode & 7, ACL_UNDEFINED_ID)]
+    records = [
+        (ACL_USER_OBJ, (mode >> 6) & 7, ACL_UNDEFINED_ID),
+        (ACL_OTHER, mode & 7, ACL_UNDEFINED_ID),
+    ]
     records += [(ACL_USER, perm, uid) for uid, perm in acl.users]
     records += [(ACL_GROUP, perm, gid) for gid, perm in acl.groups]
     if acl.group_obj is not None:
@@ -67,7 +72,12 @@ def default_acl_xattr(acl: Acl) -> bytes:
     """The `system.posix_acl_default` value of a directory with this ACL."""
     user_obj, group_obj, other, mask = acl.default or (ACL_NO_MASK,) * 4
     records = []
-    for tag, perm in ((ACL_USER_OBJ, user_obj), (ACL_GROUP_OBJ, group_obj), (ACL_OTHER, other), (ACL_MASK, mask)):
+    for tag, perm in (
+        (ACL_USER_OBJ, user_obj),
+        (ACL_GROUP_OBJ, group_obj),
+        (ACL_OTHER, other),
+        (ACL_MASK, mask),
+    ):
         if perm != ACL_NO_MASK:
             records.append((tag, perm, ACL_UNDEFINED_ID))
     records += [(ACL_USER, perm, uid) for uid, perm in acl.default_users]

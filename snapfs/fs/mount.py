@@ -84,11 +84,18 @@ def mount_options(opts: MountOptions) -> set[str]:
 
 def mount(datastore: Datastore, crypt: CryptConfig | None, opts: MountOptions) -> int:
     """Mount and serve; in the background unless opts.foreground. Returns an exit code."""
-    mnt = opts.mountpoint
+    opts.source = os.path.abspath(opts.source)
+    opts.mountpoint = mnt = os.path.abspath(opts.mountpoint)
+    if opts.log_file:
+        opts.log_file = os.path.abspath(opts.log_file)
     if not os.path.isdir(mnt):
         raise MountError(f"mount point {mnt} is not a directory")
     if find_mount(mnt) is not None and _is_dead(mnt):
-        raise MountError(f"{mnt}: a dead snapfs mount is still there; run `snapfs umount {mnt}` first")
+        raise MountError(
+            f"{mnt}: a dead snapfs mount is still there; run `snapfs umount {mnt}` first"
+        )
+    if find_mount(mnt) is not None:  # stacking a second mount would hide the first
+        raise MountError(f"{mnt} is already a mount point ({find_mount(mnt)}); unmount it first")
     if opts.foreground:
         _setup_logging(opts, background=False)
         return _serve(datastore, crypt, opts, ready_fd=None)
@@ -99,6 +106,7 @@ def mount(datastore: Datastore, crypt: CryptConfig | None, opts: MountOptions) -
         code = 1
         try:
             os.setsid()
+            os.chdir("/")  # do not keep the caller's directory busy
             code = _serve(datastore, crypt, opts, ready_fd=write_fd)
         except BaseException as exc:  # report before ready; after it, log
             _report_failure(write_fd, exc)
@@ -111,7 +119,10 @@ def mount(datastore: Datastore, crypt: CryptConfig | None, opts: MountOptions) -
         return 0
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    raise MountError(message.removeprefix("error: ") or f"{mnt}: the mount process exited before the mount was ready")
+    raise MountError(
+        message.removeprefix("error: ")
+        or f"{mnt}: the mount process exited before the mount was ready"
+    )
 
 
 def _report_failure(fd: int | None, exc: BaseException) -> None:
@@ -124,7 +135,9 @@ def _report_failure(fd: int | None, exc: BaseException) -> None:
         os.close(fd)
 
 
-def _serve(datastore: Datastore, crypt: CryptConfig | None, opts: MountOptions, ready_fd: int | None) -> int:
+def _serve(
+    datastore: Datastore, crypt: CryptConfig | None, opts: MountOptions, ready_fd: int | None
+) -> int:
     import pyfuse3
     import trio
 
@@ -136,7 +149,9 @@ def _serve(datastore: Datastore, crypt: CryptConfig | None, opts: MountOptions, 
     try:
         pyfuse3.init(ops, opts.mountpoint, mount_options(opts))
     except RuntimeError as exc:
-        raise MountError(f"cannot mount on {opts.mountpoint}: {exc} (see the message above)") from None
+        raise MountError(
+            f"cannot mount on {opts.mountpoint}: {exc} (see the message above)"
+        ) from None
     unmounted = False
     try:
         trio.run(_main, opts, ready_fd)
@@ -213,7 +228,9 @@ def _setup_logging(opts: MountOptions, background: bool) -> None:
             root.removeHandler(old)
     if opts.log_file:
         handler = logging.FileHandler(opts.log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s snapfs[%(process)d]: %(levelname)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s snapfs[%(process)d]: %(levelname)s: %(message)s")
+        )
     elif background and os.path.exists("/dev/log"):
         handler = logging.handlers.SysLogHandler(address="/dev/log")
         handler.setFormatter(logging.Formatter("snapfs[%(process)d]: %(levelname)s: %(message)s"))
@@ -251,7 +268,7 @@ def _unescape(field: bytes) -> str:
 
 def _is_dead(mountpoint: str) -> bool:
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)  # always reaches the daemon (stat may come from the attr cache)
     except OSError as exc:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
@@ -273,7 +290,9 @@ def umount(mountpoint: str) -> None:
     fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
     commands = []
     if fusermount:
-        commands.append([fusermount, "-u", "-z", mountpoint] if lazy else [fusermount, "-u", mountpoint])
+        commands.append(
+            [fusermount, "-u", "-z", mountpoint] if lazy else [fusermount, "-u", mountpoint]
+        )
     if os.geteuid() == 0:
         commands.append(["umount", "-l", mountpoint] if lazy else ["umount", mountpoint])
     errors = []
@@ -281,5 +300,9 @@ def umount(mountpoint: str) -> None:
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode == 0 and not _still_mounted(mountpoint):
             return
-        errors.append((result.stderr or result.stdout).strip() or f"{cmd[0]} exited {result.returncode}")
-    raise MountError(f"cannot unmount {mountpoint}: {errors[-1] if errors else 'no fusermount3 or umount found'}")
+        errors.append(
+            (result.stderr or result.stdout).strip() or f"{cmd[0]} exited {result.returncode}"
+        )
+    raise MountError(
+        f"cannot unmount {mountpoint}: {errors[-1] if errors else 'no fusermount3 or umount found'}"
+    )

@@ -106,7 +106,9 @@ class SnapfsOperations(pyfuse3.Operations):
         except SnapfsError as exc:
             raise self._fail(exc, where, quiet_enoent) from None
 
-    def _fail(self, exc: BaseException, where: str, quiet_enoent: bool = False) -> pyfuse3.FUSEError:
+    def _fail(
+        self, exc: BaseException, where: str, quiet_enoent: bool = False
+    ) -> pyfuse3.FUSEError:
         code = errno_for(exc) if isinstance(exc, SnapfsError) else errno.EIO
         if not (quiet_enoent and code == errno.ENOENT):
             self.model.report(exc, where)
@@ -197,11 +199,15 @@ class SnapfsOperations(pyfuse3.Operations):
             if isinstance(handle.node, DirNode):
                 items = self.model.readdir(handle, start, READDIR_BATCH)
             else:
-                items = await self._run(handle.node.path, self.model.readdir, handle, start, READDIR_BATCH)
+                items = await self._run(
+                    handle.node.path, self.model.readdir, handle, start, READDIR_BATCH
+                )
             if not items:
                 return
             for item in items:
-                if not pyfuse3.readdir_reply(token, item.name, entry_attributes(item.attr), item.next_offset):
+                if not pyfuse3.readdir_reply(
+                    token, item.name, entry_attributes(item.attr), item.next_offset
+                ):
                     return
                 self.model.remember(item.node)  # readdirplus hands the kernel a reference
             start = items[-1].next_offset
@@ -236,6 +242,8 @@ class SnapfsOperations(pyfuse3.Operations):
         try:
             data = content.read(off, size, block=False)
             if data is None:
+                if sequential:  # start the chunks after this one while we wait for it
+                    self._readahead(content, off, size)
                 data = await trio.to_thread.run_sync(content.read, off, size, limiter=self._limiter)
         except SnapfsError as exc:
             raise self._fail(exc, content.name) from None
@@ -256,7 +264,9 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def _prefetch(self, chunks, digest: bytes) -> None:
         try:
-            await trio.to_thread.run_sync(chunks.read_chunk, digest, limiter=self._readahead_limiter)
+            await trio.to_thread.run_sync(
+                chunks.read_chunk, digest, limiter=self._readahead_limiter
+            )
         except Exception:
             pass  # the read that needs this chunk reports the error itself
         finally:

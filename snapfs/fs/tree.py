@@ -69,6 +69,7 @@ LINK_MODE = stat.S_IFLNK | 0o777
 #: Readahead target: bytes decoded ahead of a sequential reader (at least two chunks).
 READAHEAD_BYTES = 16 * 1024 * 1024
 MIN_READAHEAD_CHUNKS = 2
+SEQUENTIAL_SLACK = 4 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -155,7 +156,9 @@ class NamespaceNode(DirNode):
         out: dict[bytes, Node] = {}
         for backup_type in BACKUP_TYPES:
             if backup_type in by_type:
-                out[backup_type.encode()] = TypeNode(self.model, self._child_path(backup_type), by_type[backup_type])
+                out[backup_type.encode()] = TypeNode(
+                    self.model, self._child_path(backup_type), by_type[backup_type]
+                )
         children = ds.namespaces(self.ns)
         if children:
             out[b"ns"] = NamespaceListNode(self.model, self._child_path("ns"), children)
@@ -203,13 +206,17 @@ class GroupNode(DirNode):
         ds = self.model.datastore
         snapshots = ds.snapshots(self.group)
         out: dict[bytes, Node] = {
-            s.time_name.encode(): SnapshotNode(self.model, self._child_path(s.time_name), s) for s in snapshots
+            s.time_name.encode(): SnapshotNode(self.model, self._child_path(s.time_name), s)
+            for s in snapshots
         }
         for s in reversed(snapshots):
             # Only the newest few are usually checked: a snapshot being written has no manifest.
             if MANIFEST_NAME in ds.backend.list_dir(s.path).files:
                 out[b"latest"] = SymlinkNode(
-                    self.model, self._child_path("latest"), s.time_name.encode(), s.time * 1_000_000_000
+                    self.model,
+                    self._child_path("latest"),
+                    s.time_name.encode(),
+                    s.time * 1_000_000_000,
                 )
                 break
         return out
@@ -224,7 +231,16 @@ class SymlinkNode(Node):
         self.target = target
 
     def attr(self, load: bool = True) -> Attr:
-        return Attr(self.ino, self.mode, 1, self.model.uid, self.model.gid, len(self.target), 0, self.mtime_ns)
+        return Attr(
+            self.ino,
+            self.mode,
+            1,
+            self.model.uid,
+            self.model.gid,
+            len(self.target),
+            0,
+            self.mtime_ns,
+        )
 
 
 class SnapshotNode(DirNode):
@@ -243,7 +259,9 @@ class SnapshotNode(DirNode):
         if MANIFEST_NAME not in ds.backend.list_dir(self.snapshot.path).files:
             return {}  # incomplete (being written or aborted): shown, but empty
         manifest = ds.manifest(self.snapshot)
-        out: dict[bytes, Node] = {b"index.json": ManifestNode(self.model, self._child_path("index.json"), self)}
+        out: dict[bytes, Node] = {
+            b"index.json": ManifestNode(self.model, self._child_path("index.json"), self)
+        }
         names = {f.filename for f in manifest.files}
         for f in manifest.files:
             name = f.filename
@@ -321,7 +339,17 @@ class LazyFileNode(Node):
             except SnapfsError as exc:
                 self.model.report(exc, self.path)
         size = 0 if data is None else len(data)
-        return Attr(self.ino, self.mode, 1, self.model.uid, self.model.gid, size, 0, self.mtime_ns, data is not None)
+        return Attr(
+            self.ino,
+            self.mode,
+            1,
+            self.model.uid,
+            self.model.gid,
+            size,
+            0,
+            self.mtime_ns,
+            data is not None,
+        )
 
 
 class ManifestNode(LazyFileNode):
@@ -334,7 +362,9 @@ class ManifestNode(LazyFileNode):
 class BlobNode(LazyFileNode):
     __slots__ = ("file",)
 
-    def __init__(self, model: FsModel, path: str, snapshot_node: SnapshotNode, file: ManifestFile) -> None:
+    def __init__(
+        self, model: FsModel, path: str, snapshot_node: SnapshotNode, file: ManifestFile
+    ) -> None:
         super().__init__(model, path, snapshot_node)
         self.file = file
 
@@ -350,7 +380,9 @@ class StreamNode(Node):
     __slots__ = ("snapshot_node", "file", "_stream", "_lock")
     mode = FILE_MODE
 
-    def __init__(self, model: FsModel, path: str, snapshot_node: SnapshotNode, file: ManifestFile) -> None:
+    def __init__(
+        self, model: FsModel, path: str, snapshot_node: SnapshotNode, file: ManifestFile
+    ) -> None:
         super().__init__(model, path, snapshot_node.mtime_ns)
         self.snapshot_node = snapshot_node
         self.file = file
@@ -358,7 +390,9 @@ class StreamNode(Node):
         self._lock = threading.Lock()
 
     def attr(self, load: bool = True) -> Attr:
-        return Attr(self.ino, self.mode, 1, self.model.uid, self.model.gid, self.file.size, 0, self.mtime_ns)
+        return Attr(
+            self.ino, self.mode, 1, self.model.uid, self.model.gid, self.file.size, 0, self.mtime_ns
+        )
 
     def stream(self) -> IndexStream:
         """Blocking on first call: reads and checks the index file."""
@@ -406,7 +440,9 @@ class ArchiveNode(Node):
             except SnapfsError as exc:
                 self.model.report(exc, self.path)
         if archive is None:
-            return Attr(self.ino, self.mode, 1, self.model.uid, self.model.gid, 0, 0, self.mtime_ns, False)
+            return Attr(
+                self.ino, self.mode, 1, self.model.uid, self.model.gid, 0, 0, self.mtime_ns, False
+            )
         return archive.entry_attr(archive.root, self.ino)
 
 
@@ -450,7 +486,16 @@ class Archive:
             size = len(entry.link_target or b"")
         rdev = os.makedev(*entry.device) if entry.device is not None else 0
         uid, gid = (model.uid, model.gid) if model.map_owner else (entry.uid, entry.gid)
-        return Attr(self.ino(entry) if ino is None else ino, entry.mode, nlink, uid, gid, size, rdev, entry.mtime_ns)
+        return Attr(
+            self.ino(entry) if ino is None else ino,
+            entry.mode,
+            nlink,
+            uid,
+            gid,
+            size,
+            rdev,
+            entry.mtime_ns,
+        )
 
     def content(self, entry: Entry) -> Content:
         """A regular file's bytes as a window on the stream that holds them (blocking)."""
@@ -462,8 +507,12 @@ class Archive:
                 acc.read(entry, 0, 1)  # checks the PAYLOAD header of a split archive once
         source = acc.archive if acc.format_version == 1 else acc.payload
         if not isinstance(source, IndexStream):
-            raise UnsupportedFormatError(f"{acc.name}: content of {entry.path!r} is not in an index stream")
-        return Content(source, entry.content_offset, entry.size, f"{self.node.path}{_show(entry.path)}")
+            raise UnsupportedFormatError(
+                f"{acc.name}: content of {entry.path!r} is not in an index stream"
+            )
+        return Content(
+            source, entry.content_offset, entry.size, f"{self.node.path}{_show(entry.path)}"
+        )
 
 
 class PxarNode:
@@ -561,7 +610,10 @@ class Content:
             return []
         current = index.chunk_at(end - 1)
         last_byte = min(self.base + self.size, end + READAHEAD_BYTES) - 1
-        last = max(index.chunk_at(last_byte), min(current + MIN_READAHEAD_CHUNKS, index.chunk_at(self.base + self.size - 1)))
+        last = max(
+            index.chunk_at(last_byte),
+            min(current + MIN_READAHEAD_CHUNKS, index.chunk_at(self.base + self.size - 1)),
+        )
         first = current + 1
         if first <= self.ahead <= last:
             first = self.ahead + 1  # the ones before were handed out by an earlier read
@@ -569,10 +621,13 @@ class Content:
             return []
         self.ahead = last
         cache = self.stream.chunks.cache
-        return [d for d in (index.digest(i) for i in range(first, last + 1)) if d not in cache]
+        wanted = dict.fromkeys(index.digest(i) for i in range(first, last + 1))  # dedup, in order
+        return [d for d in wanted if d not in cache]
 
     def is_sequential(self, offset: int) -> bool:
-        return offset == self._next
+        # The kernel's readahead keeps several requests in flight, so they may arrive a little
+        # out of order: near the last read's end still counts as sequential.
+        return abs(offset - self._next) <= SEQUENTIAL_SLACK
 
 
 class BytesContent:
@@ -726,7 +781,10 @@ class FsModel:
         """Up to `count` entries from position `start`; `next_offset` resumes after each."""
         if handle._static is not None:
             items = handle._static[start : start + count]
-            return [DirItem(name, n, n.attr(load=False), start + i + 1) for i, (name, n) in enumerate(items)]
+            return [
+                DirItem(name, n, n.attr(load=False), start + i + 1)
+                for i, (name, n) in enumerate(items)
+            ]
         pending = [p for p in handle._pending if p[0] >= start]
         expected = pending[0][0] if pending else handle._iter_pos
         archive, entry = self._pxar_dir(handle.node)
@@ -747,7 +805,9 @@ class FsModel:
                 pending.append((index, name, PxarNode(archive, archive.resolve(child))))
             handle._pending = pending
             # Attributes after the batch: a hard link later in it raises its target's st_nlink.
-            return [DirItem(name, node, node.attr(), index + 1) for index, name, node in pending[:count]]
+            return [
+                DirItem(name, node, node.attr(), index + 1) for index, name, node in pending[:count]
+            ]
 
     def open(self, node: AnyNode) -> Content | BytesContent:
         """Content handle of a regular file (blocking: index, blob or manifest read)."""

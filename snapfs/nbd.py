@@ -1,0 +1,824 @@
+"""`snapfs nbd`: serve backed-up disk images over NBD, read-only or with a copy-on-write overlay.
+
+QEMU (`-drive file=nbd://127.0.0.1:10809/drive-scsi0.img`), qemu-img, nbdinfo/nbdcopy attach
+without FUSE, root or a loop device. Reads go through the same Datastore, ChunkReader and ChunkCache
+as the mount, so a local datastore, S3 and the on-disk cache all work, and the chunks a booting
+guest reads stay decoded in memory.
+
+Protocol: newstyle fixed handshake; NBD_OPT_EXPORT_NAME, LIST, INFO, GO (with NBD_INFO_EXPORT,
+NAME, DESCRIPTION and BLOCK_SIZE), ABORT, optional STARTTLS; simple replies only (structured
+replies, metadata contexts and extended headers are answered NBD_REP_ERR_UNSUP, which every client
+handles). Commands: READ, CACHE, DISC, FLUSH, and with an overlay WRITE and WRITE_ZEROES.
+
+Threads, not trio: each connection has one thread that reads requests; a read whose chunks are all
+decoded in the cache is answered right there (a warm 4 KiB read costs one dict lookup and one
+sendmsg), others go to a worker pool so a slow chunk (S3) does not hold up the requests behind it.
+Replies may leave out of order, which NBD allows (the client matches them by cookie). zstd, AES and
+SHA-256 release the GIL, so the workers and the readahead decode on both cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import struct
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from snapfs import nbd_proto as P
+from snapfs.errors import NotFoundError, SnapfsError, UsageError
+from snapfs.format.source import ByteSource
+from snapfs.nbd_overlay import Overlay
+from snapfs.store.stream import IndexStream
+
+log = logging.getLogger("snapfs.nbd")
+
+DEFAULT_PORT = 10809
+DEFAULT_WORKERS = 8  # blocking chunk fetches in flight (S3 latency hides behind them)
+READAHEAD_BYTES = 16 * 1024 * 1024
+MAX_OPTION_LENGTH = 64 * 1024
+ZERO_BLOCK = bytes(1024 * 1024)
+
+
+class ProtocolError(SnapfsError):
+    """The client broke the NBD protocol; the connection is closed."""
+
+
+# --- exports --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Export:
+    """One image clients can attach by name. `open` runs on first use (reads the index)."""
+
+    name: str
+    open: Callable[[], ByteSource]
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    overlay_path: str | None = None
+    _source: ByteSource | None = field(default=None, repr=False)
+    _overlay: Overlay | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def source(self) -> ByteSource:
+        if self._source is None:
+            with self._lock:
+                if self._source is None:
+                    source = self.open()
+                    if self.overlay_path is not None:
+                        self._overlay = Overlay(
+                            self.overlay_path, source.size, self.name, source.read_at
+                        )
+                    self._source = source
+        return self._source
+
+    @property
+    def overlay(self) -> Overlay | None:
+        return self._overlay
+
+    @property
+    def writable(self) -> bool:
+        return self.overlay_path is not None
+
+    def transmission_flags(self) -> int:
+        flags = P.TFLAG_HAS_FLAGS | P.TFLAG_SEND_FLUSH | P.TFLAG_CAN_MULTI_CONN | P.TFLAG_SEND_CACHE
+        if self.writable:
+            return flags | P.TFLAG_SEND_FUA | P.TFLAG_SEND_WRITE_ZEROES
+        return flags | P.TFLAG_READ_ONLY
+
+    def read(self, offset: int, size: int, block: bool = True) -> bytes | memoryview | None:
+        """Bytes the client sees; None if not block and a chunk would have to be fetched."""
+        overlay = self._overlay
+        if overlay is not None:
+            return overlay.read(offset, size) if block else None
+        source = self.source()
+        if isinstance(source, IndexStream):
+            return read_stream(source, offset, size, block)
+        return source.read_at(offset, size) if block else None
+
+    def close(self) -> None:
+        if self._overlay is not None:
+            self._overlay.close()
+
+
+def read_stream(
+    stream: IndexStream, offset: int, size: int, block: bool
+) -> bytes | memoryview | None:
+    """[offset, offset+size) of an index stream; with block=False only from decoded chunks."""
+    index = stream.index
+    end = min(offset + size, stream.size)
+    if offset >= end:
+        return b""
+    chunks = stream.chunks
+    parts = []
+    pos = offset
+    i = index.chunk_at(offset)
+    while pos < end:
+        start, stop = index.chunk_range(i)
+        digest = index.digest(i)
+        data = chunks.cache.get(digest)
+        if data is None:
+            if not block:
+                return None
+            data = chunks.read_chunk(digest)
+        if len(data) != stop - start:
+            stream._check_length(i, start, stop, data)
+        parts.append(memoryview(data)[pos - start : min(end, stop) - start])
+        pos = stop
+        i += 1
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class Readahead:
+    """Decodes the chunks after a sequential reader's position before it asks for them."""
+
+    def __init__(self, pool: ThreadPoolExecutor, window: int = READAHEAD_BYTES) -> None:
+        self.pool = pool
+        self.window = window
+
+    def after(self, export: Export, end: int, state: dict) -> None:
+        """A read ended at `end` and continued the previous one: fetch what comes next."""
+        source = export._source
+        if not isinstance(source, IndexStream) or end >= source.size:
+            return
+        self.prefetch(source, end, min(source.size, end + self.window), state)
+
+    def prefetch(self, stream: IndexStream, offset: int, end: int, state: dict | None) -> None:
+        index = stream.index
+        first, last = index.chunk_at(offset), index.chunk_at(end - 1)
+        if state is not None:
+            ahead = state.get(id(stream), -1)
+            if first <= ahead:
+                first = ahead + 1  # handed out by an earlier read already
+            if first > last:
+                return
+            state[id(stream)] = last
+        cache = stream.chunks.cache
+        for digest in dict.fromkeys(index.digest(i) for i in range(first, last + 1)):
+            if digest not in cache:
+                self.pool.submit(_quiet_fetch, stream, digest)
+
+
+def _quiet_fetch(stream: IndexStream, digest: bytes) -> None:
+    try:
+        stream.chunks.read_chunk(digest)
+    except SnapfsError:
+        pass  # the reader that needs it will fetch again and report the error
+
+
+# --- server ---------------------------------------------------------------------------------------
+
+
+class NbdServer:
+    """Serves `exports` on listening sockets until `shutdown()`."""
+
+    def __init__(
+        self,
+        exports: Iterable[Export],
+        *,
+        workers: int = DEFAULT_WORKERS,
+        readahead_bytes: int = READAHEAD_BYTES,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.exports = list(exports)
+        self.by_name: dict[str, Export] = {}
+        for export in self.exports:
+            self.by_name.setdefault(export.name, export)
+        for export in self.exports:
+            for alias in export.aliases:
+                self.by_name.setdefault(alias, export)
+        if self.exports:
+            self.by_name.setdefault("", self.exports[0])
+        self.tls = tls
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapfs-nbd")
+        self.readahead = Readahead(
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapfs-nbd-ahead"),
+            readahead_bytes,
+        )
+        self._listeners: list[socket.socket] = []
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._reported: set[str] = set()
+
+    def serve(self, listener: socket.socket) -> None:
+        """Accept connections until shutdown(); each gets its own thread."""
+        with self._lock:
+            self._listeners.append(listener)
+        while not self._stopping.is_set():
+            try:
+                conn, peer = listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                raise
+            if conn.family in (socket.AF_INET, socket.AF_INET6):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(
+                target=self._run_connection, args=(conn, peer), daemon=True, name="snapfs-nbd-conn"
+            ).start()
+
+    def _run_connection(self, conn: socket.socket, peer: object) -> None:
+        with self._lock:
+            self._connections.add(conn)
+        try:
+            _Connection(self, conn).run()
+        except (OSError, ProtocolError) as exc:
+            log.debug("connection %s ended: %s", peer, exc)
+        except Exception:
+            log.exception("connection %s failed", peer)
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            for sock in self._listeners + list(self._connections):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.readahead.pool.shutdown(wait=True, cancel_futures=True)
+        for export in self.exports:
+            export.close()
+
+    def report(self, message: str) -> None:
+        """Log an error once: a guest retrying a bad sector must not flood the log."""
+        if message not in self._reported and len(self._reported) < 10_000:
+            self._reported.add(message)
+            log.error("%s", message)
+
+
+class _Connection:
+    def __init__(self, server: NbdServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock: socket.socket = sock
+        self.send_lock = threading.Lock()
+        self.no_zeroes = False
+        self.tls_done = False
+        self.pending = 0
+        self.idle = threading.Condition()
+        self.next_offset = -1
+        self.ahead_state: dict = {}
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def recv_exactly(self, n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            r = self.sock.recv_into(view[got:], n - got)
+            if r == 0:
+                raise ProtocolError(f"client closed the connection ({got} of {n} bytes read)")
+            got += r
+        return bytes(buf)
+
+    def send(self, *buffers: bytes | memoryview) -> None:
+        with self.send_lock:
+            if isinstance(self.sock, ssl.SSLSocket):
+                self.sock.sendall(b"".join(buffers))
+                return
+            todo = [memoryview(b).cast("B") for b in buffers if len(b)]
+            while todo:
+                sent = self.sock.sendmsg(todo)
+                while todo and sent >= len(todo[0]):
+                    sent -= len(todo[0])
+                    todo.pop(0)
+                if todo and sent:
+                    todo[0] = todo[0][sent:]
+
+    def option_reply(self, option: int, reply: int, data: bytes = b"") -> None:
+        self.send(P.OPTION_REPLY.pack(P.REPLY_MAGIC, option, reply, len(data)), data)
+
+    # -- handshake ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.send(
+            struct.pack(">QQH", P.NBDMAGIC, P.IHAVEOPT, P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES)
+        )
+        (client_flags,) = struct.unpack(">I", self.recv_exactly(4))
+        if client_flags & ~(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES):
+            raise ProtocolError(f"unknown client flags 0x{client_flags:x}")
+        self.no_zeroes = bool(client_flags & P.FLAG_C_NO_ZEROES)
+        export = self.negotiate()
+        if export is not None:
+            self.transmit(export)
+
+    def negotiate(self) -> Export | None:
+        while True:
+            magic, option, length = P.OPTION_HEADER.unpack(self.recv_exactly(16))
+            if magic != P.IHAVEOPT:
+                raise ProtocolError(f"bad option magic 0x{magic:x}")
+            if length > MAX_OPTION_LENGTH:
+                raise ProtocolError(f"option {option} of {length} bytes is too long")
+            data = self.recv_exactly(length)
+            if self.server.tls is not None and not self.tls_done and option != P.OPT_STARTTLS:
+                if option == P.OPT_EXPORT_NAME:
+                    raise ProtocolError("NBD_OPT_EXPORT_NAME before STARTTLS")
+                if option == P.OPT_ABORT:
+                    return None
+                self.option_reply(option, P.REP_ERR_TLS_REQD, b"TLS is required")
+                continue
+            if option == P.OPT_EXPORT_NAME:
+                export = self.lookup(data.decode("utf-8", "replace"))
+                if export is None:
+                    raise ProtocolError("NBD_OPT_EXPORT_NAME of an unknown export")
+                try:
+                    size = export.source().size
+                except SnapfsError as exc:
+                    self.server.report(f"export {export.name}: {exc}")
+                    raise ProtocolError(str(exc)) from None
+                self.send(
+                    struct.pack(">QH", size, export.transmission_flags()),
+                    b"" if self.no_zeroes else bytes(124),
+                )
+                return export
+            if option == P.OPT_ABORT:
+                with contextlib.suppress(OSError):
+                    self.option_reply(option, P.REP_ACK)
+                return None
+            if option == P.OPT_LIST:
+                if data:
+                    self.option_reply(option, P.REP_ERR_INVALID, b"LIST takes no data")
+                    continue
+                for export in self.server.exports:
+                    name = export.name.encode()
+                    self.option_reply(option, P.REP_SERVER, struct.pack(">I", len(name)) + name)
+                self.option_reply(option, P.REP_ACK)
+            elif option in (P.OPT_INFO, P.OPT_GO):
+                export = self.info(option, data)
+                if export is not None and option == P.OPT_GO:
+                    return export
+            elif option == P.OPT_STARTTLS:
+                self.starttls(data)
+            else:
+                self.option_reply(option, P.REP_ERR_UNSUP, b"not supported by snapfs")
+
+    def lookup(self, name: str) -> Export | None:
+        return self.server.by_name.get(name)
+
+    def info(self, option: int, data: bytes) -> Export | None:
+        if len(data) < 6:
+            self.option_reply(option, P.REP_ERR_INVALID, b"option data too short")
+            return None
+        (name_len,) = struct.unpack_from(">I", data)
+        if 4 + name_len + 2 > len(data):
+            self.option_reply(option, P.REP_ERR_INVALID, b"export name length out of range")
+            return None
+        name = data[4 : 4 + name_len]
+        (count,) = struct.unpack_from(">H", data, 4 + name_len)
+        if len(data) != 4 + name_len + 2 + 2 * count:
+            self.option_reply(option, P.REP_ERR_INVALID, b"information request list malformed")
+            return None
+        wanted = set(struct.unpack_from(f">{count}H", data, 4 + name_len + 2))
+        export = self.lookup(name.decode("utf-8", "replace"))
+        if export is None:
+            self.option_reply(option, P.REP_ERR_UNKNOWN, b"no such export: " + name[:200])
+            return None
+        try:
+            size = export.source().size
+        except SnapfsError as exc:
+            self.server.report(f"export {export.name}: {exc}")
+            self.option_reply(option, P.REP_ERR_UNKNOWN, str(exc).encode()[:1000])
+            return None
+        reply = P.REP_INFO
+        self.option_reply(
+            option,
+            reply,
+            P.INFO_EXPORT_STRUCT.pack(P.INFO_EXPORT, size, export.transmission_flags()),
+        )
+        self.option_reply(
+            option,
+            reply,
+            P.INFO_BLOCK_SIZE_STRUCT.pack(P.INFO_BLOCK_SIZE, 1, P.PREFERRED_BLOCK, P.MAX_PAYLOAD),
+        )
+        if P.INFO_NAME in wanted:
+            self.option_reply(option, reply, struct.pack(">H", P.INFO_NAME) + export.name.encode())
+        if P.INFO_DESCRIPTION in wanted and export.description:
+            self.option_reply(
+                option,
+                reply,
+                struct.pack(">H", P.INFO_DESCRIPTION) + export.description.encode()[:4096],
+            )
+        self.option_reply(option, P.REP_ACK)
+        return export
+
+    def starttls(self, data: bytes) -> None:
+        if self.server.tls is None:
+            self.option_reply(P.OPT_STARTTLS, P.REP_ERR_UNSUP, b"TLS is not configured")
+            return
+        if data or self.tls_done:
+            self.option_reply(P.OPT_STARTTLS, P.REP_ERR_INVALID, b"TLS already on or bad data")
+            return
+        self.option_reply(P.OPT_STARTTLS, P.REP_ACK)
+        self.sock = self.server.tls.wrap_socket(self.sock, server_side=True)
+        self.tls_done = True
+
+    # -- transmission ------------------------------------------------------------------------------
+
+    def transmit(self, export: Export) -> None:
+        size = export.source().size
+        server = self.server
+        try:
+            while True:
+                magic, flags, cmd, cookie, offset, length = P.REQUEST.unpack(
+                    self.recv_exactly(P.REQUEST.size)
+                )
+                if magic != P.REQUEST_MAGIC:
+                    raise ProtocolError(f"bad request magic 0x{magic:x}")
+                if cmd == P.CMD_READ:
+                    error = self.check_range(offset, length, size)
+                    if error:
+                        self.reply(cookie, error)
+                        continue
+                    data = export.read(offset, length, block=False)
+                    if data is not None:
+                        self.reply(cookie, 0, data)
+                    else:
+                        self.start(self.read_job, export, cookie, offset, length)
+                    if offset == self.next_offset:
+                        server.readahead.after(export, offset + length, self.ahead_state)
+                    self.next_offset = offset + length
+                elif cmd in (P.CMD_WRITE, P.CMD_WRITE_ZEROES):
+                    if cmd == P.CMD_WRITE and length > P.MAX_PAYLOAD:
+                        raise ProtocolError(f"write of {length} bytes is over the payload limit")
+                    payload = self.recv_exactly(length) if cmd == P.CMD_WRITE else None
+                    self.reply(
+                        cookie, self.write(export, cmd, flags, offset, length, size, payload)
+                    )
+                elif cmd == P.CMD_FLUSH:
+                    self.wait_idle()
+                    self.reply(cookie, self.flush(export))
+                elif cmd == P.CMD_CACHE:
+                    error = self.check_range(offset, length, size, limit=False)
+                    source = export.source()
+                    if not error and length and isinstance(source, IndexStream):
+                        server.readahead.prefetch(source, offset, offset + length, None)
+                    self.reply(cookie, error)
+                elif cmd == P.CMD_DISC:
+                    return
+                else:
+                    self.reply(cookie, P.EINVAL)
+        finally:
+            self.wait_idle()
+
+    @staticmethod
+    def check_range(offset: int, length: int, size: int, limit: bool = True) -> int:
+        if offset + length > size:
+            return P.EINVAL
+        if limit and length > P.MAX_PAYLOAD:
+            return P.EINVAL
+        return 0
+
+    def reply(self, cookie: int, error: int, data: bytes | memoryview = b"") -> None:
+        self.send(P.SIMPLE_REPLY.pack(P.SIMPLE_REPLY_MAGIC, error, cookie), data)
+
+    def start(self, job: Callable, *args: object) -> None:
+        with self.idle:
+            self.pending += 1
+        try:
+            self.server.pool.submit(self._run_job, job, *args)
+        except RuntimeError:  # the pool is shut down: the server is stopping
+            self._job_done()
+            raise ProtocolError("server is shutting down") from None
+
+    def _run_job(self, job: Callable, *args: object) -> None:
+        try:
+            job(*args)
+        except OSError as exc:
+            log.debug("reply not sent: %s", exc)
+        finally:
+            self._job_done()
+
+    def _job_done(self) -> None:
+        with self.idle:
+            self.pending -= 1
+            if self.pending == 0:
+                self.idle.notify_all()
+
+    def wait_idle(self) -> None:
+        with self.idle:
+            while self.pending:
+                self.idle.wait()
+
+    def read_job(self, export: Export, cookie: int, offset: int, length: int) -> None:
+        try:
+            data = export.read(offset, length)
+        except SnapfsError as exc:
+            self.server.report(f"export {export.name}: read at {offset}: {exc}")
+            self.reply(cookie, P.EIO)
+            return
+        except Exception:
+            log.exception("export %s: read at %d failed", export.name, offset)
+            self.reply(cookie, P.EIO)
+            return
+        self.reply(cookie, 0, data)
+
+    def write(
+        self,
+        export: Export,
+        cmd: int,
+        flags: int,
+        offset: int,
+        length: int,
+        size: int,
+        payload: bytes | None,
+    ) -> int:
+        overlay = export.overlay
+        if overlay is None:
+            return P.EPERM
+        if offset + length > size:
+            return P.ENOSPC
+        fua = bool(flags & P.CMD_FLAG_FUA)
+        try:
+            if payload is not None:
+                if length:
+                    overlay.write(offset, payload, fua)
+            else:
+                pos = offset
+                while pos < offset + length:
+                    n = min(len(ZERO_BLOCK), offset + length - pos)
+                    overlay.write(pos, memoryview(ZERO_BLOCK)[:n], fua)
+                    pos += n
+        except (OSError, SnapfsError) as exc:
+            self.server.report(f"export {export.name}: write at {offset}: {exc}")
+            return P.ENOSPC if getattr(exc, "errno", None) == 28 else P.EIO
+        return 0
+
+    def flush(self, export: Export) -> int:
+        if export.overlay is None:
+            return 0
+        try:
+            export.overlay.flush()
+        except OSError as exc:
+            self.server.report(f"export {export.name}: flush: {exc}")
+            return P.EIO
+        return 0
+
+
+# --- exports from a datastore ---------------------------------------------------------------------
+
+
+def parse_export_args(tokens: list[str], ns: tuple[str, ...]) -> list[tuple[object, list[str]]]:
+    """`SNAPSHOT [IMAGE...] [SNAPSHOT [IMAGE...]]...` -> [(Snapshot, [image names])].
+
+    An empty image list means every image of that snapshot.
+    """
+    from snapfs.store.datastore import parse_snapshot
+
+    groups: list[tuple[object, list[str]]] = []
+    for token in tokens:
+        if token.count("/") >= 2:
+            groups.append((parse_snapshot(token, ns), []))
+        elif not groups:
+            raise UsageError(f"image {token!r} given before a SNAPSHOT (e.g. vm/100/2024-...Z)")
+        else:
+            groups[-1][1].append(token)
+    return groups
+
+
+def datastore_exports(
+    datastore,
+    crypt,
+    cache,
+    tokens: list[str],
+    ns: tuple[str, ...] = (),
+    overlay: str | None = None,
+) -> list[Export]:
+    """The exports `snapfs nbd SOURCE [SNAPSHOT [IMAGE...]]...` serves.
+
+    Names: `vm/100/2024-06-01T10:00:00Z/drive-scsi0.img`; the bare image name (`drive-scsi0.img`)
+    works too when only one snapshot has an image of that name, and the empty name means the first.
+    Without SNAPSHOT, every image of every snapshot in the namespace (indexes open on first use).
+    """
+    from snapfs.views.archives import SnapshotReader
+
+    groups = parse_export_args(tokens, ns)
+    if not groups:
+        for group in datastore.groups(ns):
+            groups.extend((s, []) for s in datastore.snapshots(group))
+    readers: dict[object, SnapshotReader] = {}
+    lock = threading.Lock()
+
+    def reader_for(snapshot) -> SnapshotReader:
+        with lock:
+            if snapshot not in readers:
+                readers[snapshot] = SnapshotReader(datastore, snapshot, crypt, cache)
+            return readers[snapshot]
+
+    exports: list[Export] = []
+    for snapshot, images in groups:
+        if images:
+            files = [datastore.resolve_archive(snapshot, name) for name in images]
+        else:
+            info = datastore.snapshot_info(snapshot)
+            if info.manifest is None:
+                if tokens:
+                    raise SnapfsError(
+                        f"snapshot {snapshot}: {info.problem or 'incomplete (no manifest)'}"
+                    )
+                continue
+            files = [f for f in info.manifest.files if f.archive_type == "fidx"]
+        for file in files:
+            if file.archive_type == "blob":
+                raise UsageError(f"{snapshot}/{file.filename} is a blob, not a disk image")
+            image = file.filename.removesuffix(".fidx").removesuffix(".didx")
+
+            def opener(snapshot=snapshot, filename=file.filename) -> ByteSource:
+                return reader_for(snapshot).stream(filename)
+
+            exports.append(
+                Export(
+                    f"{snapshot}/{image}",
+                    opener,
+                    description=f"snapfs {snapshot}/{image} ({file.size} bytes)",
+                    aliases=(image,),
+                )
+            )
+    if not exports:
+        raise NotFoundError("no disk images to export")
+    short = [e.aliases[0] for e in exports]
+    for export in exports:
+        if short.count(export.aliases[0]) > 1:
+            export.aliases = ()
+    if overlay is not None:
+        if len(exports) != 1:
+            raise UsageError(
+                f"--overlay needs exactly one image to export, not {len(exports)}; name it"
+            )
+        exports[0].overlay_path = overlay
+    return exports
+
+
+# --- listening ------------------------------------------------------------------------------------
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`127.0.0.1:10809`, `[::1]:10809`, `0.0.0.0` (port 10809), `:0` (any free port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(DEFAULT_PORT)
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"invalid --listen {text!r} (HOST:PORT, e.g. 127.0.0.1:10809)")
+    return host, int(port)
+
+
+def open_listener(listen: str | None = None, unix_path: str | None = None) -> socket.socket:
+    if unix_path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.exists(unix_path) and not _socket_in_use(unix_path):
+                os.unlink(unix_path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(unix_path)
+        except OSError as exc:
+            sock.close()
+            raise SnapfsError(f"cannot listen on {unix_path}: {exc.strerror}") from None
+        sock.listen(16)
+        return sock
+    host, port = parse_listen(listen or f"127.0.0.1:{DEFAULT_PORT}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot resolve --listen host {host!r}: {exc}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise SnapfsError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(16)
+    return sock
+
+
+def _socket_in_use(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def listener_url(sock: socket.socket, export: str = "") -> str:
+    """The nbd:// (or nbd+unix://) URL qemu and libnbd take for this listener."""
+    if sock.family == socket.AF_UNIX:
+        return f"nbd+unix:///{export}?socket={sock.getsockname()}"
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"nbd://{host}:{port}/{export}"
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
+    return ctx
+
+
+# --- command --------------------------------------------------------------------------------------
+
+
+def cmd_nbd(args) -> int:
+    """`snapfs nbd`: serve until SIGINT/SIGTERM; one URL per export on stdout once listening."""
+    from snapfs.cli import _crypt_config, _open_datastore
+    from snapfs.store.cache import ChunkCache
+    from snapfs.store.datastore import parse_namespace
+    from snapfs.store.sources import parse_size
+
+    if args.listen and args.socket:
+        raise UsageError("give --listen or --socket, not both")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    cache = ChunkCache(parse_size(args.cache_size))
+    exports = datastore_exports(
+        _open_datastore(args),
+        _crypt_config(args),
+        cache,
+        args.images,
+        parse_namespace(args.ns),
+        overlay=args.overlay,
+    )
+    listener = open_listener(args.listen, args.socket)
+    server = NbdServer(exports, workers=args.workers, tls=tls)
+
+    def stop(signum: int, frame: object) -> None:
+        server._stopping.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+    for export in exports:
+        print(listener_url(listener, export.name), flush=True)
+    print(
+        f"snapfs: serving {len(exports)} image(s) on {listener_url(listener)} "
+        f"({'overlay ' + args.overlay if args.overlay else 'read-only'}); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.serve(listener)
+    finally:
+        server.shutdown()
+        if args.socket:
+            with contextlib.suppress(OSError):
+                os.unlink(args.socket)
+    return 0
+
+
+def add_nbd_parser(sub, add_source, add_key) -> None:
+    """The `nbd` subcommand (called from snapfs.cli.build_parser)."""
+    p = sub.add_parser(
+        "nbd", help="serve disk images over NBD (qemu, qemu-img, nbdinfo), read-only or overlaid"
+    )
+    add_source(p)
+    p.add_argument(
+        "images",
+        metavar="SNAPSHOT [IMAGE...]",
+        nargs="*",
+        help="e.g. vm/100/2024-06-01T10:00:00Z drive-scsi0.img (default: every image)",
+    )
+    add_key(p)
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help=f"TCP address (default 127.0.0.1:{DEFAULT_PORT}; port 0 picks a free one)",
+    )
+    p.add_argument("--socket", metavar="PATH", help="listen on a Unix socket instead")
+    p.add_argument(
+        "--overlay",
+        metavar="FILE",
+        help="accept writes into this copy-on-write file (created if missing); the backup "
+        "is never written",
+    )
+    p.add_argument(
+        "--cache-size", default="256M", help="decoded chunks kept in memory (default 256M)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help="parallel chunk fetches (default 8)"
+    )
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS (STARTTLS) with this certificate")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    p.set_defaults(func=cmd_nbd)
