@@ -27,7 +27,6 @@ import fnmatch
 import os
 import queue
 import stat
-import struct
 import sys
 import threading
 import time
@@ -40,7 +39,8 @@ from typing import Any
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
 from snapfs.pxar import format as fmt
 from snapfs.pxar.accessor import Accessor
-from snapfs.pxar.entry import Acl, Entry, EntryKind
+from snapfs.pxar.acl import ACL_XATTR_ACCESS, ACL_XATTR_DEFAULT, access_acl_xattr, default_acl_xattr
+from snapfs.pxar.entry import Entry, EntryKind
 
 OVERWRITE_POLICIES = ("never", "if-newer", "always")
 _BLOCK = 4096
@@ -49,13 +49,6 @@ _READ_SIZE = 4 * 1024 * 1024
 DEFAULT_PREFETCH_BYTES = 64 * 1024 * 1024
 DEFAULT_PREFETCH_WORKERS = 4
 
-# POSIX ACL xattr encoding (linux/posix_acl_xattr.h): a version word, then (tag, perm, id) triples
-# sorted by tag and id.
-_ACL_VERSION = struct.pack("<I", 2)
-_ACL_ENTRY = struct.Struct("<HHI")
-_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = 1, 2, 4, 8, 0x10, 0x20
-_ACL_UNDEFINED_ID = 0xFFFFFFFF
-_NO_MASK = 0xFFFFFFFFFFFFFFFF
 
 
 # --- report and progress --------------------------------------------------------------------------
@@ -241,46 +234,6 @@ def check_name(name: bytes, where: str) -> None:
     """A name from an archive must name one entry inside its parent, nothing else."""
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
         raise UsageError(f"{where}: refusing unsafe name {name!r} (would escape the target)")
-
-
-# --- ACLs -----------------------------------------------------------------------------------------
-
-
-def acl_access_xattr(mode: int, acl: Acl) -> bytes | None:
-    """system.posix_acl_access value for an entry, or None when the mode says it all (§8.2)."""
-    if not (acl.users or acl.groups or acl.group_obj is not None):
-        return None
-    user_obj, other = (mode >> 6) & 7, mode & 7
-    if acl.group_obj is not None:
-        group_obj, mask = acl.group_obj & 7, (mode >> 3) & 7
-    else:
-        group_obj = mask = (mode >> 3) & 7
-    entries = [(_ACL_USER_OBJ, user_obj, _ACL_UNDEFINED_ID)]
-    entries += [(_ACL_USER, perm & 7, uid) for uid, perm in sorted(acl.users)]
-    entries.append((_ACL_GROUP_OBJ, group_obj, _ACL_UNDEFINED_ID))
-    entries += [(_ACL_GROUP, perm & 7, gid) for gid, perm in sorted(acl.groups)]
-    entries.append((_ACL_MASK, mask, _ACL_UNDEFINED_ID))
-    entries.append((_ACL_OTHER, other, _ACL_UNDEFINED_ID))
-    return _ACL_VERSION + b"".join(_ACL_ENTRY.pack(*e) for e in entries)
-
-
-def acl_default_xattr(acl: Acl) -> bytes | None:
-    """system.posix_acl_default value for a directory, or None when it has no default ACL."""
-    if acl.default is None and not acl.default_users and not acl.default_groups:
-        return None
-    user_obj, group_obj, other, mask = acl.default or (_NO_MASK,) * 4
-    entries = []
-    if user_obj != _NO_MASK:
-        entries.append((_ACL_USER_OBJ, user_obj & 7, _ACL_UNDEFINED_ID))
-    entries += [(_ACL_USER, perm & 7, uid) for uid, perm in sorted(acl.default_users)]
-    if group_obj != _NO_MASK:
-        entries.append((_ACL_GROUP_OBJ, group_obj & 7, _ACL_UNDEFINED_ID))
-    entries += [(_ACL_GROUP, perm & 7, gid) for gid, perm in sorted(acl.default_groups)]
-    if mask != _NO_MASK:
-        entries.append((_ACL_MASK, mask & 7, _ACL_UNDEFINED_ID))
-    if other != _NO_MASK:
-        entries.append((_ACL_OTHER, other & 7, _ACL_UNDEFINED_ID))
-    return _ACL_VERSION + b"".join(_ACL_ENTRY.pack(*e) for e in entries)
 
 
 # --- the walker thread and chunk prefetch ---------------------------------------------------------
@@ -769,19 +722,19 @@ class _PxarRestore:
             _try(errors, "owner", os.fchown, fd, entry.uid, entry.gid)
         # A new entry inherits the default ACL of an existing parent; the archive's ACL (or its
         # absence) must win, so drop inherited ones before the mode is set.
-        access = acl_access_xattr(entry.mode, entry.acl) if entry.acl is not None else None
-        default = acl_default_xattr(entry.acl) if entry.acl is not None and entry.is_dir else None
+        access = access_acl_xattr(entry.mode, entry.acl)
+        default = default_acl_xattr(entry.acl) if entry.is_dir else None
         if access is None:
-            _remove_acl(errors, fd, b"system.posix_acl_access")
+            _remove_acl(errors, fd, ACL_XATTR_ACCESS)
         if default is None and entry.is_dir:
-            _remove_acl(errors, fd, b"system.posix_acl_default")
+            _remove_acl(errors, fd, ACL_XATTR_DEFAULT)
         _try(errors, "mode", os.fchmod, fd, perm)
         for xname, value in entry.xattrs:
             _try(errors, f"xattr {xname!r}", os.setxattr, fd, xname, value)
         if access is not None:
-            _try(errors, "ACL", os.setxattr, fd, b"system.posix_acl_access", access)
+            _try(errors, "ACL", os.setxattr, fd, ACL_XATTR_ACCESS, access)
         if default is not None:
-            _try(errors, "default ACL", os.setxattr, fd, b"system.posix_acl_default", default)
+            _try(errors, "default ACL", os.setxattr, fd, ACL_XATTR_DEFAULT, default)
         if entry.fcaps is not None:
             _try(errors, "file capabilities", os.setxattr, fd, b"security.capability", entry.fcaps)
         _try(errors, "mtime", os.utime, fd, ns=(entry.mtime_ns, entry.mtime_ns))
@@ -1010,8 +963,6 @@ __all__ = [
     "Progress",
     "RestoreOptions",
     "RestoreReport",
-    "acl_access_xattr",
-    "acl_default_xattr",
     "check_name",
     "restore_pxar",
     "run_restore",

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from snapfs.backup import BackupSource, backup
 from snapfs.errors import CorruptDataError, KeyRequiredError, MissingChunkError, NotFoundError
-from snapfs.fs import acl as aclmod
 from snapfs.fs.tree import (
     ARCHIVE_SHIFT,
     ROOT_INODE,
@@ -26,8 +25,9 @@ from snapfs.fs.tree import (
     StreamNode,
 )
 from snapfs.keysource import load_crypt_config
+from snapfs.pxar import acl as aclmod
+from snapfs.pxar.acl import acl_from_xattrs
 from snapfs.pxar.entry import Acl
-from snapfs.pxar.tree import acl_from_xattrs
 from snapfs.store.backend import LocalBackend, chunk_path
 from snapfs.store.cache import ChunkCache
 from snapfs.store.datastore import Datastore
@@ -333,7 +333,7 @@ def test_acl_xattr_sorted_by_tag_then_id():
     assert [r[0] for r in records] == sorted(r[0] for r in records)
     assert [r[2] for r in records if r[0] == aclmod.ACL_USER] == [3, 7]
     assert (aclmod.ACL_MASK, 5, aclmod.ACL_UNDEFINED_ID) in records  # named entries need a mask
-    with pytest.raises(ValueError):
+    with pytest.raises(CorruptDataError):
         aclmod.parse_acl_xattr(value[:-1])
 
 

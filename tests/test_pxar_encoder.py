@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from snapfs.errors import CorruptDataError, NotFoundError
 from snapfs.format.source import BytesSource, FileSource
 from snapfs.pxar.accessor import Accessor
+from snapfs.pxar.acl import acl_from_xattrs, parse_acl_xattr
 from snapfs.pxar.encoder import EVENT_DIR_END, Encoder, EntryEvent, Metadata, goodbye_layout
 from snapfs.pxar.entry import Acl, Entry, EntryKind
 from snapfs.pxar.format import (
@@ -30,7 +31,7 @@ from snapfs.pxar.format import (
     PXAR_PAYLOAD_START_MARKER,
     PXAR_PAYLOAD_TAIL_MARKER,
 )
-from snapfs.pxar.tree import acl_from_xattrs, decode_posix_acl, encode_tree, pxar_flags_from_chattr
+from snapfs.pxar.tree import encode_tree, pxar_flags_from_chattr
 
 PRELUDE = b"# pxar v2 prelude test vector\n/excluded/by/pattern\n"
 ROOT_MTIME_NS = 1_000_000_000_999_999_999
@@ -313,7 +314,7 @@ def test_acl_decoding_fuzz(data: bytes, as_default: bool) -> None:
     with contextlib.suppress(CorruptDataError):
         acl_from_xattrs(None, data) if as_default else acl_from_xattrs(data, None)
     with contextlib.suppress(CorruptDataError):
-        decode_posix_acl(data)
+        parse_acl_xattr(data)
 
 
 def test_chattr_flags_mapping() -> None:

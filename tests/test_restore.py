@@ -16,15 +16,9 @@ from snapfs.errors import UsageError
 from snapfs.format.index import parse_index
 from snapfs.format.source import BytesSource, FileSource
 from snapfs.pxar.accessor import Accessor
+from snapfs.pxar.acl import access_acl_xattr, default_acl_xattr
 from snapfs.pxar.encoder import Encoder, Metadata
-from snapfs.restore import (
-    PathFilter,
-    RestoreOptions,
-    acl_access_xattr,
-    acl_default_xattr,
-    check_name,
-    restore_pxar,
-)
+from snapfs.restore import PathFilter, RestoreOptions, check_name, restore_pxar
 
 # dir_a/nested/deeper/hello.txt; its sha256 (25af1652...) is in expected-listing.txt
 HELLO = b"hello pxar\n"
@@ -308,7 +302,7 @@ def test_hardlink_whose_target_is_excluded_gets_a_copy(tmp_path):
 def test_acl_xattr_encoding():
     from snapfs.pxar.entry import Acl
 
-    access = acl_access_xattr(0o100664, Acl(users=((1234, 6),), groups=((2345, 4),), group_obj=4))
+    access = access_acl_xattr(0o100664, Acl(users=((1234, 6),), groups=((2345, 4),), group_obj=4))
     import struct
 
     entries = [struct.unpack_from("<HHI", access, 4 + 8 * i) for i in range((len(access) - 4) // 8)]
@@ -320,8 +314,8 @@ def test_acl_xattr_encoding():
         (0x10, 6, 0xFFFFFFFF),
         (0x20, 4, 0xFFFFFFFF),
     ]
-    assert acl_access_xattr(0o100644, Acl()) is None
-    assert acl_default_xattr(Acl()) is None
+    assert access_acl_xattr(0o100644, Acl()) is None
+    assert default_acl_xattr(Acl()) is None
 
 
 # --- failures -----------------------------------------------------------------------------------

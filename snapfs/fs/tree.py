@@ -46,7 +46,7 @@ from snapfs.errors import (
 )
 from snapfs.format.crypt import CryptConfig
 from snapfs.format.manifest import ManifestFile
-from snapfs.fs import acl as aclmod
+from snapfs.pxar import acl as aclmod
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.entry import Entry, EntryKind
 from snapfs.store.cache import ChunkCache

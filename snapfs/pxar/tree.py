@@ -34,14 +34,13 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from snapfs.errors import CorruptDataError, NotFoundError
+from snapfs.pxar.acl import ACL_XATTR_ACCESS, ACL_XATTR_DEFAULT, acl_from_xattrs
 from snapfs.pxar.encoder import Encoder, EntryEvent, Metadata
 from snapfs.pxar.entry import Acl
-from snapfs.pxar.format import ACL_NO_MASK, device_from_dev_t
+from snapfs.pxar.format import device_from_dev_t
 
 __all__ = [
     "EncodeStats",
-    "acl_from_xattrs",
-    "decode_posix_acl",
     "encode_tree",
     "pxar_flags_from_chattr",
     "walk_tree",
@@ -80,20 +79,9 @@ _CHATTR_MAP = (
 #: Filesystems PBS asks for quota project IDs (ext4, XFS, FUSE, ZFS).
 _QUOTA_FS_MAGIC = {0xEF53, 0x58465342, 0x65735546, 0x2FC12FC1}
 
-_ACL_XATTR_ACCESS = "system.posix_acl_access"
-_ACL_XATTR_DEFAULT = "system.posix_acl_default"
+_ACL_XATTR_ACCESS = ACL_XATTR_ACCESS.decode()  # os.listxattr names are str
+_ACL_XATTR_DEFAULT = ACL_XATTR_DEFAULT.decode()
 _FCAPS_XATTR = "security.capability"
-
-# Tags of the kernel's POSIX ACL xattr (include/uapi/linux/posix_acl.h).
-_ACL_USER_OBJ = 0x01
-_ACL_USER = 0x02
-_ACL_GROUP_OBJ = 0x04
-_ACL_GROUP = 0x08
-_ACL_MASK = 0x10
-_ACL_OTHER = 0x20
-_ACL_XATTR_VERSION = 2
-_ACL_HEADER = struct.Struct("<I")
-_ACL_ENTRY = struct.Struct("<HHI")
 
 
 @dataclass(slots=True)
@@ -134,82 +122,6 @@ def pxar_flags_from_chattr(attr: int) -> int:
         if attr & chattr_bit:
             flags |= pxar_bit
     return flags
-
-
-def decode_posix_acl(data: bytes) -> list[tuple[int, int, int]]:
-    """Decode a `system.posix_acl_*` xattr value into (tag, permissions, id) triples.
-
-    Raises CorruptDataError on a malformed value (the kernel never produces one; a FUSE
-    filesystem might).
-    """
-    if len(data) < _ACL_HEADER.size or (len(data) - _ACL_HEADER.size) % _ACL_ENTRY.size:
-        raise CorruptDataError(f"POSIX ACL xattr of {len(data)} bytes is malformed")
-    (version,) = _ACL_HEADER.unpack_from(data)
-    if version != _ACL_XATTR_VERSION:
-        raise CorruptDataError(f"POSIX ACL xattr version {version} is not {_ACL_XATTR_VERSION}")
-    return [
-        (tag, perm, ident)
-        for tag, perm, ident in _ACL_ENTRY.iter_unpack(memoryview(data)[_ACL_HEADER.size :])
-    ]
-
-
-def acl_from_xattrs(access: bytes | None, default: bytes | None) -> Acl | None:
-    """Build the pxar ACL the way upstream `process_acl` does (spec §8.2).
-
-    Access ACL: named users/groups sorted by (id, perms); GROUP_OBJ only when a mask exists
-    (then the mode's group bits hold the mask). Default ACL: the four base entries become one
-    ACL_DEFAULT with absent ones as NO_MASK, plus sorted named entries.
-    Returns None when nothing needs to be stored.
-    """
-    users: list[tuple[int, int]] = []
-    groups: list[tuple[int, int]] = []
-    group_obj: int | None = None
-    if access is not None:
-        base: dict[int, int] = {}
-        for tag, perm, ident in decode_posix_acl(access):
-            if tag == _ACL_USER:
-                users.append((ident, perm))
-            elif tag == _ACL_GROUP:
-                groups.append((ident, perm))
-            elif tag in (_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_OTHER, _ACL_MASK):
-                base[tag] = perm
-            else:
-                raise CorruptDataError(f"unexpected POSIX ACL tag {tag:#x}")
-        if _ACL_MASK in base and _ACL_GROUP_OBJ in base:
-            group_obj = base[_ACL_GROUP_OBJ]
-    default_base: tuple[int, int, int, int] | None = None
-    default_users: list[tuple[int, int]] = []
-    default_groups: list[tuple[int, int]] = []
-    if default is not None:
-        base = {}
-        for tag, perm, ident in decode_posix_acl(default):
-            if tag == _ACL_USER:
-                default_users.append((ident, perm))
-            elif tag == _ACL_GROUP:
-                default_groups.append((ident, perm))
-            elif tag in (_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_OTHER, _ACL_MASK):
-                base[tag] = perm
-            else:
-                raise CorruptDataError(f"unexpected POSIX ACL tag {tag:#x}")
-        if base:
-            default_base = (
-                base.get(_ACL_USER_OBJ, ACL_NO_MASK),
-                base.get(_ACL_GROUP_OBJ, ACL_NO_MASK),
-                base.get(_ACL_OTHER, ACL_NO_MASK),
-                base.get(_ACL_MASK, ACL_NO_MASK),
-            )
-    if not (
-        users or groups or group_obj is not None or default_base or default_users or default_groups
-    ):
-        return None
-    return Acl(
-        users=tuple(sorted(users)),
-        groups=tuple(sorted(groups)),
-        group_obj=group_obj,
-        default=default_base,
-        default_users=tuple(sorted(default_users)),
-        default_groups=tuple(sorted(default_groups)),
-    )
 
 
 # --- the walk -----------------------------------------------------------------------------------
