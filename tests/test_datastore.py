@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import threading
 
 import pytest
@@ -243,3 +244,15 @@ def test_chunk_cache_is_bounded_by_bytes():
     assert cache.get(bytes([90]) * 32) is not None and cache.get(bytes([91]) * 32) is None
     cache.put(b"big" * 11, bytes(20_000))  # larger than the whole cache: not kept
     assert cache.used_bytes <= 10_000
+
+
+def test_evicted_chunks_are_released():
+    """An evicted chunk's memory is freed: the cache keeps no hidden reference to it."""
+    cache = ChunkCache(3 * 1024)
+    first = bytes(bytearray(1024))
+    refs_before = sys.getrefcount(first)
+    cache.put(b"a" * 32, first)
+    for i in range(10):
+        cache.put(bytes([i]) * 32, bytes(bytearray(1024)))
+    assert cache.get(b"a" * 32) is None
+    assert sys.getrefcount(first) == refs_before

@@ -44,7 +44,10 @@ class ChunkCache:
             self._entries[digest] = data
             self._bytes += len(data)
             while self._bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(least_recent=True)
+                # Not popitem(): lru-dict 1.4's popitem keeps a reference to the value it
+                # returns, so every evicted chunk would stay in memory for good.
+                key, evicted = self._entries.peek_last_item()
+                del self._entries[key]
                 self._bytes -= len(evicted)
 
     def __contains__(self, digest: bytes) -> bool:
