@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from snapfs.errors import SnapfsError, UsageError
 from snapfs.format.blob import encode_blob, encode_chunk
@@ -153,9 +154,46 @@ def backup(
             )
         else:
             _backup_tree(job, writer, result, snapshot, source, split=split)
+    _finish_snapshot(writer, result, crypt)
+    return result
+
+
+def backup_pxar_stream(
+    datastore: str | os.PathLike[str],
+    stream: BinaryIO,
+    *,
+    archive: str = "root.pxar",
+    backup_type: str,
+    backup_id: str,
+    backup_time: int | None = None,
+    ns: tuple[str, ...] = (),
+    crypt: CryptConfig | None = None,
+) -> BackupResult:
+    """Write one snapshot holding an already encoded v1 pxar stream as `ARCHIVE.didx`.
+
+    For archives built without a directory tree on disk (benchmarks drive the `Encoder` with
+    synthetic entries); chunked exactly as `backup` chunks a tree. No catalog is written: one
+    would have to be rebuilt from the stream, and PBS snapshots may lack it.
+    """
+    if not archive.endswith(".pxar") or "/" in archive:
+        raise UsageError(f"archive name {archive!r} must be NAME.pxar")
+    writer = DatastoreWriter(datastore)
+    snapshot = Snapshot(Group(ns, backup_type, backup_id), backup_time or int(time.time()))
+    result = BackupResult(snapshot)
+    job = _Backup(writer, crypt)
+    _store_pxar_stream(job, writer, result, snapshot, f"{archive}.didx", stream)
+    _finish_snapshot(writer, result, crypt)
+    return result
+
+
+def _finish_snapshot(
+    writer: DatastoreWriter, result: BackupResult, crypt: CryptConfig | None
+) -> None:
+    """Write the manifest last: its presence marks the snapshot finished."""
+    snapshot = result.snapshot
     manifest = Manifest(
-        backup_type=backup_type,
-        backup_id=backup_id,
+        backup_type=snapshot.group.type,
+        backup_id=snapshot.group.id,
         backup_time=snapshot.time,
         files=result.files,
         signature=None,
@@ -167,7 +205,6 @@ def backup(
     )
     result.chunks_written = writer.chunks_written
     result.chunks_reused = writer.chunks_reused
-    return result
 
 
 def _backup_tree(
@@ -220,12 +257,24 @@ def _backup_tree(
         )
         for filename, f in streams:
             f.seek(0)
-            index, _ = job.dynamic(split_stream(f, PXAR_AVG_CHUNK_SIZE))
-            _add_index(writer, result, snapshot, filename, index, job.crypt_mode)
+            _store_pxar_stream(job, writer, result, snapshot, filename, f)
     if catalog is not None:
         catalog.end_directory()
         index, _ = job.dynamic(split_stream(io.BytesIO(catalog.finish()), CATALOG_AVG_CHUNK_SIZE))
         _add_index(writer, result, snapshot, "catalog.pcat1.didx", index, job.crypt_mode)
+
+
+def _store_pxar_stream(
+    job: _Backup,
+    writer: DatastoreWriter,
+    result: BackupResult,
+    snapshot: Snapshot,
+    filename: str,
+    stream: BinaryIO,
+) -> None:
+    """Chunk a pxar (or mpxar/ppxar) stream with buzhash and add its `.didx` to the snapshot."""
+    index, _ = job.dynamic(split_stream(stream, PXAR_AVG_CHUNK_SIZE))
+    _add_index(writer, result, snapshot, filename, index, job.crypt_mode)
 
 
 _CATALOG_ADDERS = {

@@ -222,9 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("mount", help="mount a datastore as a read-only filesystem (FUSE)")
-    p.add_argument("source", metavar="SOURCE", help="datastore directory")
+    p.add_argument("source", metavar="SOURCE", help="datastore directory, or s3://BUCKET/STORE")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     _add_key(p)
+    from snapfs.store.sources import add_source_options
+
+    add_source_options(p)
     p.add_argument(
         "--cache-size", default="256M", help="bytes of decoded chunks kept in memory (default 256M)"
     )
@@ -271,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: One or more examples per subcommand, shown by `snapfs COMMAND --help` (and checked by a test:
-#: tests/test_faults_env.py parses every one of them).
+#: tests/test_integration.py parses every one of them).
 EXAMPLES: dict[str, list[str]] = {
     "snapshots": [
         "snapfs snapshots /mnt/pbs-disk/datastore",
@@ -302,6 +305,8 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "mount": [
         "snapfs mount /srv/datastore /mnt/pbs --keyfile /root/pbs.key --password-file /root/pbs.pw",
+        "snapfs mount s3://pbs-bucket/store1 /mnt/pbs --endpoint-url https://s3.example.com "
+        "--refresh-interval 300",
         "snapfs umount /mnt/pbs",
     ],
     "umount": ["snapfs umount /mnt/pbs"],
@@ -471,7 +476,18 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from snapfs.fs.mount import MountOptions, mount, parse_id, parse_size
+    from snapfs.fs.mount import (
+        MountOptions,
+        default_refresh_interval,
+        mount,
+        parse_id,
+        parse_size,
+    )
+
+    if args.refresh_interval is None:  # also the S3 listing cache's lifetime (_open_datastore)
+        args.refresh_interval = default_refresh_interval(args.source)
+    if args.refresh_interval < 0:
+        raise UsageError("--refresh-interval must not be negative (0: never refresh)")
 
     opts = MountOptions(
         source=args.source,
@@ -484,6 +500,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         debug=args.debug or args.mount_debug or args.log_level == "debug",
         read_ahead_kb=args.read_ahead_kb,
         log_file=args.log_file or args.global_log_file,
+        refresh_interval=args.refresh_interval,
     )
     datastore = _open_datastore(args)
     return mount(datastore, _crypt_config(args), opts)

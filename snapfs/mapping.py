@@ -223,8 +223,13 @@ def map_image(
 def _start_mount(
     args, folder: Path, mnt: Path, encrypted: bool, mount_argv: list[str] | None
 ) -> subprocess.Popen:
+    from snapfs.store.sources import BackendOptions, source_option_argv
+
     argv = mount_argv or [sys.executable, "-m", "snapfs"]
     cmd = [*argv, "mount", "--foreground", "--log-file", str(folder / "mount.log")]
+    # The same source as ours (S3 endpoint, cache...); credentials reach it through the
+    # environment it inherits, never argv.
+    cmd += source_option_argv(BackendOptions.from_args(args))
     cmd += ["--cache-size", args.cache_size, args.source, str(mnt)]
     pass_fds: tuple[int, ...] = ()
     read_fd = None

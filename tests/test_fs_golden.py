@@ -221,6 +221,7 @@ def test_datastore_layout(keyed_mount):
     assert os.readlink(mnt / "ns/testns/host/splithost/latest") == "2024-06-01T13:00:00Z"
     assert sorted(os.listdir(mnt / "vm/100/2024-06-01T10:00:00Z")) == [
         "drive-scsi0.img",
+        "drive-scsi0.img.parts",
         "index.json",
         "qemu-server.conf",
     ]

@@ -76,7 +76,12 @@ def test_snapshot_manifest_read_on_first_listing(golden):
     snap = walk(golden, "vm/100/2024-06-01T10:00:00Z")
     assert isinstance(snap, SnapshotNode) and snap._children is None
     names = [i.name for i in listing(golden, snap)]
-    assert names == [b"drive-scsi0.img", b"index.json", b"qemu-server.conf"]
+    assert names == [
+        b"drive-scsi0.img",
+        b"drive-scsi0.img.parts",
+        b"index.json",
+        b"qemu-server.conf",
+    ]
     image = golden.lookup(snap, b"drive-scsi0.img")
     assert isinstance(image, StreamNode) and image.attr().size == 13635072
     assert image._stream is None  # the index is read only on open

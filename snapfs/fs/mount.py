@@ -29,6 +29,10 @@ from snapfs.store.datastore import Datastore
 log = logging.getLogger("snapfs.fs")
 
 DEFAULT_READ_AHEAD_KB = 1024
+#: Seconds before namespace/group/snapshot listings are re-read. A local datastore is cheap to
+#: list; every S3 re-list is a paid LIST request, so remote sources wait longer.
+DEFAULT_REFRESH_LOCAL = 10.0
+DEFAULT_REFRESH_REMOTE = 60.0
 _SIZE = re.compile(r"([0-9]+)\s*([kmgt]?)(i?b)?\Z", re.IGNORECASE)
 
 
@@ -48,6 +52,15 @@ class MountOptions:
     debug: bool = False
     read_ahead_kb: int = DEFAULT_READ_AHEAD_KB
     log_file: str | None = None
+    refresh_interval: float | None = None  # None or 0: list once for the mount's life
+
+
+def is_remote(source: str) -> bool:
+    return "://" in source
+
+
+def default_refresh_interval(source: str) -> float:
+    return DEFAULT_REFRESH_REMOTE if is_remote(source) else DEFAULT_REFRESH_LOCAL
 
 
 def parse_size(text: str) -> int:
@@ -75,7 +88,8 @@ def parse_id(text: str | None, kind: str) -> int | None:
 
 def mount_options(opts: MountOptions) -> set[str]:
     """What pyfuse3/libfuse get: read-only, kernel-enforced archived modes, a telling fsname."""
-    fsname = "snapfs:" + os.path.abspath(opts.source).replace(",", "_").replace("\\", "_")
+    source = opts.source if is_remote(opts.source) else os.path.abspath(opts.source)
+    fsname = "snapfs:" + source.replace(",", "_").replace("\\", "_")
     options = {"ro", "default_permissions", f"fsname={fsname}", "subtype=snapfs"}
     if opts.allow_other:
         options.add("allow_other")
@@ -84,7 +98,8 @@ def mount_options(opts: MountOptions) -> set[str]:
 
 def mount(datastore: Datastore, crypt: CryptConfig | None, opts: MountOptions) -> int:
     """Mount and serve; in the background unless opts.foreground. Returns an exit code."""
-    opts.source = os.path.abspath(opts.source)
+    if not is_remote(opts.source):
+        opts.source = os.path.abspath(opts.source)
     opts.mountpoint = mnt = os.path.abspath(opts.mountpoint)
     if opts.log_file:
         opts.log_file = os.path.abspath(opts.log_file)
@@ -144,7 +159,14 @@ def _serve(
     from snapfs.fs.operations import SnapfsOperations
     from snapfs.fs.tree import FsModel
 
-    model = FsModel(datastore, crypt, ChunkCache(opts.cache_size), uid=opts.uid, gid=opts.gid)
+    model = FsModel(
+        datastore,
+        crypt,
+        ChunkCache(opts.cache_size),
+        uid=opts.uid,
+        gid=opts.gid,
+        refresh_interval=opts.refresh_interval,
+    )
     ops = SnapfsOperations(model)
     try:
         pyfuse3.init(ops, opts.mountpoint, mount_options(opts))
@@ -158,7 +180,24 @@ def _serve(
         unmounted = True
     finally:
         pyfuse3.close(unmount=not unmounted or _still_mounted(opts.mountpoint))
+        _report_stats(model, opts)
     return 0
+
+
+def _report_stats(model, opts: MountOptions) -> None:
+    """What the mount cost, once it is over: on stderr in the foreground, and in the log."""
+    try:
+        text = model.stats_text()
+    except Exception as exc:  # statistics must never turn a clean unmount into a failure
+        log.warning("cannot summarise the statistics: %s", exc)
+        return
+    if opts.foreground:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"snapfs: statistics of the mount on {opts.mountpoint}:\n{text}")
+            sys.stderr.flush()
+    for line in text.splitlines():
+        # file_only: the foreground's stderr has the readable block above already.
+        log.info("unmount statistics: %s", line, extra={"file_only": opts.foreground})
 
 
 async def _main(opts: MountOptions, ready_fd: int | None) -> None:

@@ -39,6 +39,7 @@ from snapfs.fs.tree import (
     FsModel,
     LazyFileNode,
     PxarNode,
+    StatsNode,
     SymlinkNode,
 )
 
@@ -77,6 +78,8 @@ def entry_attributes(attr: Attr) -> pyfuse3.EntryAttributes:
     e.st_blocks = (attr.size + 511) // 512
     e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = attr.mtime_ns
     timeout = CACHE_TIMEOUT if attr.final else 0.0
+    if attr.timeout is not None:  # may vanish or change on the next listing refresh
+        timeout = min(timeout, attr.timeout)
     e.entry_timeout = timeout
     e.attr_timeout = timeout
     return e
@@ -134,8 +137,9 @@ class SnapfsOperations(pyfuse3.Operations):
         if name in (b".", b".."):
             raise pyfuse3.FUSEError(errno.ENOENT)
         child = None
-        if isinstance(parent, DirNode) and parent._children is not None:
-            child = parent._children.get(name)
+        children = parent.cached_children() if isinstance(parent, DirNode) else None
+        if children is not None:
+            child = children.get(name) or self.model.hidden_child(parent, name)
             if child is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
         if child is None:
@@ -182,8 +186,9 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def opendir(self, inode, ctx=None):
         node = self._node(inode)
-        if isinstance(node, DirNode) and node._children is not None:
-            handle = self.model.opendir(node)
+        children = node.cached_children() if isinstance(node, DirNode) else None
+        if children is not None:  # answered inline: no storage, no refresh due
+            handle = DirHandle(node, list(children.items()))
         else:
             if not (isinstance(node, DirNode) or node.attr(load=False).is_dir):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -232,7 +237,8 @@ class SnapfsOperations(pyfuse3.Operations):
             content = await self._run(node.path, self.model.open, node)
         fh = next(self._fhs)
         self._files[fh] = content
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+        live = isinstance(node, StatsNode)  # new text on every open: bypass the page cache
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not live, direct_io=live)
 
     async def read(self, fh, off, size):
         content = self._files[fh]

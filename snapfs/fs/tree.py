@@ -9,19 +9,30 @@ Layout (every level built lazily, on first lookup or listing):
             drive-scsi0.img           fidx (and plain didx) archives as files (IndexStream)
             qemu-server.conf          blobs, decoded
             index.json                the manifest text
+            drive-scsi0.img.parts/    part1, part2, ...: each partition of the image as a file
             root.pxar/                pxar archives (v1, or split .mpxar+.ppxar) as directories
       ns/<name>/                      child namespaces, the same layout inside
+      .snapfs/stats                   live statistics (root only; looked up, never listed)
 
-Inodes: the datastore-level nodes get small numbers from a counter and live as long as the mount
-(there are as many as snapshots and archives, not files). An entry inside a pxar archive gets
+Refresh: snapshots come and go while mounted (backups, prune). Listings of namespaces, groups and
+snapshots (and an incomplete snapshot) are re-read once they are `refresh_interval` seconds old;
+an entry that is still there keeps its node and inode number, a vanished one is dropped from the
+inode table (the kernel then gets ENOENT for it; open files keep reading what they opened). The
+kernel caches these entries only for the interval. What is inside a complete snapshot never
+changes, so it is read once.
+
+Inodes: the datastore-level nodes get small numbers from a counter (never reused) and live as
+long as the mount or until a refresh finds them gone (there are as many as snapshots and archives,
+not files). An entry inside a pxar archive gets
 `archive_id << 44 | entry_offset`, so it is stable for the life of the mount without a global
 table; the table that maps it back holds only what the kernel still references (lookup counts,
 dropped on `forget`). A hard link is its target's inode, and its target's st_nlink counts the
 links seen so far (pxar records links only at the link, so a link not yet listed is not counted).
 
 Threading: methods documented as blocking read storage or decode chunks and are meant to run in
-worker threads. The inode table (`node`, `remember`, `forget`) is touched only from the thread
-that serves FUSE requests. One pxar Accessor is not thread-safe, so its metadata calls hold the
+worker threads. The pxar part of the inode table (`remember`, `forget`) is touched only from the
+thread that serves FUSE requests; datastore-level nodes are added and dropped by the (worker)
+threads that list, one dict operation at a time. One pxar Accessor is not thread-safe, so its metadata calls hold the
 archive's lock; file content is read from the archive's IndexStreams directly (at the entry's
 `content_offset`), which are thread-safe, so concurrent readers of one archive do not serialise.
 """
@@ -36,6 +47,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from snapfs.errors import (
     CorruptDataError,
@@ -46,18 +58,23 @@ from snapfs.errors import (
 )
 from snapfs.format.crypt import CryptConfig
 from snapfs.format.manifest import ManifestFile
+from snapfs.format.partitions import Partition, read_partition_table
 from snapfs.pxar import acl as aclmod
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.entry import Entry, EntryKind
 from snapfs.store.cache import ChunkCache
 from snapfs.store.chunks import ChunkReader
 from snapfs.store.datastore import BACKUP_TYPES, MANIFEST_NAME, Datastore, Group, Snapshot
+from snapfs.store.stats import format_report
 from snapfs.store.stream import IndexStream
 from snapfs.views.archives import SnapshotReader
 
 log = logging.getLogger("snapfs.fs")
 
+_N = TypeVar("_N", bound="Node")
+
 ROOT_INODE = 1
+CONTROL_DIR = b".snapfs"
 ARCHIVE_SHIFT = 44
 MAX_ARCHIVES = (1 << (63 - ARCHIVE_SHIFT)) - 1
 _OFFSET_MASK = (1 << ARCHIVE_SHIFT) - 1
@@ -85,6 +102,7 @@ class Attr:
     rdev: int
     mtime_ns: int
     final: bool = True
+    timeout: float | None = None  # kernel cache time if shorter than the default (may vanish)
 
     @property
     def is_dir(self) -> bool:
@@ -99,6 +117,8 @@ class Node:
 
     __slots__ = ("model", "ino", "path", "mtime_ns")
     mode = DIR_MODE
+    #: The entry can disappear or change on refresh: the kernel may cache it only so long.
+    volatile = False
 
     def __init__(self, model: FsModel, path: str, mtime_ns: int) -> None:
         self.model = model
@@ -108,29 +128,85 @@ class Node:
 
     def attr(self, load: bool = True) -> Attr:
         """Attributes; with load=False never blocks (a lazy node then answers a placeholder)."""
-        return Attr(self.ino, self.mode, 1, self.model.uid, self.model.gid, 0, 0, self.mtime_ns)
+        return Attr(
+            self.ino,
+            self.mode,
+            1,
+            self.model.uid,
+            self.model.gid,
+            0,
+            0,
+            self.mtime_ns,
+            timeout=self._timeout(),
+        )
+
+    def _timeout(self) -> float | None:
+        return self.model.refresh_interval if self.volatile else None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path or '/'} ino={self.ino}>"
 
 
 class DirNode(Node):
-    """A virtual directory whose children are computed once, on first use (blocking)."""
+    """A virtual directory whose children are computed on first use (blocking), and again after
+    the refresh interval if the class is `refreshing`."""
 
-    __slots__ = ("_children", "_lock")
+    __slots__ = ("_children", "_lock", "_loaded_at")
+    refreshing = False
 
     def __init__(self, model: FsModel, path: str, mtime_ns: int) -> None:
         super().__init__(model, path, mtime_ns)
         self._children: dict[bytes, Node] | None = None
         self._lock = threading.Lock()
+        self._loaded_at = 0.0
 
     def children(self) -> dict[bytes, Node]:
-        """Blocking on first call."""
-        if self._children is None:
+        """Blocking on first call, and when the listing is due for a refresh."""
+        if self._children is None or self._stale():
             with self._lock:
-                if self._children is None:
-                    self._children = self._load()
+                if self._children is None or self._stale():
+                    self._reload()
+        assert self._children is not None
         return self._children
+
+    def cached_children(self) -> dict[bytes, Node] | None:
+        """The children if loaded and not due for a refresh (never blocks); else None."""
+        children = self._children
+        return None if children is None or self._stale() else children
+
+    def _stale(self) -> bool:
+        interval = self.model.refresh_interval
+        return (
+            self.refreshing
+            and interval is not None
+            and self.model.clock() - self._loaded_at >= interval
+        )
+
+    def _reload(self) -> None:
+        old = self._children
+        if old is None:
+            self._children = self._load()
+            self._loaded_at = self.model.clock()
+            return
+        self.model.refresh_backend()
+        try:
+            new = self._load()  # reuses the old nodes of entries still there (_reuse)
+        except SnapfsError as exc:
+            # Keep serving the last good listing (S3 briefly unreachable); retry next interval.
+            self.model.report(exc, self.path)
+            self._loaded_at = self.model.clock()
+            return
+        kept = {id(n) for n in new.values()}
+        for node in old.values():
+            if id(node) not in kept:
+                self.model._drop(node)
+        self._children = new
+        self._loaded_at = self.model.clock()
+
+    def _reuse(self, name: bytes, cls: type[_N]) -> _N | None:
+        """During a reload: the node `name` had, if it is the same kind (keeps its inode)."""
+        old = self._children.get(name) if self._children is not None else None
+        return old if type(old) is cls else None
 
     def _load(self) -> dict[bytes, Node]:
         raise NotImplementedError
@@ -143,6 +219,8 @@ class NamespaceNode(DirNode):
     """The root, or one namespace: its backup types plus `ns/` when it has child namespaces."""
 
     __slots__ = ("ns",)
+    refreshing = True
+    volatile = True
 
     def __init__(self, model: FsModel, path: str, ns: tuple[str, ...]) -> None:
         super().__init__(model, path, model.mount_time_ns)
@@ -156,47 +234,79 @@ class NamespaceNode(DirNode):
         out: dict[bytes, Node] = {}
         for backup_type in BACKUP_TYPES:
             if backup_type in by_type:
-                out[backup_type.encode()] = TypeNode(
-                    self.model, self._child_path(backup_type), by_type[backup_type]
-                )
+                name = backup_type.encode()
+                node = self._reuse(name, TypeNode)
+                if node is None:  # a new node's first listing is what we just saw
+                    node = TypeNode(self.model, self._child_path(backup_type), self.ns, backup_type)
+                    node.hint = by_type[backup_type]
+                out[name] = node
         children = ds.namespaces(self.ns)
         if children:
-            out[b"ns"] = NamespaceListNode(self.model, self._child_path("ns"), children)
+            ns_list = self._reuse(b"ns", NamespaceListNode)
+            if ns_list is None:
+                ns_list = NamespaceListNode(self.model, self._child_path("ns"), self.ns)
+                ns_list.hint = children
+            out[b"ns"] = ns_list
         return out
 
 
 class NamespaceListNode(DirNode):
-    __slots__ = ("namespaces",)
+    """`ns/`: the child namespaces of a namespace."""
 
-    def __init__(self, model: FsModel, path: str, namespaces: list[tuple[str, ...]]) -> None:
+    __slots__ = ("parent_ns", "hint")
+    refreshing = True
+    volatile = True
+
+    def __init__(self, model: FsModel, path: str, parent_ns: tuple[str, ...]) -> None:
         super().__init__(model, path, model.mount_time_ns)
-        self.namespaces = namespaces
+        self.parent_ns = parent_ns
+        self.hint: list[tuple[str, ...]] | None = None  # what the parent's listing just saw
 
     def _load(self) -> dict[bytes, Node]:
-        return {
-            ns[-1].encode(): NamespaceNode(self.model, self._child_path(ns[-1]), ns)
-            for ns in sorted(self.namespaces)
-        }
+        namespaces, self.hint = self.hint, None
+        if namespaces is None:
+            namespaces = self.model.datastore.namespaces(self.parent_ns)
+        out: dict[bytes, Node] = {}
+        for ns in sorted(namespaces):
+            name = ns[-1].encode()
+            out[name] = self._reuse(name, NamespaceNode) or NamespaceNode(
+                self.model, self._child_path(ns[-1]), ns
+            )
+        return out
 
 
 class TypeNode(DirNode):
-    __slots__ = ("groups",)
+    """`vm/`, `ct/` or `host/` of a namespace: one directory per backup group."""
 
-    def __init__(self, model: FsModel, path: str, groups: list[Group]) -> None:
+    __slots__ = ("ns", "backup_type", "hint")
+    refreshing = True
+    volatile = True
+
+    def __init__(self, model: FsModel, path: str, ns: tuple[str, ...], backup_type: str) -> None:
         super().__init__(model, path, model.mount_time_ns)
-        self.groups = groups
+        self.ns = ns
+        self.backup_type = backup_type
+        self.hint: list[Group] | None = None  # what the parent's listing just saw
 
     def _load(self) -> dict[bytes, Node]:
-        return {
-            g.id.encode(): GroupNode(self.model, self._child_path(g.id), g)
-            for g in sorted(self.groups, key=lambda g: g.id)
-        }
+        groups, self.hint = self.hint, None
+        if groups is None:
+            groups = [g for g in self.model.datastore.groups(self.ns) if g.type == self.backup_type]
+        out: dict[bytes, Node] = {}
+        for g in sorted(groups, key=lambda g: g.id):
+            name = g.id.encode()
+            out[name] = self._reuse(name, GroupNode) or GroupNode(
+                self.model, self._child_path(g.id), g
+            )
+        return out
 
 
 class GroupNode(DirNode):
     """A backup group: one directory per snapshot, and `latest` -> the newest complete one."""
 
     __slots__ = ("group",)
+    refreshing = True
+    volatile = True
 
     def __init__(self, model: FsModel, path: str, group: Group) -> None:
         super().__init__(model, path, model.mount_time_ns)
@@ -205,26 +315,32 @@ class GroupNode(DirNode):
     def _load(self) -> dict[bytes, Node]:
         ds = self.model.datastore
         snapshots = ds.snapshots(self.group)
-        out: dict[bytes, Node] = {
-            s.time_name.encode(): SnapshotNode(self.model, self._child_path(s.time_name), s)
-            for s in snapshots
-        }
+        out: dict[bytes, Node] = {}
+        for s in snapshots:
+            name = s.time_name.encode()
+            out[name] = self._reuse(name, SnapshotNode) or SnapshotNode(
+                self.model, self._child_path(s.time_name), s
+            )
         for s in reversed(snapshots):
             # Only the newest few are usually checked: a snapshot being written has no manifest.
             if MANIFEST_NAME in ds.backend.list_dir(s.path).files:
-                out[b"latest"] = SymlinkNode(
-                    self.model,
-                    self._child_path("latest"),
-                    s.time_name.encode(),
-                    s.time * 1_000_000_000,
-                )
+                target, mtime_ns = s.time_name.encode(), s.time * 1_000_000_000
+                latest = self._reuse(b"latest", SymlinkNode)
+                if latest is None:
+                    latest = SymlinkNode(self.model, self._child_path("latest"), target, mtime_ns)
+                else:  # the same inode follows the newest snapshot (readlink is never cached)
+                    latest.target, latest.mtime_ns = target, mtime_ns
+                out[b"latest"] = latest
                 break
         return out
 
 
 class SymlinkNode(Node):
+    """`latest`: its target changes on refresh, its inode does not."""
+
     __slots__ = ("target",)
     mode = LINK_MODE
+    volatile = True
 
     def __init__(self, model: FsModel, path: str, target: bytes, mtime_ns: int) -> None:
         super().__init__(model, path, mtime_ns)
@@ -240,6 +356,7 @@ class SymlinkNode(Node):
             len(self.target),
             0,
             self.mtime_ns,
+            timeout=self._timeout(),
         )
 
 
@@ -247,12 +364,18 @@ class SnapshotNode(DirNode):
     """A snapshot: its manifest is read when the directory is first listed or looked into."""
 
     __slots__ = ("snapshot", "_state", "_state_lock")
+    refreshing = True
+    volatile = True
 
     def __init__(self, model: FsModel, path: str, snapshot: Snapshot) -> None:
         super().__init__(model, path, snapshot.time * 1_000_000_000)
         self.snapshot = snapshot
         self._state: SnapshotState | None = None
         self._state_lock = threading.Lock()
+
+    def _stale(self) -> bool:
+        # A finished snapshot never changes; an incomplete one (empty) may be finished since.
+        return not self._children and super()._stale()
 
     def _load(self) -> dict[bytes, Node]:
         ds = self.model.datastore
@@ -263,6 +386,7 @@ class SnapshotNode(DirNode):
             b"index.json": ManifestNode(self.model, self._child_path("index.json"), self)
         }
         names = {f.filename for f in manifest.files}
+        images: list[StreamNode] = []
         for f in manifest.files:
             name = f.filename
             node: Node | None = None
@@ -272,6 +396,7 @@ class SnapshotNode(DirNode):
             elif name.endswith(".fidx"):
                 shown = name.removesuffix(".fidx")
                 node = StreamNode(self.model, self._child_path(shown), self, f)
+                images.append(node)
             elif name.endswith(".pxar.didx"):
                 shown = name.removesuffix(".didx")
                 node = ArchiveNode(self.model, self._child_path(shown), self, shown)
@@ -287,6 +412,10 @@ class SnapshotNode(DirNode):
                 node = StreamNode(self.model, self._child_path(shown), self, f)
             if node is not None and shown and shown.encode() not in out:
                 out[shown.encode()] = node
+        for image in images:
+            parts = image.path.rpartition("/")[2] + ".parts"
+            if parts.encode() not in out:  # a real file of that name wins
+                out[parts.encode()] = PartsNode(self.model, self._child_path(parts), image)
         return dict(sorted(out.items()))
 
     def state(self) -> SnapshotState:
@@ -403,6 +532,89 @@ class StreamNode(Node):
                     state.require_key(self.file)
                     self._stream = state.reader.stream(self.file.filename)
         return self._stream
+
+
+class PartsNode(DirNode):
+    """`drive-scsi0.img.parts/`: `part<N>` per partition, the table read on first use.
+
+    A damaged table is logged and shows an empty directory: the image itself stays readable
+    (and `losetup -P` may still make sense of it). Errors reading the image (no key, missing
+    chunk) fail the listing instead, like the image would.
+    """
+
+    __slots__ = ("image",)
+
+    def __init__(self, model: FsModel, path: str, image: StreamNode) -> None:
+        super().__init__(model, path, image.mtime_ns)
+        self.image = image
+
+    def _load(self) -> dict[bytes, Node]:
+        stream = self.image.stream()
+        try:
+            table = read_partition_table(stream, name=self.image.path)
+        except CorruptDataError as exc:
+            self.model.report(exc, self.path)
+            return {}
+        if table is None:
+            return {}
+        return {
+            f"part{p.number}".encode(): PartitionNode(
+                self.model, self._child_path(f"part{p.number}"), self.image, p
+            )
+            for p in sorted(table.partitions, key=lambda p: p.number)
+        }
+
+
+class PartitionNode(Node):
+    """One partition of an image: a window [start, start+size) on the image's stream."""
+
+    __slots__ = ("image", "partition")
+    mode = FILE_MODE
+
+    def __init__(self, model: FsModel, path: str, image: StreamNode, partition: Partition) -> None:
+        super().__init__(model, path, image.mtime_ns)
+        self.image = image
+        self.partition = partition
+
+    def attr(self, load: bool = True) -> Attr:
+        return Attr(
+            self.ino,
+            self.mode,
+            1,
+            self.model.uid,
+            self.model.gid,
+            self.partition.size,
+            0,
+            self.mtime_ns,
+        )
+
+
+class ControlDirNode(DirNode):
+    """`.snapfs/`: the mount's own files. PBS names never start with '.', so it cannot collide;
+    it is found by name but not listed (like ZFS's `.zfs`), so `find` and rsync skip it."""
+
+    __slots__ = ()
+
+    def _load(self) -> dict[bytes, Node]:
+        return {b"stats": StatsNode(self.model, self._child_path("stats"), self.mtime_ns)}
+
+
+class StatsNode(Node):
+    """`.snapfs/stats`: the statistics as text, rendered anew on every open and stat."""
+
+    __slots__ = ()
+    mode = FILE_MODE
+    #: Content changes between opens: no page cache, no cached size.
+    live = True
+
+    def render(self) -> bytes:
+        return self.model.stats_text().encode()
+
+    def attr(self, load: bool = True) -> Attr:
+        size = len(self.render()) if load else 0
+        return Attr(
+            self.ino, self.mode, 1, self.model.uid, self.model.gid, size, 0, time.time_ns(), False
+        )
 
 
 class ArchiveNode(Node):
@@ -677,10 +889,18 @@ class FsModel:
         *,
         uid: int | None = None,
         gid: int | None = None,
+        refresh_interval: float | None = None,
     ) -> None:
         self.datastore = datastore
         self.crypt = crypt
         self.cache = cache if cache is not None else ChunkCache()
+        # Seconds after which listings are re-read; None (or 0): never, for the mount's life.
+        self.refresh_interval = refresh_interval or None
+        self.clock = time.monotonic  # what refresh intervals are measured with (tests step it)
+        self._backend_refreshed_at = self.clock()
+        self._refresh_lock = threading.Lock()
+        if hasattr(datastore.backend, "memory_cache"):
+            datastore.backend.memory_cache = self.cache  # so the source's stats show hit ratios
         self.map_owner = uid is not None or gid is not None
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
@@ -698,6 +918,7 @@ class FsModel:
         self._reported_lock = threading.Lock()
         self.root = NamespaceNode(self, "", ())
         assert self.root.ino == ROOT_INODE
+        self.control = ControlDirNode(self, CONTROL_DIR.decode(), self.mount_time_ns)
 
     # -- inode table (event-loop thread only) ---------------------------------------------------
 
@@ -713,6 +934,15 @@ class FsModel:
         if archive_id > MAX_ARCHIVES:
             raise UnsupportedFormatError("too many pxar archives opened in one mount")
         return archive_id
+
+    def _drop(self, node: Node) -> None:
+        """Forget a node that vanished on refresh, and every node loaded below it."""
+        todo = [node]
+        while todo:
+            n = todo.pop()
+            self._nodes.pop(n.ino, None)
+            if isinstance(n, DirNode) and n._children is not None:
+                todo.extend(n._children.values())
 
     def node(self, ino: int) -> AnyNode:
         node = self._nodes.get(ino)
@@ -746,10 +976,28 @@ class FsModel:
 
     # -- blocking operations (worker threads) -----------------------------------------------------
 
+    def hidden_child(self, parent: AnyNode, name: bytes) -> Node | None:
+        """A child found by name but never listed: `.snapfs` in the root."""
+        if parent is self.root and name == CONTROL_DIR:
+            return self.control
+        return None
+
+    def refresh_backend(self) -> None:
+        """Before re-reading a listing: make a caching source (S3) list again, once per interval."""
+        refresh = getattr(self.datastore.backend, "refresh", None)
+        if refresh is None or self.refresh_interval is None:
+            return
+        with self._refresh_lock:
+            now = self.clock()
+            if now - self._backend_refreshed_at < self.refresh_interval:
+                return
+            self._backend_refreshed_at = now
+        refresh()
+
     def lookup(self, parent: AnyNode, name: bytes) -> AnyNode:
         """The child `name` of a directory node; NotFoundError if there is none."""
         if isinstance(parent, DirNode):
-            child = parent.children().get(name)
+            child = parent.children().get(name) or self.hidden_child(parent, name)
             if child is None:
                 raise NotFoundError(f"{parent.path or '/'}: no entry {os.fsdecode(name)!r}")
             return child
@@ -816,6 +1064,11 @@ class FsModel:
         if isinstance(node, StreamNode):
             stream = node.stream()
             return Content(stream, 0, stream.size, node.path)
+        if isinstance(node, PartitionNode):
+            p = node.partition
+            return Content(node.image.stream(), p.start, p.size, node.path)
+        if isinstance(node, StatsNode):
+            return BytesContent(node.render())
         if isinstance(node, PxarNode):
             archive = node.archive
             return archive.content(node.entry)
@@ -861,6 +1114,37 @@ class FsModel:
         return SnapshotState(reader, key_error)
 
     # -- diagnostics ------------------------------------------------------------------------------
+
+    def stats_text(self) -> str:
+        """`.snapfs/stats` and the unmount summary: the source's counters and the chunk cache."""
+        backend = self.datastore.backend
+        cache = self.cache
+        # Chunks fetched and decoded, i.e. real misses: the cache's own miss counter also counts
+        # the non-blocking probe that precedes each fetch.
+        fetches = sum(r.fetches for r in self._chunk_readers.values() if r is not None)
+        ratio = cache.hits / (cache.hits + fetches) if cache.hits + fetches else None
+        lines = [f"source: {backend.name}"]
+        stats = getattr(backend, "stats", None)
+        if stats is not None:
+            report = stats()
+            report.update(
+                memory_cache_hits=cache.hits,
+                memory_cache_misses=fetches,
+                memory_cache_hit_ratio=ratio,
+            )
+            lines.append(format_report(report).rstrip("\n"))
+        else:
+            percent = "n/a" if ratio is None else f"{ratio * 100:.1f}%"
+            lines.append(f"memory cache: {cache.hits} hits, {fetches} misses ({percent})")
+        lines.append(
+            f"memory cache size: {cache.used_bytes} of {cache.max_bytes} bytes, {len(cache)} chunks"
+        )
+        lines.append(f"chunks read from the source: {fetches}")
+        refresh = self.refresh_interval
+        lines.append(
+            f"listings refreshed every {refresh:g} s" if refresh else "listings never refreshed"
+        )
+        return "\n".join(lines) + "\n"
 
     def report(self, exc: BaseException, where: str) -> None:
         """Log an error once per (file, message): a reader retrying a bad chunk must not flood."""

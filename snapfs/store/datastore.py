@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from snapfs.errors import (
     ChecksumMismatchError,
+    CorruptDataError,
     KeyRequiredError,
     NotFoundError,
     SnapfsError,
@@ -41,6 +42,13 @@ _ARCHIVE_SUFFIXES = (".blob", ".fidx", ".didx")
 def format_backup_time(epoch: int) -> str:
     """PBS's snapshot folder name: UTC RFC 3339 with seconds and a Z."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _time_name(epoch: int) -> str:
+    try:
+        return format_backup_time(epoch)
+    except (ValueError, OverflowError, OSError):
+        return str(epoch)
 
 
 def parse_backup_time(text: str) -> int:
@@ -230,6 +238,14 @@ class Datastore:
                 f"snapshot {snapshot} is incomplete: it has no {MANIFEST_NAME}"
             ) from None
         manifest = Manifest.parse(decode_blob(raw, None, name=path), name=path)
+        claimed = (manifest.backup_type, manifest.backup_id, manifest.backup_time)
+        if claimed != (snapshot.group.type, snapshot.group.id, snapshot.time):
+            # Every other file is checked against the manifest; only this check ties the
+            # manifest to its folder (a replayed or moved snapshot would serve other data).
+            raise CorruptDataError(
+                f"{path}: the manifest is for {manifest.backup_type}/{manifest.backup_id}/"
+                f"{_time_name(manifest.backup_time)}, not {snapshot} (replayed or moved)"
+            )
         self._manifests[snapshot] = manifest
         return manifest
 

@@ -8,6 +8,7 @@ Backend: LocalBackend for a path, S3Backend for s3:// (optionally under a DiskCa
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from dataclasses import dataclass
 
@@ -110,7 +111,8 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
         "--refresh-interval",
         type=float,
         metavar="SECONDS",
-        help="re-list a folder of the bucket after this many seconds (default: list once per run)",
+        help="re-read listings after this many seconds, 0 for never (mount: default 60 for S3, "
+        "10 for a local datastore; other commands list once per run)",
     )
     g.add_argument(
         "--price-table",
@@ -118,6 +120,38 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
         choices=sorted(PRICE_TABLES),
         help="provider whose list prices estimate the request cost in the statistics (default: aws)",
     )
+
+
+def source_option_argv(options: BackendOptions) -> list[str]:
+    """The command-line options that reproduce `options`, for a child `snapfs` process.
+
+    Secrets are never options (boto3 reads them from the environment or ~/.aws), so a child that
+    inherits the environment gets the same source without a secret in its argv.
+    """
+    default = BackendOptions()
+    argv: list[str] = []
+    flags = {
+        "endpoint_url": "--endpoint-url",
+        "region": "--region",
+        "profile": "--profile",
+        "ca_bundle": "--ca-bundle",
+        "s3_connections": "--s3-connections",
+        "rate_limit": "--rate-limit",
+        "cache_dir": "--cache-dir",
+        "cache_dir_size": "--cache-dir-size",
+        "refresh_interval": "--refresh-interval",
+        "provider": "--price-table",
+    }
+    for name, flag in flags.items():
+        value = getattr(options, name)
+        if value is None or value == getattr(default, name):
+            continue
+        if name in ("ca_bundle", "cache_dir"):
+            value = os.path.abspath(value)  # the child may run elsewhere
+        argv += [flag, str(value)]
+    if options.path_style:
+        argv.append("--path-style")
+    return argv
 
 
 def open_backend(source: str, *, options: BackendOptions | None = None) -> Backend:
