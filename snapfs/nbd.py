@@ -100,40 +100,12 @@ class Export:
             return overlay.read(offset, size) if block else None
         source = self.source()
         if isinstance(source, IndexStream):
-            return read_stream(source, offset, size, block)
+            return source.view_at(offset, size, block=block)
         return source.read_at(offset, size) if block else None
 
     def close(self) -> None:
         if self._overlay is not None:
             self._overlay.close()
-
-
-def read_stream(
-    stream: IndexStream, offset: int, size: int, block: bool
-) -> bytes | memoryview | None:
-    """[offset, offset+size) of an index stream; with block=False only from decoded chunks."""
-    index = stream.index
-    end = min(offset + size, stream.size)
-    if offset >= end:
-        return b""
-    chunks = stream.chunks
-    parts = []
-    pos = offset
-    i = index.chunk_at(offset)
-    while pos < end:
-        start, stop = index.chunk_range(i)
-        digest = index.digest(i)
-        data = chunks.cache.get(digest)
-        if data is None:
-            if not block:
-                return None
-            data = chunks.read_chunk(digest)
-        if len(data) != stop - start:
-            stream._check_length(i, start, stop, data)
-        parts.append(memoryview(data)[pos - start : min(end, stop) - start])
-        pos = stop
-        i += 1
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class Readahead:
@@ -275,15 +247,10 @@ class _Connection:
     # -- plumbing ----------------------------------------------------------------------------------
 
     def recv_exactly(self, n: int) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            r = self.sock.recv_into(view[got:], n - got)
-            if r == 0:
-                raise ProtocolError(f"client closed the connection ({got} of {n} bytes read)")
-            got += r
-        return bytes(buf)
+        data = P.recv_exactly(self.sock, n)
+        if data is None:
+            raise ProtocolError(f"client closed the connection before {n} bytes were read")
+        return data
 
     def send(self, *buffers: bytes | memoryview) -> None:
         with self.send_lock:

@@ -43,15 +43,10 @@ class NbdClient:
         return client
 
     def recv_exactly(self, n: int) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            r = self.sock.recv_into(view[got:], n - got)
-            if r == 0:
-                raise NbdClientError(f"server closed the connection ({got} of {n} bytes)")
-            got += r
-        return bytes(buf)
+        data = P.recv_exactly(self.sock, n)
+        if data is None:
+            raise NbdClientError(f"server closed the connection before {n} bytes were read")
+        return data
 
     def handshake(self) -> int:
         magic, opt_magic, flags = struct.unpack(">QQH", self.recv_exactly(18))

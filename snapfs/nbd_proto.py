@@ -6,6 +6,7 @@ Names follow the protocol document (github.com/NetworkBlockDevice/nbd doc/proto.
 
 from __future__ import annotations
 
+import socket
 import struct
 
 NBDMAGIC = 0x4E42444D41474943  # "NBDMAGIC"
@@ -88,3 +89,16 @@ INFO_BLOCK_SIZE_STRUCT = struct.Struct(">HIII")  # type, minimum, preferred, max
 #: Largest request payload we accept and advertise (qemu and libnbd default to 32 MiB too).
 MAX_PAYLOAD = 32 * 1024 * 1024
 PREFERRED_BLOCK = 4096
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    """Exactly n bytes from the socket, or None if the peer closes the connection first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        r = sock.recv_into(view[got:], n - got)
+        if r == 0:
+            return None
+        got += r
+    return bytes(buf)

@@ -777,23 +777,6 @@ class Content:
         self._next = 0  # where a sequential reader continues
         self.ahead = -1  # last chunk index handed out for readahead
 
-    def _chunk(self, i: int, block: bool) -> tuple[int, int, memoryview] | None:
-        index = self.stream.index
-        start, stop = index.chunk_range(i)
-        digest = index.digest(i)
-        chunks = self.stream.chunks
-        data = chunks.cache.get(digest)
-        if data is None:
-            if not block:
-                return None
-            data = chunks.read_chunk(digest)
-        if len(data) != stop - start:
-            raise CorruptDataError(
-                f"{self.stream.name}: chunk {digest.hex()} at offset {start} decodes to {len(data)} "
-                f"bytes, the index says {stop - start}"
-            )
-        return (start, stop, memoryview(data))
-
     def read(self, offset: int, size: int, block: bool = True) -> memoryview | bytes | None:
         """File bytes at [offset, offset+size); None if not block and a chunk is not decoded yet."""
         if offset >= self.size or size <= 0:
@@ -804,7 +787,7 @@ class Content:
         cur = self._cur
         while pos < end:
             if cur is None or not (cur[0] <= pos < cur[1]):
-                cur = self._chunk(self.stream.index.chunk_at(pos), block)
+                cur = self.stream.chunk(self.stream.index.chunk_at(pos), block=block)
                 if cur is None:
                     return None
             start, stop, data = cur

@@ -30,7 +30,26 @@ class IndexStream:
         self.name = name
         self.size = index.size
 
-    def read_at(self, offset: int, size: int) -> bytes:
+    def chunk(self, i: int, *, block: bool = True) -> tuple[int, int, memoryview] | None:
+        """Chunk i as (start, stop, decoded bytes); with block=False only if already decoded.
+
+        The non-blocking form lets an event loop (FUSE, NBD) answer from the cache at once and
+        send only misses to a worker thread.
+        """
+        start, stop = self.index.chunk_range(i)
+        digest = self.index.digest(i)
+        if block:
+            data = self.chunks.read_chunk(digest)
+        else:
+            data = self.chunks.cache.get(digest)
+            if data is None:
+                return None
+        self._check_length(i, start, stop, data)
+        return start, stop, memoryview(data)
+
+    def view_at(self, offset: int, size: int, *, block: bool = True) -> memoryview | bytes | None:
+        """Like read_at, without a copy when the range lies in one chunk; None if not block and
+        a chunk is not decoded yet."""
         if offset < 0 or size < 0:
             raise ValueError(f"{self.name}: negative offset or size ({offset}, {size})")
         end = min(offset + size, self.size)
@@ -40,13 +59,18 @@ class IndexStream:
         i = self.index.chunk_at(offset)
         pos = offset
         while pos < end:
-            start, stop = self.index.chunk_range(i)
-            data = self.chunks.read_chunk(self.index.digest(i))
-            self._check_length(i, start, stop, data)
-            parts.append(memoryview(data)[pos - start : min(end, stop) - start])
+            found = self.chunk(i, block=block)
+            if found is None:
+                return None
+            start, stop, data = found
+            parts.append(data[pos - start : min(end, stop) - start])
             pos = stop
             i += 1
-        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        data = self.view_at(offset, size)
+        return data if isinstance(data, bytes) else data.tobytes()
 
     def iter_range(
         self,
