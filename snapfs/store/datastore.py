@@ -15,6 +15,8 @@ import re
 import time
 from dataclasses import dataclass
 
+from lru import LRU
+
 from snapfs.errors import (
     ChecksumMismatchError,
     CorruptDataError,
@@ -34,6 +36,7 @@ from snapfs.store.backend import Backend
 BACKUP_TYPES = ("vm", "ct", "host")
 MAX_NAMESPACE_DEPTH = 7
 MANIFEST_NAME = "index.json.blob"
+MANIFEST_CACHE_ENTRIES = 4096
 _SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._\-]*\Z")
 _TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
 _ARCHIVE_SUFFIXES = (".blob", ".fidx", ".didx")
@@ -149,7 +152,9 @@ class Datastore:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.name = backend.name
-        self._manifests: dict[Snapshot, Manifest] = {}
+        # Bounded: a long-lived mount over a pruned and re-filled datastore must not keep every
+        # manifest it ever read.
+        self._manifests: LRU = LRU(MANIFEST_CACHE_ENTRIES)
 
     # -- listings -------------------------------------------------------------------------------
 
