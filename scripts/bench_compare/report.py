@@ -1,0 +1,271 @@
+"""Ratios, the markdown table, the JSON object, the PNG chart, the machine's description.
+
+Every ratio is oriented so that > 1 means snapfs is better: value/peer for "higher is better"
+figures, peer/value for "lower is better" ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+from collections import Counter
+
+from .measure import BENCHMARKS, BY_ID
+
+PEERS = ("restic", "borg")
+# The issue's goals: >= 2x on metadata walks and sequential reads, first listing <= 1 s, less RSS.
+GOAL_2X = (
+    "find-stat-cold",
+    "find-stat-warm",
+    "ls-l-bigdir-cold",
+    "ls-l-bigdir-warm",
+    "image-seq-cold",
+    "image-seq-warm",
+    "tree-tar-cold",
+    "tree-tar-warm",
+)
+
+
+def ratios(results: list[dict]) -> dict[str, float]:
+    value = {(r["benchmark"], r["tool"]): r for r in results}
+    out: dict[str, float] = {}
+    for bench in BENCHMARKS:
+        ours = value.get((bench.id, "snapfs"))
+        for peer in PEERS:
+            theirs = value.get((bench.id, peer))
+            if not ours or not theirs or not ours["value"] or not theirs["value"]:
+                continue
+            if not (ours["verified"] and theirs["verified"]):
+                continue
+            r = ours["value"] / theirs["value"]
+            out[f"{bench.id}/{peer}"] = round(r if bench.better == "higher" else 1 / r, 4)
+    return out
+
+
+def goals(
+    results: list[dict], rat: dict[str, float], peers: list[str]
+) -> list[tuple[str, bool | None]]:
+    """(goal text, met) for each goal of the issue; None when not measured in this run."""
+    out: list[tuple[str, bool | None]] = []
+    for peer in peers:
+        got = [rat.get(f"{b}/{peer}") for b in GOAL_2X]
+        measured = [g for g in got if g is not None]
+        worst = min(measured) if measured else None
+        met = None if worst is None else worst >= 2
+        text = f">= 2x {peer} on metadata walks and sequential reads"
+        if worst is not None:
+            text += f" (lowest ratio {worst:.2f})"
+        out.append((text, met))
+    first = [r for r in results if r["benchmark"] == "mount-first-ls" and r["tool"] == "snapfs"]
+    if first and first[0]["value"] is not None:
+        out.append(
+            (
+                f"snapfs mount to first listing <= 1 s ({first[0]['value']:.2f} s)",
+                first[0]["value"] <= 1.0,
+            )
+        )
+    else:
+        out.append(("snapfs mount to first listing <= 1 s", None))
+    rss = [rat.get(f"rss-max/{p}") for p in peers]
+    if all(r is not None for r in rss) and rss:
+        out.append(("snapfs peak RSS below " + " and ".join(peers), all(r > 1 for r in rss)))
+    else:
+        out.append(("snapfs peak RSS below " + " and ".join(peers), None))
+    return out
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "failed"
+    if unit in ("MB/s", "IOPS", "MiB"):
+        return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
+
+
+def markdown_table(results: list[dict], rat: dict[str, float], tools: list[str]) -> str:
+    peers = [t for t in tools if t != "snapfs"]
+    head = ["benchmark", "unit", *tools, *[f"snapfs / {p}" for p in peers]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    value = {(r["benchmark"], r["tool"]): r for r in results}
+    for bench in BENCHMARKS:
+        if not any((bench.id, t) in value for t in tools):
+            continue
+        cells = [bench.title, f"{bench.unit} ({bench.better} is better)"]
+        for t in tools:
+            r = value.get((bench.id, t))
+            if r is None:
+                cells.append("-")
+            else:
+                cells.append(
+                    _fmt(r["value"], bench.unit) + ("" if r["verified"] else " (NOT VERIFIED)")
+                )
+        for p in peers:
+            x = rat.get(f"{bench.id}/{p}")
+            cells.append("-" if x is None else (f"**{x:.2f}x**" if x >= 1 else f"{x:.2f}x"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def chart(rat: dict[str, float], peers: list[str], path: str, title: str) -> None:
+    """Horizontal bars of snapfs/peer per benchmark, log scale, lines at 1x (parity) and 2x (goal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    benches = [b for b in BENCHMARKS if any(f"{b.id}/{p}" in rat for p in peers)]
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(benches) + 1.6), dpi=110)
+    height = 0.8 / max(1, len(peers))
+    colors = {"restic": "#3b7dd8", "borg": "#e08a2c"}
+    for i, peer in enumerate(peers):
+        ys = [n + (i - (len(peers) - 1) / 2) * height for n in range(len(benches))]
+        xs = [rat.get(f"{b.id}/{peer}", float("nan")) for b in benches]
+        ax.barh(ys, xs, height=height, color=colors.get(peer), label=f"snapfs / {peer}")
+        for y, x in zip(ys, xs, strict=True):
+            if x == x:  # not NaN
+                ax.text(x * 1.04, y, f"{x:.2f}x", va="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.axvline(1, color="black", linewidth=1)
+    ax.axvline(2, color="green", linewidth=1, linestyle="--", label="goal: 2x")
+    ax.set_yticks(range(len(benches)))
+    ax.set_yticklabels([b.title for b in benches], fontsize=8)
+    ax.invert_yaxis()
+    finite = [v for v in rat.values() if v > 0]
+    lo = min([0.5, *finite]) / 1.5
+    hi = max([4.0, *finite]) * 1.8
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("snapfs advantage (x, log scale; > 1 = snapfs better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _cmd(args: list[str]) -> str:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine(work: str) -> dict[str, str]:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    os_name = "?"
+    if os.path.exists("/etc/os-release"):
+        with open("/etc/os-release") as f:
+            m = re.search(r'^PRETTY_NAME="?([^"\n]*)', f.read(), re.M)
+            os_name = m.group(1) if m else "?"
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "memory": f"{mem_kib / 1024 / 1024:.0f} GiB",
+        "os": f"{os_name}, kernel {platform.release()}",
+        "disk": " ".join(_cmd(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", work]).split()),
+        "python": platform.python_version(),
+    }
+
+
+def markdown(doc: dict, png_name: str | None, notes: str | None) -> str:
+    p = doc["params"]
+    tools = p["tools"]
+    peers = [t for t in tools if t != "snapfs"]
+    m = doc["machine"]
+    out = [
+        "# snapfs vs restic mount vs borg mount",
+        "",
+        f"Measured in one run, interleaved, on the same data, by `{p['command']}` "
+        f"({p['sizes']['name']} size{', ' + str(p['repeat']) + ' rounds, median' if p['repeat'] > 1 else ''}).",
+        "",
+        f"- Machine: {m['cpu']}, {m['memory']} RAM, {m['os']}; data on {m['disk']}; Python {m['python']}.",
+        f"- Tools: {', '.join(p['versions'][t] for t in tools)}; each with its defaults"
+        " (snapfs: 256 MiB chunk cache; borg: unencrypted repository; restic: encrypted, as it must be,"
+        " repository v2 with compression).",
+        f"- Data: a {p['sizes']['image_mib']} MiB VM-like image (1 MiB regions: 40% random, 35% text, 25% zeros)"
+        f" and a tree of {p['tree_files']:,} files ({p['tree_bytes'] / 1e6:,.0f} MB; lognormal sizes, mostly small,"
+        f" {len(p['sizes']['large_mib'])} large files, one directory with {p['sizes']['bigdir_files']:,} entries).",
+        "- Cold: the tool's own caches emptied, a fresh mount, the page cache dropped"
+        " (`echo 3 > /proc/sys/vm/drop_caches`) right before the timed operation. Warm: the same operation"
+        " again at once, nothing dropped (what a user sees the second time).",
+        "- Verified: every figure comes from reads checked against the source (SHA-256 of the image and of"
+        " every file, every name and size of the walk and listing, every byte of the random reads); the tar"
+        " stream is parsed and each member hashed while it is read.",
+        "- Ratios: > 1 means snapfs is better (value / peer for throughput, peer / value for times and memory).",
+        "",
+        "## Goals",
+        "",
+    ]
+    for text, met in doc["goals"]:
+        out.append(f"- {'met' if met else ('NOT met' if met is False else 'not measured')}: {text}")
+    out += ["", "## Results", "", markdown_table(doc["results"], doc["ratios"], tools), ""]
+    if png_name and peers:
+        out += [f"![snapfs / peer ratios]({png_name})", ""]
+    if notes:
+        out += [notes.strip(), ""]
+    out += [
+        "<details><summary>The same results as JSON (`scripts/bench --json`)</summary>",
+        "",
+        "```json",
+        json.dumps({"results": doc["results"], "ratios": doc["ratios"]}, indent=1),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def summarize_profile(raw_path: str, top: int = 15) -> str:
+    """py-spy's raw (collapsed) stacks -> the functions with the most own and total samples."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    with open(raw_path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            frames = [re.sub(r":\d+\)$", ")", fr) for fr in stack.split(";") if fr.endswith(")")]
+            if not frames:
+                continue
+            samples += n
+            own[frames[-1]] += n
+            for fr in set(frames):
+                total[fr] += n
+    lines = [f"{samples} samples (all threads, idle excluded)", "", "own time:"]
+    lines += (
+        [f"  {100 * n / samples:5.1f}%  {fr}" for fr, n in own.most_common(top)] if samples else []
+    )
+    lines += ["", "total time (function and callees):"]
+    lines += (
+        [f"  {100 * n / samples:5.1f}%  {fr}" for fr, n in total.most_common(top)]
+        if samples
+        else []
+    )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "BY_ID",
+    "chart",
+    "goals",
+    "machine",
+    "markdown",
+    "markdown_table",
+    "ratios",
+    "summarize_profile",
+]
