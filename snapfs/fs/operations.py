@@ -189,6 +189,8 @@ class SnapfsOperations(pyfuse3.Operations):
         children = node.cached_children() if isinstance(node, DirNode) else None
         if children is not None:  # answered inline: no storage, no refresh due
             handle = DirHandle(node, list(children.items()))
+        elif (handle := self.model.cached_opendir(node)) is not None:
+            pass  # a pxar directory listed to the end before: served from memory, inline
         else:
             if not (isinstance(node, DirNode) or node.attr(load=False).is_dir):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -201,8 +203,8 @@ class SnapfsOperations(pyfuse3.Operations):
         handle = self._dirs[fh]
         start = start_id
         while True:
-            if isinstance(handle.node, DirNode):
-                items = self.model.readdir(handle, start, READDIR_BATCH)
+            if isinstance(handle.node, DirNode) or handle.listing is not None:
+                items = self.model.readdir(handle, start, READDIR_BATCH)  # never blocks
             else:
                 items = await self._run(
                     handle.node.path, self.model.readdir, handle, start, READDIR_BATCH
@@ -234,7 +236,13 @@ class SnapfsOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EISDIR)
             if not stat.S_ISREG(attr.mode):
                 raise pyfuse3.FUSEError(errno.EINVAL)
-            content = await self._run(node.path, self.model.open, node)
+            if isinstance(node, PxarNode) and not node.archive.content_needs_io:
+                try:  # a v1 archive's file: a window on its stream, no I/O, no thread hop
+                    content = self.model.open(node)
+                except SnapfsError as exc:
+                    raise self._fail(exc, node.path) from None
+            else:
+                content = await self._run(node.path, self.model.open, node)
         fh = next(self._fhs)
         self._files[fh] = content
         live = isinstance(node, StatsNode)  # new text on every open: bypass the page cache

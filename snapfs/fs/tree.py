@@ -35,6 +35,10 @@ thread that serves FUSE requests; datastore-level nodes are added and dropped by
 threads that list, one dict operation at a time. One pxar Accessor is not thread-safe, so its metadata calls hold the
 archive's lock; file content is read from the archive's IndexStreams directly (at the entry's
 `content_offset`), which are thread-safe, so concurrent readers of one archive do not serialise.
+
+Listings: the kernel does not cache FUSE directory listings, so a pxar directory listed to its end
+is kept (`ListingCache`, bounded by total entries, ~0.5 KiB each) and later listings of it are
+served from memory without a worker thread; the nodes handed out are counted as before.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -54,6 +59,7 @@ from snapfs.errors import (
     CryptKeyError,
     NotFoundError,
     SnapfsError,
+    TruncatedDataError,
     UnsupportedFormatError,
 )
 from snapfs.format.crypt import CryptConfig
@@ -87,6 +93,8 @@ LINK_MODE = stat.S_IFLNK | 0o777
 READAHEAD_BYTES = 16 * 1024 * 1024
 MIN_READAHEAD_CHUNKS = 2
 SEQUENTIAL_SLACK = 4 * 1024 * 1024
+#: Entries kept in complete pxar directory listings, across all directories of the mount.
+LISTING_CACHE_ENTRIES = 200_000
 
 
 @dataclass(slots=True)
@@ -687,6 +695,11 @@ class Archive:
         self.links.setdefault(target.entry_offset, set()).add(entry.entry_offset)
         return target
 
+    @property
+    def content_needs_io(self) -> bool:
+        """Whether `content` may block: only a split archive reads (the PAYLOAD header)."""
+        return self.accessor.format_version != 1
+
     def entry_attr(self, entry: Entry, ino: int | None = None) -> Attr:
         model = self.model
         size = 0
@@ -710,14 +723,26 @@ class Archive:
         )
 
     def content(self, entry: Entry) -> Content:
-        """A regular file's bytes as a window on the stream that holds them (blocking)."""
+        """A regular file's bytes as a window on the stream that holds them.
+
+        Blocking only for a split archive (the PAYLOAD header is read and checked, once per
+        entry); for a v1 archive no I/O at all (see `content_needs_io`).
+        """
         acc = self.accessor
         if entry.kind is not EntryKind.FILE or entry.content_offset is None:
             raise UnsupportedFormatError(f"{acc.name}: {entry.path!r} is not a regular file")
-        with self.lock:
+        if acc.format_version == 1:
+            source = acc.archive
+            if entry.content_offset + entry.size > source.size:
+                raise TruncatedDataError(
+                    f"{acc.name}: content of {entry.path!r} ({entry.size} bytes at offset "
+                    f"{entry.content_offset}) runs past the end of the archive"
+                )
+        else:
             if entry.size:
-                acc.read(entry, 0, 1)  # checks the PAYLOAD header of a split archive once
-        source = acc.archive if acc.format_version == 1 else acc.payload
+                with self.lock:
+                    acc.read(entry, 0, 1)  # checks the PAYLOAD header of a split archive
+            source = acc.payload
         if not isinstance(source, IndexStream):
             raise UnsupportedFormatError(
                 f"{acc.name}: content of {entry.path!r} is not in an index stream"
@@ -837,17 +862,88 @@ class BytesContent:
         return self.data[offset : offset + size]
 
 
+Listing = tuple[tuple[bytes, Entry], ...]
+
+
 class DirHandle:
-    """An open directory: a listing position, so 100,000 entries stream in kernel-sized batches."""
+    """An open directory: a listing position, so 100,000 entries stream in kernel-sized batches.
 
-    __slots__ = ("node", "_static", "_iter", "_iter_pos", "_pending")
+    A pxar directory is served from `listing` when a complete listing of it is cached (no
+    decoding, no lock, never blocks); otherwise it is decoded as the kernel asks, and collected
+    into `_collected` so that a read to the end can be cached for the next opendir.
+    """
 
-    def __init__(self, node: AnyNode, static: list[tuple[bytes, Node]] | None) -> None:
+    __slots__ = (
+        "node",
+        "_static",
+        "_iter",
+        "_iter_pos",
+        "_pending",
+        "archive",
+        "listing",
+        "_collected",
+    )
+
+    def __init__(
+        self,
+        node: AnyNode,
+        static: list[tuple[bytes, Node]] | None,
+        archive: Archive | None = None,
+        listing: Listing | None = None,
+    ) -> None:
         self.node = node
         self._static = static
         self._iter: Iterator[Entry] | None = None
         self._iter_pos = 0
         self._pending: list[tuple[int, bytes, PxarNode]] = []
+        self.archive = archive
+        self.listing = listing
+        self._collected: list[tuple[bytes, Entry]] | None = None
+
+
+class ListingCache:
+    """Complete pxar directory listings, least recently used first out, bounded by the total
+    number of entries they hold (a directory counts at least 1, so empty ones are bounded too).
+
+    The kernel does not cache FUSE directory listings: without this a warm `find` or `ls -l`
+    decodes every directory again. Keyed by (archive id, directory entry_offset); entries are
+    stored resolved (a hard link as its target, under its own name), as readdir hands them out.
+    Thread-safe: filled by worker threads, read by the FUSE thread.
+    """
+
+    def __init__(self, max_entries: int = LISTING_CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._lists: OrderedDict[tuple[int, int], Listing] = OrderedDict()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> Listing | None:
+        with self._lock:
+            listing = self._lists.get(key)
+            if listing is not None:
+                self._lists.move_to_end(key)
+            return listing
+
+    def put(self, key: tuple[int, int], listing: Listing) -> None:
+        weight = max(1, len(listing))
+        if weight > self.max_entries:
+            return
+        with self._lock:
+            old = self._lists.pop(key, None)
+            if old is not None:
+                self._count -= max(1, len(old))
+            self._lists[key] = listing
+            self._count += weight
+            while self._count > self.max_entries:
+                _, old = self._lists.popitem(last=False)
+                self._count -= max(1, len(old))
+
+    @property
+    def entries(self) -> int:
+        return self._count
+
+    def __len__(self) -> int:
+        return len(self._lists)
 
 
 @dataclass(slots=True)
@@ -873,6 +969,7 @@ class FsModel:
         uid: int | None = None,
         gid: int | None = None,
         refresh_interval: float | None = None,
+        listing_cache_entries: int = LISTING_CACHE_ENTRIES,
     ) -> None:
         self.datastore = datastore
         self.crypt = crypt
@@ -899,6 +996,7 @@ class FsModel:
         self._archive_ids = itertools.count(1)
         self._reported: set[tuple[str, str]] = set()
         self._reported_lock = threading.Lock()
+        self.listings = ListingCache(listing_cache_entries)
         self.root = NamespaceNode(self, "", ())
         assert self.root.ino == ROOT_INODE
         self.control = ControlDirNode(self, CONTROL_DIR.decode(), self.mount_time_ns)
@@ -1005,35 +1103,76 @@ class FsModel:
     def opendir(self, node: AnyNode) -> DirHandle:
         if isinstance(node, DirNode):
             return DirHandle(node, list(node.children().items()))
-        self._pxar_dir(node)  # opens the archive, checks it is a directory
-        return DirHandle(node, None)
+        archive, entry = self._pxar_dir(node)  # opens the archive, checks it is a directory
+        listing = self.listings.get((archive.id, entry.entry_offset))
+        return DirHandle(node, None, archive, listing)
+
+    def cached_opendir(self, node: AnyNode) -> DirHandle | None:
+        """A handle on a pxar directory whose complete listing is cached (never blocks); else None."""
+        if isinstance(node, ArchiveNode):
+            archive = node.archive
+            if archive is None:
+                return None
+            entry = archive.root
+        elif isinstance(node, PxarNode) and node.entry.kind is EntryKind.DIRECTORY:
+            archive, entry = node.archive, node.entry
+        else:
+            return None
+        listing = self.listings.get((archive.id, entry.entry_offset))
+        return None if listing is None else DirHandle(node, None, archive, listing)
 
     def readdir(self, handle: DirHandle, start: int, count: int) -> list[DirItem]:
-        """Up to `count` entries from position `start`; `next_offset` resumes after each."""
+        """Up to `count` entries from position `start`; `next_offset` resumes after each.
+
+        Never blocks for a handle with a static or cached `listing`; otherwise blocking."""
         if handle._static is not None:
             items = handle._static[start : start + count]
             return [
                 DirItem(name, n, n.attr(load=False), start + i + 1)
                 for i, (name, n) in enumerate(items)
             ]
+        if handle.listing is not None:
+            archive = handle.archive
+            assert archive is not None
+            nodes = [
+                (name, PxarNode(archive, entry))
+                for name, entry in handle.listing[start : start + count]
+            ]
+            return [
+                DirItem(name, node, node.attr(), start + i + 1)
+                for i, (name, node) in enumerate(nodes)
+            ]
         pending = [p for p in handle._pending if p[0] >= start]
         expected = pending[0][0] if pending else handle._iter_pos
         archive, entry = self._pxar_dir(handle.node)
         with archive.lock:
-            if handle._iter is None or expected != start:
-                handle._iter = archive.accessor.listdir(entry)
-                handle._iter_pos = 0
-                pending = []
-                for _ in itertools.islice(handle._iter, start):
+            try:
+                if handle._iter is None or expected != start:
+                    handle._iter = archive.accessor.listdir(entry)
+                    handle._iter_pos = 0
+                    pending = []
+                    # Only a listing read from its start, in order, is collected for the cache.
+                    handle._collected = [] if start == 0 else None
+                    for _ in itertools.islice(handle._iter, start):
+                        handle._iter_pos += 1
+                collected = handle._collected
+                while len(pending) < count:
+                    child = next(handle._iter, None)
+                    if child is None:
+                        if collected is not None:
+                            handle._collected = None
+                            self.listings.put((archive.id, entry.entry_offset), tuple(collected))
+                        break
+                    index = handle._iter_pos
                     handle._iter_pos += 1
-            while len(pending) < count:
-                child = next(handle._iter, None)
-                if child is None:
-                    break
-                index = handle._iter_pos
-                handle._iter_pos += 1
-                name = child.name  # a hard link keeps its own name, but is its target's inode
-                pending.append((index, name, PxarNode(archive, archive.resolve(child))))
+                    name = child.name  # a hard link keeps its own name, but is its target's inode
+                    resolved = archive.resolve(child)
+                    pending.append((index, name, PxarNode(archive, resolved)))
+                    if collected is not None:
+                        collected.append((name, resolved))
+            except BaseException:
+                handle._collected = None  # the iterator is dead: what it gave is not complete
+                raise
             handle._pending = pending
             # Attributes after the batch: a hard link later in it raises its target's st_nlink.
             return [
