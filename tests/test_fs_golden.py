@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fs_support import key_options, mounted
+from fs_support import key_options, mounted, sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -90,14 +90,6 @@ def keyless_mount(vectors, tmp_path_factory):
     log = tmp / "log"
     with mounted(vectors / "datastore", tmp / "mnt", "--log-file", log) as mnt:
         yield mnt, log
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def getfacl(path: bytes) -> set[str]:

@@ -14,19 +14,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fs_support import key_options, mounted, snapfs
+from fs_support import key_options, mounted, sha256_file, snapfs
 from s3server import READER_SECRET
 from test_fs_golden import PXAR_SNAPSHOTS, check_archive, parse_listing
 
 pytestmark = pytest.mark.slow
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def mount_pids(mnt: Path) -> list[int]:
