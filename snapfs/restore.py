@@ -50,7 +50,6 @@ DEFAULT_PREFETCH_BYTES = 64 * 1024 * 1024
 DEFAULT_PREFETCH_WORKERS = 4
 
 
-
 # --- report and progress --------------------------------------------------------------------------
 
 

@@ -19,5 +19,6 @@ def vectors() -> Path:
         pytest.fail(f"golden vectors not found at {VECTORS} (set SNAPFS_VECTORS)")
     return VECTORS
 
+
 # The S3 test server fixtures (s3server, s3_vectors) for tests/test_s3_*.py.
 pytest_plugins = ["s3server"]
