@@ -1,4 +1,4 @@
-"""Shared fixtures: where the upstream golden vectors live."""
+"""Shared fixtures: where the upstream golden vectors live (tests/vectors, see its README)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-VECTORS = Path(os.environ.get("SNAPFS_VECTORS", REPO.parent / "shared" / "vectors"))
+# SNAPFS_VECTORS points the suite at another copy, e.g. vectors regenerated from newer upstream.
+VECTORS = Path(os.environ.get("SNAPFS_VECTORS", REPO / "tests" / "vectors"))
 VECTOR_PASSWORD = b"pbs-vector-password"
 
 
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     """The golden vectors made by upstream Rust code; a missing folder fails loudly, never skips."""
-    if not (VECTORS / "MANIFEST.md").is_file():
+    if not (VECTORS / "SHA256SUMS").is_file():
         pytest.fail(f"golden vectors not found at {VECTORS} (set SNAPFS_VECTORS)")
     return VECTORS
 
