@@ -88,10 +88,6 @@ class Overlay:
     def _dirty(self, block: int) -> bool:
         return bool(self.bitmap[block >> 3] & (1 << (block & 7)))
 
-    @property
-    def dirty_blocks(self) -> int:
-        return sum(bin(b).count("1") for b in self.bitmap)
-
     def read(self, offset: int, size: int) -> bytes:
         """The image as the guest sees it: overlay blocks where written, the base elsewhere."""
         end = min(offset + size, self.size)

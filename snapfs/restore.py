@@ -31,12 +31,12 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from snapfs.errors import NotFoundError, SnapfsError, UsageError
+from snapfs.errors import SnapfsError, UsageError
 from snapfs.pxar import format as fmt
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.acl import ACL_XATTR_ACCESS, ACL_XATTR_DEFAULT, access_acl_xattr, default_acl_xattr
@@ -142,7 +142,7 @@ class Progress:
     def for_terminal(cls, quiet: bool = False, desc: str = "restore") -> Progress:
         return cls(not quiet and sys.stderr.isatty(), desc)
 
-    def start(self, total_bytes: int | None, total_files: int | None = None) -> None:
+    def start(self, total_bytes: int | None) -> None:
         if not self._enabled or self._bar is not None:
             return
         from tqdm import tqdm
@@ -898,11 +898,6 @@ def _open_target_dir(target: str) -> tuple[int, bool]:
     return fd, created
 
 
-def iter_report_lines(report: RestoreReport) -> Iterator[str]:
-    for failure in report.failures:
-        yield f"snapfs: failed: {failure['message']}"
-
-
 # --- CLI glue -------------------------------------------------------------------------------------
 
 
@@ -956,7 +951,6 @@ def run_restore(args: Any, datastore: Any, crypt: Any) -> RestoreReport:
 
 
 __all__ = [
-    "NotFoundError",
     "OVERWRITE_POLICIES",
     "PathFilter",
     "Progress",

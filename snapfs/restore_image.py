@@ -206,7 +206,7 @@ def restore_image(
     progress = progress or Progress.disabled()
     index = stream.index
     count = index.chunk_count
-    progress.start(total_bytes=stream.size, total_files=1)
+    progress.start(total_bytes=stream.size)
     if dry_run:
         report.bytes_total = stream.size
         report.files = 1

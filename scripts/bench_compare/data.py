@@ -40,7 +40,6 @@ class Sizes:
 FULL = Sizes("full", 1024, 100_000, 20_000, (64, 32, 16, 8), 2000)
 QUICK = Sizes("quick", 256, 10_000, 2_000, (16, 4), 1000)
 TINY = Sizes("tiny", 16, 600, 120, (1,), 200)
-PRESETS = {s.name: s for s in (FULL, QUICK, TINY)}
 
 
 @dataclass

@@ -251,17 +251,6 @@ class Encoder:
         """Bytes written so far to the archive (or metadata) stream."""
         return self._out.pos
 
-    @property
-    def payload_position(self) -> int:
-        """Bytes written so far to the payload stream (split archives only)."""
-        if self._payload is None:
-            raise ValueError("not a split archive: there is no payload stream")
-        return self._payload.pos
-
-    @property
-    def depth(self) -> int:
-        """Number of open directories, the root included."""
-        return len(self._stack)
 
     # --- directories ----------------------------------------------------------------------------
 

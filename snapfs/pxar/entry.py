@@ -10,8 +10,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from snapfs.pxar.format import S_IFMT
-
 
 class EntryKind(enum.Enum):
     DIRECTORY = "dir"
@@ -95,19 +93,6 @@ class Entry:
     @property
     def is_hardlink(self) -> bool:
         return self.kind is EntryKind.HARDLINK
-
-    @property
-    def is_device(self) -> bool:
-        return self.kind is EntryKind.DEVICE
-
-    @property
-    def file_type(self) -> int:
-        """The S_IFMT bits of `mode` (0 for a hard link, which carries no metadata of its own)."""
-        return self.mode & S_IFMT
-
-    @property
-    def permissions(self) -> int:
-        return self.mode & ~S_IFMT
 
     @property
     def mtime(self) -> tuple[int, int]:

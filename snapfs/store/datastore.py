@@ -207,9 +207,6 @@ class Datastore:
             return SnapshotInfo(snapshot, None, protected, problem=str(exc))
         return SnapshotInfo(snapshot, manifest, protected)
 
-    def files(self, snapshot: Snapshot) -> list[str]:
-        return self.backend.list_dir(snapshot.path).files
-
     def owner(self, group: Group) -> str | None:
         try:
             return self.backend.read_file(f"{group.path}/owner").decode("utf-8", "replace").strip()

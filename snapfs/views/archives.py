@@ -41,17 +41,6 @@ class PxarFile:
             offset += len(data)
 
 
-def pxar_archive_names(datastore: Datastore, snapshot: Snapshot) -> list[str]:
-    """The pxar archives of a snapshot by the name users give them (`root.pxar`)."""
-    names = []
-    for f in datastore.manifest(snapshot).files:
-        if f.filename.endswith(".pxar.didx"):
-            names.append(f.filename.removesuffix(".didx"))
-        elif f.filename.endswith(".mpxar.didx"):
-            names.append(f.filename.removesuffix(".mpxar.didx") + ".pxar")
-    return names
-
-
 class SnapshotReader:
     """Opens the archives of one snapshot through one ChunkReader (so they share its cache)."""
 
