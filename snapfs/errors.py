@@ -66,3 +66,29 @@ class NotFoundError(SnapfsError):
 
 class UsageError(SnapfsError):
     """A command-line argument is malformed (bad snapshot name, bad option value)."""
+
+
+class RequestError(SnapfsError):
+    """The request does not fit the node it names (a path through a file, readlink of a
+    directory, an extended attribute the entry lacks): the asker's mistake, not damaged data,
+    so it is answered without being logged. The FUSE adapter maps each class to its errno."""
+
+
+class NotDirectoryError(RequestError):
+    """A lookup or listing of a node that is not a directory."""
+
+
+class IsDirectoryError(RequestError):
+    """An open of a directory as a file."""
+
+
+class NotRegularFileError(RequestError):
+    """An open of something that has no content to read (symlink, device, FIFO, socket)."""
+
+
+class NotSymlinkError(RequestError):
+    """A readlink of a node that is not a symbolic link."""
+
+
+class NoXattrError(RequestError):
+    """An extended attribute the node does not have."""

@@ -8,7 +8,9 @@ are decoded in the background (readahead), at most two at a time.
 
 Failure semantics: a corrupt or missing chunk fails only the reads that need it (EIO, logged once
 per file and message); a missing or wrong key fails the encrypted archives (EACCES); everything
-else in the mount stays readable. The mount is read-only: every write is EROFS.
+else in the mount stays readable. The mount is read-only: every write is EROFS. A request that
+does not fit its node (a name that is not there, a path through a file) gets the errno programs
+expect for it (`errno_for`) and is not logged: the datastore is fine.
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ import errno
 import itertools
 import logging
 import os
-import stat
 
 import pyfuse3
 import trio
 
 from snapfs.errors import (
-    CorruptDataError,
     CryptKeyError,
-    MissingChunkError,
+    IsDirectoryError,
+    NotDirectoryError,
     NotFoundError,
+    NotRegularFileError,
+    NotSymlinkError,
+    NoXattrError,
+    RequestError,
     SnapfsError,
     UsageError,
 )
@@ -37,10 +42,7 @@ from snapfs.fs.tree import (
     DirHandle,
     DirNode,
     FsModel,
-    LazyFileNode,
-    PxarNode,
     StatsNode,
-    SymlinkNode,
 )
 
 log = logging.getLogger("snapfs.fs")
@@ -51,16 +53,25 @@ READDIR_BATCH = 256
 BLOCK_SIZE = 128 * 1024
 
 
+#: What each error means to a program. Anything else (a corrupt or missing chunk, a format we do
+#: not read, a bug) is data that cannot be read or verified: EIO.
+ERRNOS: tuple[tuple[type[SnapfsError], int], ...] = (
+    (NotFoundError, errno.ENOENT),
+    (NotDirectoryError, errno.ENOTDIR),
+    (IsDirectoryError, errno.EISDIR),
+    (NotRegularFileError, errno.EINVAL),
+    (NotSymlinkError, errno.EINVAL),
+    (NoXattrError, pyfuse3.ENOATTR),
+    (CryptKeyError, errno.EACCES),
+    (UsageError, errno.EINVAL),
+)
+
+
 def errno_for(exc: BaseException) -> int:
-    """The one place a snapfs error becomes an errno."""
-    if isinstance(exc, NotFoundError):
-        return errno.ENOENT
-    if isinstance(exc, CryptKeyError):
-        return errno.EACCES
-    if isinstance(exc, (MissingChunkError, CorruptDataError)):
-        return errno.EIO
-    if isinstance(exc, UsageError):
-        return errno.EINVAL
+    """The one place an error becomes an errno."""
+    for cls, code in ERRNOS:
+        if isinstance(exc, cls):
+            return code
     return errno.EIO
 
 
@@ -109,19 +120,24 @@ class SnapfsOperations(pyfuse3.Operations):
         except SnapfsError as exc:
             raise self._fail(exc, where, quiet_enoent) from None
 
+    def _inline(self, where: str, func, *args, quiet_enoent: bool = False):
+        """Run model work that never blocks right here; map SnapfsError to FUSEError."""
+        try:
+            return func(*args)
+        except SnapfsError as exc:
+            raise self._fail(exc, where, quiet_enoent) from None
+
     def _fail(
         self, exc: BaseException, where: str, quiet_enoent: bool = False
     ) -> pyfuse3.FUSEError:
-        code = errno_for(exc) if isinstance(exc, SnapfsError) else errno.EIO
-        if not (quiet_enoent and code == errno.ENOENT):
+        """The FUSEError for `exc`, logged unless it is the asker's mistake, not the data's."""
+        code = errno_for(exc)
+        if not (isinstance(exc, RequestError) or (quiet_enoent and code == errno.ENOENT)):
             self.model.report(exc, where)
         return pyfuse3.FUSEError(code)
 
     def _node(self, ino: int):
-        try:
-            return self.model.node(ino)
-        except NotFoundError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        return self._inline(f"inode {ino}", self.model.node, ino, quiet_enoent=True)
 
     async def _attr(self, node) -> Attr:
         attr = node.attr(load=False)
@@ -134,16 +150,10 @@ class SnapfsOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self._node(parent_inode)
         name = bytes(name)
-        if name in (b".", b".."):
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        child = None
-        children = parent.cached_children() if isinstance(parent, DirNode) else None
-        if children is not None:
-            child = children.get(name) or self.model.hidden_child(parent, name)
-            if child is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+        model = self.model
+        child = self._inline(parent.path, model.cached_lookup, parent, name, quiet_enoent=True)
         if child is None:
-            child = await self._run(parent.path, self.model.lookup, parent, name, quiet_enoent=True)
+            child = await self._run(parent.path, model.lookup, parent, name, quiet_enoent=True)
         attr = await self._attr(child)
         self.model.remember(child)
         return entry_attributes(attr)
@@ -157,18 +167,11 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def readlink(self, inode, ctx=None):
         node = self._node(inode)
-        if isinstance(node, SymlinkNode):
-            return node.target
-        if isinstance(node, PxarNode) and stat.S_ISLNK(node.entry.mode):
-            return self.model.readlink(node)
-        raise pyfuse3.FUSEError(errno.EINVAL)
+        return self._inline(node.path, self.model.readlink, node)
 
     async def getxattr(self, inode, name, ctx=None):
-        name = bytes(name)
-        for key, value in self.model.xattrs(self._node(inode)):
-            if key == name:
-                return value
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        node = self._node(inode)
+        return self._inline(node.path, self.model.xattr, node, bytes(name))
 
     async def listxattr(self, inode, ctx=None):
         return [key for key, _ in self.model.xattrs(self._node(inode))]
@@ -186,14 +189,8 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def opendir(self, inode, ctx=None):
         node = self._node(inode)
-        children = node.cached_children() if isinstance(node, DirNode) else None
-        if children is not None:  # answered inline: no storage, no refresh due
-            handle = DirHandle(node, list(children.items()))
-        elif (handle := self.model.cached_opendir(node)) is not None:
-            pass  # a pxar directory listed to the end before: served from memory, inline
-        else:
-            if not (isinstance(node, DirNode) or node.attr(load=False).is_dir):
-                raise pyfuse3.FUSEError(errno.ENOTDIR)
+        handle = self._inline(node.path, self.model.cached_opendir, node)
+        if handle is None:
             handle = await self._run(node.path, self.model.opendir, node)
         fh = next(self._fhs)
         self._dirs[fh] = handle
@@ -228,21 +225,9 @@ class SnapfsOperations(pyfuse3.Operations):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self._node(inode)
-        if isinstance(node, LazyFileNode) and node._data is not None:
-            content = BytesContent(node._data)
-        else:
-            attr = node.attr(load=False)
-            if attr.is_dir:
-                raise pyfuse3.FUSEError(errno.EISDIR)
-            if not stat.S_ISREG(attr.mode):
-                raise pyfuse3.FUSEError(errno.EINVAL)
-            if isinstance(node, PxarNode) and not node.archive.content_needs_io:
-                try:  # a v1 archive's file: a window on its stream, no I/O, no thread hop
-                    content = self.model.open(node)
-                except SnapfsError as exc:
-                    raise self._fail(exc, node.path) from None
-            else:
-                content = await self._run(node.path, self.model.open, node)
+        content = self._inline(node.path, self.model.cached_open, node)
+        if content is None:
+            content = await self._run(node.path, self.model.open, node)
         fh = next(self._fhs)
         self._files[fh] = content
         live = isinstance(node, StatsNode)  # new text on every open: bypass the page cache

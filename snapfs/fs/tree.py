@@ -57,7 +57,12 @@ from typing import TypeVar
 from snapfs.errors import (
     CorruptDataError,
     CryptKeyError,
+    IsDirectoryError,
+    NotDirectoryError,
     NotFoundError,
+    NotRegularFileError,
+    NotSymlinkError,
+    NoXattrError,
     SnapfsError,
     TruncatedDataError,
     UnsupportedFormatError,
@@ -1075,13 +1080,25 @@ class FsModel:
             self._backend_refreshed_at = now
         refresh()
 
+    def cached_lookup(self, parent: AnyNode, name: bytes) -> AnyNode | None:
+        """The child `name` if known without I/O (never blocks); None if `lookup` must read.
+
+        Raises like `lookup` when the answer is known: NotFoundError for a name that is not
+        there (`.` and `..` never are: the kernel resolves those), NotDirectoryError for a
+        parent that is not a directory."""
+        if name in (b".", b".."):
+            raise NotFoundError(f"{_where(parent)}: no entry {os.fsdecode(name)!r}")
+        if isinstance(parent, DirNode):
+            children = parent.cached_children()
+            return None if children is None else self._dir_child(parent, children, name)
+        if not parent.attr(load=False).is_dir:
+            raise NotDirectoryError(f"{_where(parent)} is not a directory")
+        return None
+
     def lookup(self, parent: AnyNode, name: bytes) -> AnyNode:
         """The child `name` of a directory node; NotFoundError if there is none."""
         if isinstance(parent, DirNode):
-            child = parent.children().get(name) or self.hidden_child(parent, name)
-            if child is None:
-                raise NotFoundError(f"{parent.path or '/'}: no entry {os.fsdecode(name)!r}")
-            return child
+            return self._dir_child(parent, parent.children(), name)
         archive, entry = self._pxar_dir(parent)
         with archive.lock:
             found = archive.accessor.lookup_child(entry, name)
@@ -1089,6 +1106,12 @@ class FsModel:
                 raise NotFoundError(f"{_where(parent)}: no entry {os.fsdecode(name)!r}")
             found = archive.resolve(found)
         return PxarNode(archive, found)
+
+    def _dir_child(self, parent: DirNode, children: dict[bytes, Node], name: bytes) -> Node:
+        child = children.get(name) or self.hidden_child(parent, name)
+        if child is None:
+            raise NotFoundError(f"{_where(parent)}: no entry {os.fsdecode(name)!r}")
+        return child
 
     def attr(self, node: AnyNode) -> Attr:
         return node.attr(load=True)
@@ -1098,7 +1121,7 @@ class FsModel:
             return node.target
         if isinstance(node, PxarNode) and node.entry.kind is EntryKind.SYMLINK:
             return node.entry.link_target or b""
-        raise UnsupportedFormatError(f"{_where(node)} is not a symbolic link")
+        raise NotSymlinkError(f"{_where(node)} is not a symbolic link")
 
     def opendir(self, node: AnyNode) -> DirHandle:
         if isinstance(node, DirNode):
@@ -1108,7 +1131,12 @@ class FsModel:
         return DirHandle(node, None, archive, listing)
 
     def cached_opendir(self, node: AnyNode) -> DirHandle | None:
-        """A handle on a pxar directory whose complete listing is cached (never blocks); else None."""
+        """A handle served from memory (never blocks): a loaded datastore-level directory, or a
+        pxar directory whose complete listing is cached; None if `opendir` must read.
+        NotDirectoryError for a node that is not a directory."""
+        if isinstance(node, DirNode):
+            children = node.cached_children()
+            return None if children is None else DirHandle(node, list(children.items()))
         if isinstance(node, ArchiveNode):
             archive = node.archive
             if archive is None:
@@ -1117,7 +1145,7 @@ class FsModel:
         elif isinstance(node, PxarNode) and node.entry.kind is EntryKind.DIRECTORY:
             archive, entry = node.archive, node.entry
         else:
-            return None
+            raise NotDirectoryError(f"{_where(node)} is not a directory")
         listing = self.listings.get((archive.id, entry.entry_offset))
         return None if listing is None else DirHandle(node, None, archive, listing)
 
@@ -1179,8 +1207,20 @@ class FsModel:
                 DirItem(name, node, node.attr(), index + 1) for index, name, node in pending[:count]
             ]
 
+    def cached_open(self, node: AnyNode) -> Content | BytesContent | None:
+        """The content handle if had without I/O (never blocks): a blob or manifest decoded
+        before, a v1 archive's file; None if `open` must read. Raises like `open` for a node
+        that is not a regular file."""
+        _require_file(node)
+        if isinstance(node, LazyFileNode) and node._data is not None:
+            return BytesContent(node._data)
+        if isinstance(node, PxarNode) and not node.archive.content_needs_io:
+            return node.archive.content(node.entry)
+        return None
+
     def open(self, node: AnyNode) -> Content | BytesContent:
         """Content handle of a regular file (blocking: index, blob or manifest read)."""
+        _require_file(node)
         if isinstance(node, LazyFileNode):
             return BytesContent(node.data())
         if isinstance(node, StreamNode):
@@ -1192,9 +1232,8 @@ class FsModel:
         if isinstance(node, StatsNode):
             return BytesContent(node.render())
         if isinstance(node, PxarNode):
-            archive = node.archive
-            return archive.content(node.entry)
-        raise UnsupportedFormatError(f"{_where(node)} is not a regular file")
+            return node.archive.content(node.entry)
+        raise NotRegularFileError(f"{_where(node)} has no content to read")
 
     def xattrs(self, node: AnyNode) -> list[tuple[bytes, bytes]]:
         """(name, value) of every extended attribute, ACLs in the kernel's binary form."""
@@ -1210,13 +1249,20 @@ class FsModel:
             out.append((aclmod.ACL_XATTR_DEFAULT, aclmod.default_acl_xattr(entry.acl)))
         return out
 
+    def xattr(self, node: AnyNode, name: bytes) -> bytes:
+        """The value of one extended attribute; NoXattrError if the node has none by that name."""
+        for key, value in self.xattrs(node):
+            if key == name:
+                return value
+        raise NoXattrError(f"{_where(node)}: no extended attribute {os.fsdecode(name)!r}")
+
     def _pxar_dir(self, node: AnyNode) -> tuple[Archive, Entry]:
         if isinstance(node, ArchiveNode):
             archive = node.open()
             return archive, archive.root
         if isinstance(node, PxarNode) and node.entry.kind is EntryKind.DIRECTORY:
             return node.archive, node.entry
-        raise UnsupportedFormatError(f"{_where(node)} is not a directory")
+        raise NotDirectoryError(f"{_where(node)} is not a directory")
 
     def _open_snapshot(self, snapshot: Snapshot) -> SnapshotState:
         key_error = None
@@ -1282,3 +1328,13 @@ class FsModel:
 
 def _where(node: AnyNode) -> str:
     return node.path or "/"
+
+
+def _require_file(node: AnyNode) -> None:
+    """Only a regular file has content. Decided on attributes that need no I/O: a node not
+    loaded yet still knows its kind (an archive is a directory, a blob a file)."""
+    mode = node.attr(load=False).mode
+    if stat.S_ISDIR(mode):
+        raise IsDirectoryError(f"{_where(node)} is a directory")
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(f"{_where(node)} has no content to read")
