@@ -30,7 +30,7 @@ from snapfs.store.writer import DatastoreWriter
 
 IMAGE_CHUNK_SIZE = 4 * 1024 * 1024
 PXAR_AVG_CHUNK_SIZE = 4 * 1024 * 1024
-CATALOG_AVG_CHUNK_SIZE = 512 * 1024  # pbs-format.md 8.1: the client chunks catalogs finer
+CATALOG_AVG_CHUNK_SIZE = 512 * 1024  # docs/formats.md §9: the client chunks catalogs finer
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The server runs on 127.0.0.1 with every port chosen free and its sockets in its own folder, with two
 identities: `admin` (used only by the test-side uploader here) and `reader` (Read+List only, what
 snapfs gets). `upload_datastore` mirrors a local datastore folder the way PBS 4 lays one out in a
-bucket (spec 7.1): chunks under `<store>/.chunks/`, everything else under `<store>/.cnt/`, plus a
+bucket (docs/formats.md §3): chunks under `<store>/.chunks/`, everything else under `<store>/.cnt/`, plus a
 `.namespace` object per namespace. Nothing under snapfs/ ever writes to a bucket.
 """
 

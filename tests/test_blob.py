@@ -1,4 +1,4 @@
-"""DataBlob and chunk decoding/encoding against the upstream golden vectors (pbs-format.md §1, §2)."""
+"""DataBlob and chunk decoding/encoding against the upstream golden vectors (docs/formats.md §4, §5)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from snapfs.format.blob import (
 from snapfs.format.crypt import CryptConfig
 
 ZERO_4MIB_SHA256 = "bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821cc0de3d3af8"
-# MANIFEST.md section B lists these two; report.json leaves them out for the zero chunks.
+# vectors/README.md (blobs) lists these two; report.json leaves them out for the zero chunks.
 ZERO_CHUNK_RAW = {
     "chunk-zero-4MiB.": (
         691544812,
@@ -295,7 +295,7 @@ def test_kind_properties():
 
 
 def test_spec_worked_examples():
-    # pbs-format.md §1.9 (derived by the spec author, a cross-check of our reader only).
+    # docs/formats.md §12 (derived values, not upstream output: a cross-check of our reader only).
     plain = bytes.fromhex("42ab3807be8370a12d3b08af68656c6c6f20776f726c640a")
     assert decode_blob(plain) == b"hello world\n"
     assert encode_blob(b"hello world\n", compress=False) == plain

@@ -46,7 +46,7 @@ def _escape(path: bytes) -> str:
 
 
 def listing(reader: CatalogReader) -> list[str]:
-    """The upstream CatalogReader listing format of MANIFEST.md §C."""
+    """The upstream CatalogReader listing format (tests/vectors/README.md, catalog)."""
     lines = []
     for path, entry in reader.walk():
         if entry.kind == "d":
@@ -142,7 +142,7 @@ def test_root_and_lookup(vectors: Path) -> None:
 
 
 def test_spec_worked_example() -> None:
-    """pbs-format.md §8.4, byte for byte."""
+    """docs/formats.md §12, byte for byte."""
     writer = CatalogWriter()
     writer.start_directory(b"root.pxar.didx")
     writer.add_file(b"a", 5, 1600000000)

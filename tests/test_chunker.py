@@ -122,7 +122,7 @@ def test_catalog_chunking(vectors: Path) -> None:
 
 
 def test_spec_counter_vector() -> None:
-    """§9.2 derived vector: the 32-bit LE counter 0..262143 at 64 KiB average."""
+    """docs/formats.md §12 derived vector: the 32-bit LE counter 0..262143 at 64 KiB average."""
     data = struct.pack("<262144I", *range(262144))
     lengths = [len(c) for c in split_stream([data], 64 * 1024)]
     assert lengths == [143377, 262144, 262144, 262144, 118767]

@@ -1,4 +1,4 @@
-"""CryptConfig derivations and fingerprints against upstream vectors (pbs-format.md §3, §5.5)."""
+"""CryptConfig derivations and fingerprints against upstream vectors (docs/formats.md §6, §8.2)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_encrypt_decrypt_round_trip():
 
 
 def test_spec_worked_example_ciphertext():
-    # pbs-format.md §1.9: key 0..31, IV 0..15, plaintext "hello world\n".
+    # docs/formats.md §12: key 0..31, IV 0..15, plaintext "hello world\n".
     crypt = CryptConfig(bytes(range(32)))
     tag = bytes.fromhex("fdf254d842e6a0321aa6261db903b3ed")
     ct = bytes.fromhex("0f09cc1a56c43d47ef93bf23")

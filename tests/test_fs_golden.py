@@ -1,4 +1,4 @@
-"""The golden datastore mounted for real, checked through the kernel against MANIFEST.md.
+"""The golden datastore mounted for real, checked through the kernel against vectors/README.md.
 
 Every pxar snapshot (v1, encrypted v1, split v2 in a namespace, sign-only) must show archive A
 exactly as vectors/pxar/expected-listing.txt says: type, mode, owner, nanosecond mtime, size,

@@ -1,4 +1,4 @@
-"""Fixed and dynamic indexes against the upstream-written datastore vectors (MANIFEST.md §C)."""
+"""Fixed and dynamic indexes against the upstream-written datastore vectors (vectors/README.md)."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_reassembled_streams_match_manifest(vectors: Path) -> None:
 
 
 def test_v1_stream_matches_the_pxar_file(vectors: Path) -> None:
-    """The reassembled root.pxar.didx is the standalone v1 archive (MANIFEST.md §A/§C)."""
+    """The reassembled root.pxar.didx is the standalone v1 archive (tests/vectors/README.md)."""
     report = _report(vectors)
     pxar = (vectors / "pxar" / "archive-v1.pxar").read_bytes()
     assert hashlib.sha256(pxar).hexdigest() == report["pxar_v1_stream_sha256"]

@@ -1,4 +1,4 @@
-"""Key files (upstream KeyConfig) and the key/password sources (pbs-format.md §3.1, §3.2)."""
+"""Key files (upstream KeyConfig) and the key/password sources (docs/formats.md §6.1, §6.2)."""
 
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def test_other_key_is_refused(vectors: Path) -> None:
 
 
 def test_upstream_signature_vector() -> None:
-    """pbs-datastore manifest.rs test_manifest_signature (pbs-format.md §5.5)."""
+    """pbs-datastore manifest.rs test_manifest_signature (docs/formats.md §8.2, §12)."""
     key = hashlib.scrypt(b"test", salt=b"", n=65536, r=8, p=1, dklen=32, maxmem=128 * 1024 * 1024)
     manifest = Manifest(
         backup_type="host",

@@ -66,7 +66,7 @@ def _build_source_tree(vectors: Path, dest: Path) -> Path:
     os.chmod(sock_path, 0o755)
     os.chown(sock_path, 0, 0, follow_symlinks=False)
     os.utime(sock_path, ns=(SOCKET_MTIME_NS, SOCKET_MTIME_NS), follow_symlinks=False)
-    # Creating the socket touched the root; its metadata comes last (MANIFEST section A).
+    # Creating the socket touched the root; its metadata comes last (vectors/README.md).
     os.chmod(dest, 0o755)
     os.chown(dest, 0, 0)
     os.utime(dest, ns=(ROOT_MTIME_NS, ROOT_MTIME_NS))
@@ -168,7 +168,7 @@ def test_entry_events_match_upstream_catalog(source_tree: Path, vectors: Path) -
     assert sum(e.kind == "d" for e in events) == sum(e.kind == EVENT_DIR_END for e in events) == 4
 
 
-# --- spec vectors made by upstream pxar 1.0.0 (pxar-format.md §17) ---------------------------
+# --- vectors made by upstream pxar 1.0.0 (docs/formats.md §12) -------------------------------
 
 MINIMAL_PXAR = bytes.fromhex(
     "efac88e5746495d53800000000000000ed410000000000000000000000000000"

@@ -110,7 +110,7 @@ def expected_listing(vectors: Path) -> list[str]:
 class MiniPxar:
     """A deliberately small, independent emitter of pxar items, for trees the vectors lack.
 
-    Written from the spec (§4, §9, §16), not shared with snapfs.pxar.encoder, so reader tests do
+    Written from docs/formats.md §11, not shared with snapfs.pxar.encoder, so reader tests do
     not depend on our own encoder agreeing with our own reader.
     """
 
@@ -194,7 +194,7 @@ class MiniPxar:
 
 
 def bst_order(sorted_records: list) -> list:
-    """In-order fill of a heap-indexed complete binary tree (the spec's §9.2 layout)."""
+    """In-order fill of a heap-indexed complete binary tree (docs/formats.md §11.7)."""
     n = len(sorted_records)
     out: list = [None] * n
     k, stack, i = 0, [], 0
@@ -412,7 +412,7 @@ def test_upstream_fixtures_parse_completely(vectors, fixture):
 
 
 def test_upstream_fixture_worked_example(vectors):
-    """The numbers of the spec's §10.7 walk through backup-client-pxar-expected.mpxar."""
+    """The numbers of docs/formats.md §12's worked lookup in backup-client-pxar-expected.mpxar."""
     fixture = "backup-client-pxar-expected.mpxar"
     acc = Accessor(FileSource(vectors / "upstream-fixtures" / fixture), name=fixture)
     folder = acc.lookup("/folder_3")

@@ -41,7 +41,7 @@ PASSWORD = "pbs-vector-password"
 IMAGE_SHA = "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"
 ZERO_CHUNK = bytes.fromhex("bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821cc0de3d3af8")
 
-# (namespace, snapshot, archive, needs key, sha256 of the output) from MANIFEST.md.
+# (namespace, snapshot, archive, needs key, sha256 of the output) from vectors/README.md.
 GOLDEN_CATS = [
     ("", "vm/100/2024-06-01T10:00:00Z", "drive-scsi0.img", False, IMAGE_SHA),
     ("", "vm/100/2024-06-01T14:00:00Z", "drive-scsi0.img", True, IMAGE_SHA),

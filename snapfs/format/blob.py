@@ -1,4 +1,4 @@
-"""DataBlob: the container of every chunk and of every small `*.blob` file (pbs-format.md §1, §2).
+"""DataBlob: the container of every chunk and every small `*.blob` file (docs/formats.md §4, §5).
 
 Layout: magic(8) | crc32 LE(4) | payload, or for the encrypted kinds
 magic(8) | crc32 LE(4) | iv(16) | tag(16) | ciphertext; the CRC covers what follows the header.
@@ -325,7 +325,7 @@ def decode_blob(
 
 
 def chunk_digest(data: Buffer, crypt: CryptConfig | None = None) -> bytes:
-    """The name of a chunk: SHA-256 of the plaintext, keyed with id_key when encrypting (§2)."""
+    """The name of a chunk: SHA-256 of the plaintext, keyed with id_key when encrypting (§5)."""
     if crypt is not None:
         return crypt.compute_digest(data)
     return hashlib.sha256(data).digest()

@@ -1,4 +1,4 @@
-"""The pcat1 catalog (pbs-format.md §8, pxar-format.md §13.4).
+"""The pcat1 catalog (docs/formats.md §9).
 
 A catalog mirrors the directory trees of a snapshot's legacy pxar archives (names, kinds, file
 sizes and mtimes) so they can be browsed without reading the archives. It is a sequence of

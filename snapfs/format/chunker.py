@@ -1,4 +1,4 @@
-"""The buzhash content-defined chunker of PBS (pbs-format.md §9.2), bit-exact and fast in pure Python.
+"""The buzhash content-defined chunker of PBS (docs/formats.md §10), bit-exact and fast in pure Python.
 
 Upstream rolls a 64-byte buzhash over each chunk and cuts after byte `len` when `len >= max`, or
 when `len >= min` and `(h & mask) >= mask - 2`; no cut is tested before the 64-byte window is full.
@@ -29,7 +29,7 @@ from typing import BinaryIO
 WINDOW_SIZE = 64
 DEFAULT_AVG_CHUNK_SIZE = 4 * 1024 * 1024
 
-# §9.4, upstream BUZHASH_TABLE (pbs-datastore/src/chunker.rs), 8 words per row.
+# §10: upstream BUZHASH_TABLE (pbs-datastore/src/chunker.rs), 8 words per row.
 _TABLE_HEX = """
     458be752 c10748cc fbbcdbb8 6ded5b68 b10a82b5 20d75648 dfc5665f a8428801
     7ebf5191 841135c7 65cc53b3 280a597c 16f60255 c78cbc3e 294415f5 b938d494

@@ -3,7 +3,7 @@
 PBS encrypts chunks and blobs with AES-256-GCM under the raw master key, names encrypted chunks by
 a *keyed* digest (so equal plaintext under two keys gets two names, and the name leaks nothing
 about the content), identifies a key by a fingerprint, and signs manifests with HMAC-SHA256. All
-three secrets hang off `id_key`, derived once here (pbs-format.md §3.3).
+three secrets hang off `id_key`, derived once here (docs/formats.md §6.3).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ KEY_SIZE = 32
 IV_SIZE = 16
 TAG_SIZE = 16
 
-# Fixed input whose keyed digest is the key's fingerprint (§3.3); a constant of the format.
+# Fixed input whose keyed digest is the key's fingerprint (§6.3); a constant of the format.
 FINGERPRINT_INPUT = hashlib.sha256(b"Proxmox Backup Encryption Key Fingerprint").digest()
 
 _ID_KEY_SALT = b"_id_key"
@@ -59,7 +59,7 @@ class CryptConfig:
         return h.digest()
 
     def sign(self, data: bytes | bytearray | memoryview) -> bytes:
-        """HMAC-SHA256 under id_key: the manifest signature ("auth tag", §5.5)."""
+        """HMAC-SHA256 under id_key: the manifest signature ("auth tag", §8.2)."""
         return hmac.new(self.id_key, data, hashlib.sha256).digest()
 
     def encrypt(self, plaintext: bytes | bytearray | memoryview) -> tuple[bytes, bytes, bytes]:

@@ -1,4 +1,4 @@
-"""Fixed (`.fidx`) and dynamic (`.didx`) chunk indexes (pbs-format.md §4).
+"""Fixed (`.fidx`) and dynamic (`.didx`) chunk indexes (docs/formats.md §7).
 
 An index maps a stream (a disk image, a pxar archive, a catalog) to the chunks that hold it. Both
 kinds have a 4096-byte header and then fixed-size entries. A big image has millions of entries, so

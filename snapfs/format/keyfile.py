@@ -1,4 +1,4 @@
-"""PBS key files (`encryption-key.json`, any `--keyfile`): parse, unlock, create (pbs-format.md §3.1, §3.2).
+"""PBS key files (`encryption-key.json`, any `--keyfile`): parse, unlock, create (docs/formats.md §6).
 
 A key file holds the 32-byte master key either in the clear (`"kdf": null`) or wrapped with
 AES-256-GCM under a key derived from a password by scrypt or PBKDF2. It also records the key's

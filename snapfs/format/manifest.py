@@ -1,7 +1,7 @@
-"""The snapshot manifest `index.json.blob` (pbs-format.md §5).
+"""The snapshot manifest `index.json.blob` (docs/formats.md §8).
 
 The manifest lists a snapshot's files with their size and checksum; signed snapshots carry an HMAC
-over the canonical JSON of everything but `unprotected` and `signature` (§5.5). It is written the
+over the canonical JSON of everything but `unprotected` and `signature` (§8.2). It is written the
 way upstream writes it - `serde_json::to_string_pretty` of a sorted-key value - so that a manifest
 parsed and re-serialised comes out byte for byte.
 """

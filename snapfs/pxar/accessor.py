@@ -1,6 +1,6 @@
 """Random-access reader for pxar archives: unified (v1) `.pxar` and split (v2) `.mpxar` + `.ppxar`.
 
-Everything is found through goodbye tables (docs/pxar-format.md §9, §10), so a lookup costs a few
+Everything is found through goodbye tables (docs/formats.md §11.7), so a lookup costs a few
 small reads per path component and nothing is ever read whole. Archives are untrusted: every offset
 is checked against the range it must lie in before it is followed, directory ranges must shrink
 strictly with depth and siblings' ranges must not overlap, so hostile input ends in a
@@ -277,7 +277,7 @@ class Accessor:
         h = fmt.filename_hash(name)
         table, n = d.table, d.count
         candidates: list[tuple[int, int]] = []
-        # All records with an equal hash, which may sit in both subtrees of a match (§9.3).
+        # All records with an equal hash, which may sit in both subtrees of a match (§11.7).
         stack = [0]
         while stack:
             i = stack.pop()
@@ -511,7 +511,7 @@ class Accessor:
     # --- directories --------------------------------------------------------------------------
 
     def _open_dir(self, directory: Entry) -> _Directory:
-        """Read and validate a directory's goodbye table from its end offset (§10.2)."""
+        """Read and validate a directory's goodbye table from its end offset (§11.7)."""
         if not directory.is_dir:
             raise NotFoundError(f"{self.name}: {directory.path!r} is not a directory")
         end = directory.entry_end
@@ -624,7 +624,7 @@ class Accessor:
         path = b"/" + name if parent_path == b"/" else parent_path + b"/" + name
         dir_end = f + rsize
         if rsize <= 0 or dir_end > g:
-            dir_end = None  # only a directory needs it; a file's size may overshoot (§9.1)
+            dir_end = None  # only a directory needs it; a file's size may overshoot (§11.7)
         return self._decode_body(cur, path, name, f, f + hdr.full_size, g, dir_end=dir_end)
 
     def _filename(self, cur: _Cursor, pos: int, hdr: fmt.Header) -> bytes:
@@ -646,7 +646,7 @@ class Accessor:
         *,
         dir_end: int | None,
     ) -> Entry:
-        """Decode HARDLINK, or ENTRY + metadata + kind item, starting at `pos` (§10.4).
+        """Decode HARDLINK, or ENTRY + metadata + kind item, starting at `pos` (§11.3).
 
         `limit` is where the enclosing directory's goodbye table starts; `dir_end` the end the
         parent's record gives, trusted only if this turns out to be a directory.
@@ -846,7 +846,7 @@ class Accessor:
             raise BadMagicError(f"{self.payload_name}: no payload start marker at offset 0")
 
     def _check_payload_header(self, entry: Entry, source: ByteSource) -> None:
-        """Verify the PAYLOAD header a PAYLOAD_REF points at (§10.6), once per offset."""
+        """Verify the PAYLOAD header a PAYLOAD_REF points at (§11.8), once per offset."""
         assert entry.content_offset is not None
         pos = entry.content_offset - fmt.HEADER_SIZE
         if self._payload_checked.get(pos) == entry.size:

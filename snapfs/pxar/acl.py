@@ -1,6 +1,6 @@
 """POSIX ACLs between pxar's form and the kernel's `system.posix_acl_*` xattr values.
 
-pxar stores ACLs split up (pxar-format.md §8.2): the owner and other entries live in the mode, the
+pxar stores ACLs split up (docs/formats.md §11.6): owner and other entries live in the mode, the
 mode's group bits hold the mask when there is one, and ACL_GROUP_OBJ then holds the real
 owning-group permissions. The kernel (and so `getfacl`, `setfacl`, `rsync -A`) wants the whole
 list in one binary value: a u32 version (2), then `(u16 tag, u16 perm, u32 id)` records sorted by
@@ -63,7 +63,7 @@ def _split(value: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]], 
 
 
 def acl_from_xattrs(access: bytes | None, default: bytes | None) -> Acl | None:
-    """The pxar ACL of these xattr values, as upstream `process_acl` builds it (spec §8.2).
+    """The pxar ACL of these xattr values, built like upstream `process_acl` (docs/formats.md §11.6).
 
     Access ACL: named users/groups sorted by (id, perms); GROUP_OBJ only when a mask exists (then
     the mode's group bits hold the mask). Default ACL: the four base entries become one

@@ -1,6 +1,6 @@
 """pxar encoder: writes unified (v1) archives and split (v2) `.mpxar` + `.ppxar` pairs.
 
-The output is byte-identical with upstream pxar for the same sequence of calls (spec §16): the
+The output is byte-identical with upstream pxar for the same calls (docs/formats.md §11): the
 goodbye tables, the root tail offset of 0 and the split-archive goodbye size quirk are reproduced
 on purpose, because PBS tooling and our golden vectors expect exactly those bytes.
 
@@ -81,7 +81,7 @@ EVENT_DIR_END = ")"
 
 @dataclass(frozen=True, slots=True)
 class Metadata:
-    """What one ENTRY and its metadata items carry (spec §5, §8), in encoder order.
+    """What one ENTRY and its metadata carry (docs/formats.md §11.4, §11.6), in encoder order.
 
     `xattrs` keep the caller's order (PBS uses the `flistxattr` order; the bytes depend on it).
     `mtime_ns` may be negative; it is split into floor seconds and nanoseconds like statx.
@@ -130,7 +130,7 @@ class EntryEvent:
 
 
 def goodbye_layout(n: int) -> list[int]:
-    """Slot -> sorted index for a goodbye table of `n` records (the implicit BST of spec §9.2).
+    """Slot -> sorted index for a goodbye table of `n` records (the BST of docs/formats.md §11.7).
 
     An in-order walk over heap indices hands out the sorted records one by one; done iteratively so
     huge directories cannot hit the recursion limit.
@@ -318,7 +318,7 @@ class Encoder:
             )
             self._last_payload_ref = payload_offset
             # Upstream counts the payload bytes into the record size although they live in the
-            # other stream (spec §9.1 quirk); readers must not trust it, but bytes must match.
+            # other stream (docs/formats.md §11.7); readers must not trust it, but bytes must match.
             self._add_record(name, f_off, self._out.pos - f_off + size)
         return f_off
 
@@ -386,7 +386,7 @@ class Encoder:
         self._add_record(name, f_off, self._out.pos - f_off)
 
     def add_fifo(self, name: bytes, meta: Metadata) -> None:
-        # Readers recognise FIFOs and sockets by mode alone (spec §4.4); any other mode would make
+        # Readers spot FIFOs/sockets by mode alone (docs/formats.md §11.3); any other mode would make
         # the following items be read as this entry's directory body.
         if not statmod.S_ISFIFO(meta.mode):
             raise ValueError(f"add_fifo {name!r}: mode {meta.mode:#o} is not a FIFO")

@@ -23,7 +23,7 @@ class EntryKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Acl:
-    """POSIX ACL as pxar stores it (§8.2); permissions are the raw stored u64 values.
+    """POSIX ACL as pxar stores it (docs/formats.md §11.6); permissions are the raw u64 values.
 
     `group_obj` is present only when the access ACL has a mask (the mode's group bits then hold the
     mask). `default` is (user_obj, group_obj, other, mask); ACL_NO_MASK marks an absent one.

@@ -1,7 +1,7 @@
 """pxar on-disk constants, the item header, the fixed-size records and the filename hash.
 
 Shared by the random-access reader (`accessor`) and the encoder, so both agree on every number.
-The names follow the spec (docs/pxar-format.md §3); the values were derived there by SipHash-2-4 of
+The names follow docs/formats.md §11.2; the values were derived by SipHash-2-4 of
 the key strings and are re-derived in the tests. All integers are little-endian.
 """
 
@@ -12,12 +12,12 @@ from typing import NamedTuple
 
 from snapfs.errors import CorruptDataError
 
-# --- hash keys (§3) ---------------------------------------------------------------------------
+# --- hash keys (§11.2) ------------------------------------------------------------------------
 
 PXAR_HASH_KEY_1 = 0x83AC3F1CFBB450DB
 PXAR_HASH_KEY_2 = 0xAA4F1B6879369FBD
 
-# --- item types (§3) --------------------------------------------------------------------------
+# --- item types (§11.2) -----------------------------------------------------------------------
 
 PXAR_FORMAT_VERSION = 0x730F6C75DF16A40D
 PXAR_ENTRY = 0xD5956474E588ACEF
@@ -72,7 +72,7 @@ PXAR_KEY_STRINGS: dict[str, bytes] = {
 
 HTYPE_NAMES: dict[int, str] = {globals()[name]: name for name in PXAR_KEY_STRINGS}
 
-# --- fixed sizes (Appendix B) -----------------------------------------------------------------
+# --- fixed sizes (§11.9) ----------------------------------------------------------------------
 
 HEADER_SIZE = 16
 STAT_V2_SIZE = 40
@@ -92,7 +92,7 @@ MAX_XATTR_LEN = 255 + 64 * 1024
 #: Upper bound on a PRELUDE we are willing to load; upstream has none, but it is read whole.
 MAX_PRELUDE_LEN = 16 * 1024 * 1024
 
-#: Largest content size upstream accepts per htype (§2). Types absent here are unbounded.
+#: Largest content size upstream accepts per htype (§11.1). Types absent here are unbounded.
 MAX_CONTENT_SIZE: dict[int, int] = {
     PXAR_FILENAME: MAX_FILENAME_LEN + 1,
     PXAR_SYMLINK: MAX_PATH_LEN + 1,
@@ -130,7 +130,7 @@ EXACT_CONTENT_SIZE: dict[int, int] = {
     PXAR_FORMAT_VERSION: 8,
 }
 
-# --- mode bits (§5.3) -------------------------------------------------------------------------
+# --- mode bits (§11.4) ------------------------------------------------------------------------
 
 S_IFMT = 0o170000
 S_IFSOCK = 0o140000
@@ -144,7 +144,7 @@ S_ISUID = 0o004000
 S_ISGID = 0o002000
 S_ISVTX = 0o001000
 
-#: ACL permission value meaning "this entry is absent" (§8.2).
+#: ACL permission value meaning "this entry is absent" (§11.6).
 ACL_NO_MASK = 0xFFFFFFFFFFFFFFFF
 
 # --- structs ----------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def parse_header(
     return Header(htype, full_size)
 
 
-# --- SipHash-2-4 (Appendix A) -----------------------------------------------------------------
+# --- SipHash-2-4 (§11.2) ----------------------------------------------------------------------
 
 _M64 = (1 << 64) - 1
 _U64_UNPACK = struct.Struct("<Q").unpack_from
@@ -260,7 +260,7 @@ def filename_hash(name: bytes) -> int:
     return siphash24(name)
 
 
-# --- device numbers (§7.4) --------------------------------------------------------------------
+# --- device numbers (§11.5) -------------------------------------------------------------------
 
 
 def device_from_dev_t(dev: int) -> tuple[int, int]:
@@ -281,7 +281,7 @@ def device_to_dev_t(major: int, minor: int) -> int:
 
 
 def validate_filename(name: bytes, *, where: str = "archive", pos: int = 0) -> None:
-    """Reject names that are not exactly one normal path component (§6)."""
+    """Reject names that are not exactly one normal path component (§11.5)."""
     if not name:
         raise CorruptDataError(f"{where}: empty file name at offset {pos}")
     if b"/" in name or b"\x00" in name:

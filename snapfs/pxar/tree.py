@@ -1,7 +1,7 @@
 """Walk a real directory tree and feed it to the pxar `Encoder`, the way the PBS client does.
 
-What is read, and why exactly this (the bytes of the archive depend on it; spec §4.5, §8 and the
-vectors' MANIFEST section A, mirroring PBS `pbs-client/src/pxar/create.rs`):
+What is read, and why exactly this (the bytes of the archive depend on it; docs/formats.md §11.3,
+§11.6 and tests/vectors/README.md, mirroring PBS `pbs-client/src/pxar/create.rs`):
 
 * children sorted by raw name bytes; `lstat` metadata with the full `st_mode`;
 * xattrs, POSIX ACLs, fcaps, chattr flags and the quota project ID only for regular files and
@@ -62,7 +62,7 @@ _FS_IOC_GETFLAGS = 0x80086601
 _FS_IOC_FSGETXATTR = 0x801C581F
 _UNSUPPORTED = {errno.ENOTTY, errno.ENOSYS, errno.EBADF, errno.EOPNOTSUPP, errno.EINVAL}
 
-#: chattr bit -> pxar flag bit (spec §5.4, PBS `Flags::from_chattr`).
+#: chattr bit -> pxar flag bit (docs/formats.md §11.4, PBS `Flags::from_chattr`).
 _CHATTR_MAP = (
     (0x20, 0x10000),  # APPEND
     (0x80, 0x20000),  # NOATIME

@@ -109,6 +109,6 @@ class LocalBackend:
                 raise MissingChunkError(f"chunk {digest.hex()}: {full} is not a file") from None
             raise SnapfsError(f"chunk {digest.hex()}: cannot read {full}: {exc.strerror}") from None
         if not data:
-            # An S3 datastore's local cache keeps 0-byte files for evicted chunks (spec 7.4).
+            # An S3 datastore's cache keeps 0-byte files for evicted chunks (docs/formats.md §3).
             raise MissingChunkError(f"chunk {digest.hex()} is an empty placeholder in {self.root}")
         return data
