@@ -251,7 +251,6 @@ class Encoder:
         """Bytes written so far to the archive (or metadata) stream."""
         return self._out.pos
 
-
     # --- directories ----------------------------------------------------------------------------
 
     def begin_directory(self, name: bytes, meta: Metadata) -> None:
