@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import traceback
 from collections.abc import Callable
 
 from snapfs import logs
@@ -225,12 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE", help="datastore directory, or s3://BUCKET/STORE")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     _add_key(p)
-    from snapfs.store.sources import add_source_options
+    from snapfs.store.sources import add_cache_size_option, add_source_options
 
     add_source_options(p)
-    p.add_argument(
-        "--cache-size", default="256M", help="bytes of decoded chunks kept in memory (default 256M)"
-    )
+    add_cache_size_option(p)
     p.add_argument(
         "--allow-other",
         action="store_true",
@@ -481,7 +480,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
         default_refresh_interval,
         mount,
         parse_id,
-        parse_size,
     )
 
     if args.refresh_interval is None:  # also the S3 listing cache's lifetime (_open_datastore)
@@ -492,7 +490,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts = MountOptions(
         source=args.source,
         mountpoint=args.mountpoint,
-        cache_size=parse_size(args.cache_size),
+        cache_size=args.cache_size,
         allow_other=args.allow_other,
         uid=parse_id(args.uid, "uid"),
         gid=parse_id(args.gid, "gid"),
@@ -562,7 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "snapfs"
     try:
         args = build_parser().parse_args(argv)
-        logs.configure(args.log_level or ("debug" if debug else "warning"), args.global_log_file)
+        # `mount --log-file` too: one set of sinks from the start, the mount re-uses it.
+        log_file = getattr(args, "log_file", None) or args.global_log_file
+        logs.configure(args.log_level or ("debug" if debug else "warning"), log_file)
         # Names only: arguments may be paths a user considers private, never secrets anyway.
         command = " ".join(
             str(getattr(args, a)) for a in ("command", "key_command") if getattr(args, a, None)
@@ -572,18 +572,14 @@ def main(argv: list[str] | None = None) -> int:
         code = func(args)
         log.info("%s: finished, exit code %d", command, code)
         return code
-    except UsageError as exc:
-        if debug:
-            raise
-        print(f"snapfs: error: {exc}", file=sys.stderr)
-        log.error("%s: usage error: %s", command, exc, extra={"file_only": True})
-        return EXIT_USAGE
     except SnapfsError as exc:
         if debug:
-            raise
-        print(f"snapfs: error: {exc}", file=sys.stderr)
-        log.error("%s: failed: %s", command, exc, extra={"file_only": True})
-        return EXIT_ERROR
+            _print_traceback()
+        print(f"snapfs: error: {logs.redact(str(exc))}", file=sys.stderr)
+        usage = isinstance(exc, UsageError)
+        what = "usage error" if usage else "failed"
+        log.error("%s: %s: %s", command, what, exc, extra={"file_only": True})
+        return EXIT_USAGE if usage else EXIT_ERROR
     except BrokenPipeError:
         # `snapfs cat ... | head`: the reader left; not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -591,3 +587,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("snapfs: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        # A bug: the traceback is what a report needs, with anything secret-looking masked.
+        _print_traceback()
+        return EXIT_ERROR
+
+
+def _print_traceback() -> None:
+    """The current exception's traceback on stderr, through the same redaction as the logs."""
+    print(logs.redact(traceback.format_exc()), file=sys.stderr, end="")

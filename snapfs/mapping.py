@@ -230,7 +230,7 @@ def _start_mount(
     # The same source as ours (S3 endpoint, cache...); credentials reach it through the
     # environment it inherits, never argv.
     cmd += source_option_argv(BackendOptions.from_args(args))
-    cmd += ["--cache-size", args.cache_size, args.source, str(mnt)]
+    cmd += ["--cache-size", str(args.cache_size), args.source, str(mnt)]
     pass_fds: tuple[int, ...] = ()
     read_fd = None
     if getattr(args, "keyfile", None):
@@ -249,15 +249,17 @@ def _start_mount(
                 pass_fds = (read_fd,)
                 cmd += ["--password-file", f"/dev/fd/{read_fd}"]
     try:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(folder / "mount.err", "wb"),  # noqa: SIM115 - the child keeps it
-            start_new_session=True,  # a Ctrl-C at the map prompt must not reach the mount later
-            pass_fds=pass_fds,
-            close_fds=True,
-        )
+        # The child gets its own copy of the error file's descriptor; ours closes at once.
+        with open(folder / "mount.err", "wb") as err:
+            return subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,  # a Ctrl-C at the map prompt must not reach the mount
+                pass_fds=pass_fds,
+                close_fds=True,
+            )
     finally:
         if read_fd is not None:
             os.close(read_fd)
@@ -434,6 +436,8 @@ def cmd_unmap(args) -> int:
 
 def add_map_parsers(sub, add_source, add_key) -> None:
     """The `map` and `unmap` subcommands (called from snapfs.cli.build_parser)."""
+    from snapfs.store.sources import add_cache_size_option
+
     p = sub.add_parser(
         "map", help="attach a disk image read-only as a loop device (/dev/loopNpM partitions)"
     )
@@ -441,9 +445,7 @@ def add_map_parsers(sub, add_source, add_key) -> None:
     p.add_argument("snapshot", metavar="SNAPSHOT", help="e.g. vm/100/2024-06-01T10:00:00Z")
     p.add_argument("image", metavar="IMAGE", help="e.g. drive-scsi0.img")
     add_key(p)
-    p.add_argument(
-        "--cache-size", default="256M", help="decoded chunks kept in memory (default 256M)"
-    )
+    add_cache_size_option(p)
     p.set_defaults(func=cmd_map)
 
     p = sub.add_parser(

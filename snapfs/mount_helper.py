@@ -124,7 +124,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point as mount(8)'s helper; returns mount(8)'s exit codes."""
-    from snapfs import cli
+    from snapfs import cli, logs
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             sloppy=args.sloppy,
             verbose=args.verbose,
         )
-    except UsageError as exc:
-        print(f"mount.snapfs: {exc}", file=sys.stderr)
+    except UsageError as exc:  # may quote an option as given: an endpoint URL with a password
+        print(f"mount.snapfs: {logs.redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     if args.fake:  # mount -f: do everything except the mount itself
         return 0

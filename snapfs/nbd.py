@@ -20,6 +20,7 @@ SHA-256 release the GIL, so the workers and the readahead decode on both cores.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -49,6 +50,22 @@ ZERO_BLOCK = bytes(1024 * 1024)
 
 class ProtocolError(SnapfsError):
     """The client broke the NBD protocol; the connection is closed."""
+
+
+#: Host errors that mean the overlay's disk is full; the protocol wants them all as NBD_ENOSPC.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def reply_error(exc: BaseException) -> int:
+    """The one place a failed request's error becomes the NBD error value in its reply.
+
+    NBD has its own short list of values (doc/proto.md, "Error values"): a full disk under the
+    overlay is NBD_ENOSPC, so the guest's kernel reports ENOSPC and its filesystem can cope;
+    anything else (a corrupt or missing chunk, a failing disk) is NBD_EIO.
+    """
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        return P.ENOSPC
+    return P.EIO
 
 
 # --- exports --------------------------------------------------------------------------------------
@@ -483,13 +500,13 @@ class _Connection:
     def read_job(self, export: Export, cookie: int, offset: int, length: int) -> None:
         try:
             data = export.read(offset, length)
-        except SnapfsError as exc:
+        except (OSError, SnapfsError) as exc:
             self.server.report(f"export {export.name}: read at {offset}: {exc}")
-            self.reply(cookie, P.EIO)
+            self.reply(cookie, reply_error(exc))
             return
-        except Exception:
+        except Exception as exc:
             log.exception("export %s: read at %d failed", export.name, offset)
-            self.reply(cookie, P.EIO)
+            self.reply(cookie, reply_error(exc))
             return
         self.reply(cookie, 0, data)
 
@@ -521,7 +538,7 @@ class _Connection:
                     pos += n
         except (OSError, SnapfsError) as exc:
             self.server.report(f"export {export.name}: write at {offset}: {exc}")
-            return P.ENOSPC if getattr(exc, "errno", None) == 28 else P.EIO
+            return reply_error(exc)
         return 0
 
     def flush(self, export: Export) -> int:
@@ -531,7 +548,7 @@ class _Connection:
             export.overlay.flush()
         except OSError as exc:
             self.server.report(f"export {export.name}: flush: {exc}")
-            return P.EIO
+            return reply_error(exc)
         return 0
 
 
@@ -711,14 +728,13 @@ def cmd_nbd(args) -> int:
     from snapfs.cli import _crypt_config, _open_datastore
     from snapfs.store.cache import ChunkCache
     from snapfs.store.datastore import parse_namespace
-    from snapfs.store.sources import parse_size
 
     if args.listen and args.socket:
         raise UsageError("give --listen or --socket, not both")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    cache = ChunkCache(parse_size(args.cache_size))
+    cache = ChunkCache(args.cache_size)
     exports = datastore_exports(
         _open_datastore(args),
         _crypt_config(args),
@@ -757,6 +773,8 @@ def cmd_nbd(args) -> int:
 
 def add_nbd_parser(sub, add_source, add_key) -> None:
     """The `nbd` subcommand (called from snapfs.cli.build_parser)."""
+    from snapfs.store.sources import add_cache_size_option
+
     p = sub.add_parser(
         "nbd", help="serve disk images over NBD (qemu, qemu-img, nbdinfo), read-only or overlaid"
     )
@@ -780,9 +798,7 @@ def add_nbd_parser(sub, add_source, add_key) -> None:
         help="accept writes into this copy-on-write file (created if missing); the backup "
         "is never written",
     )
-    p.add_argument(
-        "--cache-size", default="256M", help="decoded chunks kept in memory (default 256M)"
-    )
+    add_cache_size_option(p)
     p.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help="parallel chunk fetches (default 8)"
     )

@@ -10,11 +10,14 @@ File layout (one file, reopened across runs so a VM can be restarted on its own 
     data     block i at data_offset + i * block_size (sparse: unwritten blocks take no space)
 
 Crash order: a block's data is written before its bit, so a torn write leaves the old bit (the
-backup's bytes) or the new data; `flush` fsyncs both.
+backup's bytes) or the new data; `flush` fsyncs both. So does a disk that fills up mid-write: the
+write raises OSError(ENOSPC) before it sets its bits, and the blocks it would have added to the
+overlay still show the backup's bytes.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import threading
@@ -57,7 +60,7 @@ class Overlay:
         try:
             header = os.pread(self._fd, HEADER.size, 0)
             if not header:
-                os.pwrite(self._fd, HEADER.pack(MAGIC, VERSION, block_size, size, ident), 0)
+                _pwrite_all(self._fd, HEADER.pack(MAGIC, VERSION, block_size, size, ident), 0)
                 os.ftruncate(self._fd, self.data_offset + size)
                 self.bitmap = bytearray(bitmap_bytes)
             else:
@@ -122,16 +125,14 @@ class Overlay:
                 bstart = block * bs
                 bend = min(bstart + bs, self.size)
                 if not self._dirty(block) and (offset > bstart or end < bend):
-                    os.pwrite(
+                    _pwrite_all(
                         self._fd, self.read_base(bstart, bend - bstart), self.data_offset + bstart
                     )
-            written = os.pwrite(self._fd, data, self.data_offset + offset)
-            if written != len(data):
-                raise SnapfsError(f"overlay {self.path}: short write at offset {offset}")
+            _pwrite_all(self._fd, data, self.data_offset + offset)
             lo, hi = first >> 3, last >> 3
             for block in range(first, last + 1):
                 self.bitmap[block >> 3] |= 1 << (block & 7)
-            os.pwrite(self._fd, bytes(self.bitmap[lo : hi + 1]), BITMAP_OFFSET + lo)
+            _pwrite_all(self._fd, bytes(self.bitmap[lo : hi + 1]), BITMAP_OFFSET + lo)
             if fua:
                 os.fdatasync(self._fd)
 
@@ -142,6 +143,18 @@ class Overlay:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of `data` at `offset`. A filling disk first shows as a short write and only the
+    next call raises OSError(ENOSPC), the error the NBD client must be told (not a vague EIO)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if not written:  # no progress and no error: never loop forever on it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+        offset += written
 
 
 def _align(value: int, to: int) -> int:

@@ -21,7 +21,7 @@ from snapfs.errors import (
     UsageError,
     WrongKeyError,
 )
-from snapfs.fs.mount import MountOptions, mount_options, parse_size
+from snapfs.fs.mount import MountOptions, mount_options
 from snapfs.fs.operations import SnapfsOperations, errno_for
 from snapfs.fs.tree import ROOT_INODE, FsModel
 from snapfs.store.backend import LocalBackend, chunk_path
@@ -139,15 +139,3 @@ def test_mount_options_always_read_only_with_kernel_permission_checks():
     assert "allow_other" in mount_options(
         MountOptions(source="/s", mountpoint="/m", allow_other=True)
     )
-
-
-@pytest.mark.parametrize(
-    ("text", "value"), [("1024", 1024), ("256M", 256 << 20), ("1G", 1 << 30), ("64MiB", 64 << 20)]
-)
-def test_parse_size(text, value):
-    assert parse_size(text) == value
-
-
-def test_parse_size_rejects_garbage():
-    with pytest.raises(UsageError):
-        parse_size("lots")

@@ -3,6 +3,7 @@ real clients (nbdinfo, qemu-img, qemu-io, nbdcopy) against it."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -16,12 +17,20 @@ import pytest
 from conftest import VECTOR_PASSWORD
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_faults_env import tmpfs
 
 from snapfs import nbd_proto as P
 from snapfs.backup import backup, parse_backup_source
-from snapfs.errors import BadMagicError, UsageError
+from snapfs.errors import BadMagicError, MissingChunkError, UsageError
 from snapfs.format.keyfile import KeyFile
-from snapfs.nbd import Export, NbdServer, datastore_exports, listener_url, open_listener
+from snapfs.nbd import (
+    Export,
+    NbdServer,
+    datastore_exports,
+    listener_url,
+    open_listener,
+    reply_error,
+)
 from snapfs.nbd_client import NbdClient, NbdClientError
 from snapfs.nbd_overlay import Overlay
 from snapfs.store.backend import LocalBackend
@@ -309,6 +318,41 @@ def test_overlay_keeps_writes_and_leaves_backup_alone(local, tmp_path):
     assert {p: p.read_bytes() for p in (store / ".chunks").rglob("*") if p.is_file()} == (
         chunks_before
     )
+
+
+def test_overlay_on_a_full_disk_answers_enospc(local, tmp_path):
+    """The overlay's disk fills up: NBD_ENOSPC (the guest sees ENOSPC), not EIO; a write that
+    failed leaves the guest's view as it was, and the connection goes on."""
+    store, data = local
+    mib = 1 << 20
+    with tmpfs(tmp_path / "small", "256k") as small:
+        served = _serve_local(store, overlay=str(small / "overlay"))
+        try:
+            c = served.client("drive-scsi0.img")
+            c.write(8192, b"A" * 4096)
+            with pytest.raises(NbdClientError) as info:
+                c.write(mib, b"B" * mib)  # four times what the disk holds
+            assert info.value.code == P.ENOSPC
+            assert c.read(8192, 4096) == b"A" * 4096
+            assert c.read(mib, 8192) == data[mib : mib + 8192]
+            c.disconnect()
+        finally:
+            served.stop()
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (OSError(errno.ENOSPC, "full"), P.ENOSPC),
+        (OSError(errno.EDQUOT, "quota"), P.ENOSPC),
+        (OSError(errno.EFBIG, "too large"), P.ENOSPC),
+        (OSError(errno.EIO, "bad disk"), P.EIO),
+        (MissingChunkError("chunk"), P.EIO),
+        (ValueError("a bug"), P.EIO),
+    ],
+)
+def test_reply_error_follows_the_protocol(exc, code):
+    assert reply_error(exc) == code
 
 
 def test_overlay_of_another_image_is_refused(tmp_path):

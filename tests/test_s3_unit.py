@@ -18,7 +18,7 @@ from snapfs.store.s3 import (
     _Transient,
     parse_s3_source,
 )
-from snapfs.store.sources import BackendOptions, add_source_options, open_backend, parse_size
+from snapfs.store.sources import BackendOptions, add_source_options, open_backend
 from snapfs.store.stats import PRICE_TABLES, SourceStats, build_report, estimate_cost, format_report
 
 SECRET = "unit-secret-key-never-printed"
@@ -59,16 +59,6 @@ def test_open_backend_rejects_other_schemes_and_opens_local(vectors):
         open_backend("gs://bucket/store")
     backend = open_backend(str(vectors / "datastore"))
     assert "vm" in backend.list_dir("").dirs
-
-
-def test_parse_size():
-    assert parse_size("1048576") == 1048576
-    assert parse_size("64M") == 64 << 20
-    assert parse_size("10GiB") == 10 << 30
-    assert parse_size("1.5k") == 1536
-    for bad in ("", "ten", "-5", "0", "5X"):
-        with pytest.raises(UsageError):
-            parse_size(bad)
 
 
 def test_source_options_parse_into_backend_options():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import logging.handlers
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from snapfs import logs
 from snapfs.errors import SnapfsError, UsageError
 from snapfs.format.crypt import CryptConfig
 from snapfs.store.cache import DEFAULT_CACHE_SIZE, ChunkCache
@@ -33,7 +33,6 @@ DEFAULT_READ_AHEAD_KB = 1024
 #: list; every S3 re-list is a paid LIST request, so remote sources wait longer.
 DEFAULT_REFRESH_LOCAL = 10.0
 DEFAULT_REFRESH_REMOTE = 60.0
-_SIZE = re.compile(r"([0-9]+)\s*([kmgt]?)(i?b)?\Z", re.IGNORECASE)
 
 
 class MountError(SnapfsError):
@@ -61,14 +60,6 @@ def is_remote(source: str) -> bool:
 
 def default_refresh_interval(source: str) -> float:
     return DEFAULT_REFRESH_REMOTE if is_remote(source) else DEFAULT_REFRESH_LOCAL
-
-
-def parse_size(text: str) -> int:
-    """`268435456`, `256M`, `1G`, `512MiB` -> bytes (binary units)."""
-    m = _SIZE.match(text.strip())
-    if not m:
-        raise UsageError(f"invalid size {text!r} (e.g. 256M, 1G)")
-    return int(m.group(1)) << (10 * " kmgt".index(m.group(2).lower() or " "))
 
 
 def parse_id(text: str | None, kind: str) -> int | None:
@@ -259,26 +250,12 @@ def _detach_stdio() -> None:
 
 
 def _setup_logging(opts: MountOptions, background: bool) -> None:
-    """Foreground: stderr (as the CLI set it up). Background: --log-file, else syslog."""
-    root = logging.getLogger()
-    handler: logging.Handler | None = None
-    if background:
-        for old in list(root.handlers):
-            root.removeHandler(old)
-    if opts.log_file:
-        handler = logging.FileHandler(opts.log_file)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s snapfs[%(process)d]: %(levelname)s: %(message)s")
-        )
-    elif background and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
-        handler.setFormatter(logging.Formatter("snapfs[%(process)d]: %(levelname)s: %(message)s"))
-    elif not background and not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("snapfs: %(levelname)s: %(message)s"))
-    if handler is not None:
-        root.addHandler(handler)
-    root.setLevel(logging.DEBUG if opts.debug else logging.INFO)
+    """The mount's logging, through logs.configure like every command's (one set of sinks).
+
+    A mount logs at info (it is a service: its start and statistics belong in its log), debug with
+    --debug. Once daemonised it has no terminal: its --log-file, else syslog.
+    """
+    logs.configure("debug" if opts.debug else "info", opts.log_file, background=background)
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if opts.debug else logging.WARNING)
 
 

@@ -1,7 +1,7 @@
 """S3Backend: a PBS 4.x datastore kept in an S3 bucket, read with GET and LIST only.
 
 PBS stores chunks at `<store>/.chunks/<4hex>/<digest>` and every other file of the datastore at
-`<store>/.cnt/<local path>` (spec 7.1), so the local-form paths the Datastore model asks for map
+`<store>/.cnt/<local path>` (docs/formats.md §3), so the local-form paths the Datastore model asks for map
 one to one onto keys under `.cnt/`. Folders do not exist in S3; they are the common prefixes of a
 ListObjectsV2 call with Delimiter="/" (a namespace keeps a `.namespace` object so it exists even
 when empty).
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from snapfs.errors import MissingChunkError, NotFoundError, SnapfsError, UsageError
+from snapfs.logs import without_userinfo
 from snapfs.store.backend import DirListing, chunk_path
 from snapfs.store.stats import DEFAULT_PROVIDER, SourceStats, build_report
 
@@ -197,8 +198,11 @@ class S3Backend:
             return session.client(
                 "s3", endpoint_url=s.endpoint_url, verify=s.ca_bundle or True, config=config
             )
-        except ValueError as exc:  # a malformed endpoint URL
-            raise UsageError(f"invalid --endpoint-url {s.endpoint_url!r}: {exc}") from None
+        except ValueError:
+            # Not echoed: a malformed URL may still hold a password (botocore's message repeats it).
+            raise UsageError(
+                "invalid --endpoint-url: not a URL like https://s3.example.com:9000"
+            ) from None
         except botocore.exceptions.BotoCoreError as exc:
             raise SnapfsError(
                 f"{self.name}: cannot create the S3 client: {type(exc).__name__}"
@@ -211,7 +215,8 @@ class S3Backend:
 
     @property
     def endpoint(self) -> str:
-        return self._client.meta.endpoint_url
+        """The endpoint as messages name it: without a `user:password@` (botocore never sends it)."""
+        return without_userinfo(self._client.meta.endpoint_url)
 
     # -- requests, retries, errors ---------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """SOURCE strings to Backends: `/path/to/datastore` or `s3://BUCKET/STORE`, plus their options.
 
 Every command that reads a datastore takes the same SOURCE and the same options, so the argparse
-options live here once (`add_source_options`) and `open_backend` turns the parsed values into a
-Backend: LocalBackend for a path, S3Backend for s3:// (optionally under a DiskCache).
+options live here once (`add_source_options`, and `add_cache_size_option` for the commands that
+serve reads) and `open_backend` turns the parsed values into a Backend: LocalBackend for a path,
+S3Backend for s3:// (optionally under a DiskCache). Every size option parses through `size_type`,
+so a value gets the same verdict from every command, and the code gets bytes as an int.
 """
 
 from __future__ import annotations
@@ -10,32 +12,66 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 from snapfs.errors import UsageError
+from snapfs.logs import without_userinfo
 from snapfs.store.backend import Backend, LocalBackend
+from snapfs.store.cache import DEFAULT_CACHE_SIZE
 
 DEFAULT_CACHE_DIR_SIZE = 10 * 1024**3
-_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)(B?)\s*\Z", re.IGNORECASE)
+#: One chunk (an image's fixed chunks are 4 MiB): a smaller memory cache never holds a full chunk,
+#: so every read of one would fetch and decode it again.
+MIN_CACHE_SIZE = 4 * 1024**2
+#: One 4 MiB chunk as the disk cache stores it, with its blob and record headers (a little over
+#: 4 MiB), rounded up: a smaller cache skips every full chunk.
+MIN_CACHE_DIR_SIZE = 8 * 1024**2
+#: Bytes per second: any positive rate works (slowly); 0 would never deliver a byte.
+MIN_RATE_LIMIT = 1
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([KMGT])(?:i?B)?|B)?\s*", re.IGNORECASE)
+_UNITS = " KMGT"  # the index is the power of 1024
 
 
-def parse_size(text: str) -> int:
-    """`1048576`, `64M`, `10GiB`, `1.5G` -> bytes (K/M/G/T are powers of 1024)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise UsageError(f"invalid size {text!r} (e.g. 500M, 10G, 1048576)")
-    number, unit = float(m.group(1)), m.group(2).upper()
-    value = int(number * 1024 ** " KMGT".index(unit or " "))
-    if value <= 0:
-        raise UsageError(f"invalid size {text!r}: must be positive")
-    return value
+def size_type(minimum: int) -> Callable[[str], int]:
+    """An argparse `type=` for a size option: bytes as an int, at least `minimum`.
+
+    `1048576`, `64M`, `10GiB`, `1.5G`: K/M/G/T are powers of 1024, and a fraction is rounded down
+    to whole bytes. Raising ArgumentTypeError makes argparse name the option in its one-line error.
+    """
+
+    def parse(text: str) -> int:
+        m = _SIZE.fullmatch(text)
+        if not m:
+            raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 256M, 1.5G, 1048576)")
+        scale = 1024 ** _UNITS.index((m.group(2) or " ").upper())
+        value = int(Fraction(m.group(1)) * scale)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is below the minimum of {_format_size(minimum)}"
+            )
+        return value
+
+    return parse
 
 
-def _size_arg(text: str) -> int:
-    try:
-        return parse_size(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _format_size(value: int) -> str:
+    """`value` bytes in the largest unit that writes it exactly, as a size option takes it: 4M."""
+    power = next(p for p in range(len(_UNITS) - 1, -1, -1) if value % 1024**p == 0)
+    return f"{value // 1024**power}{_UNITS[power].strip()}"
+
+
+def add_cache_size_option(parser: argparse.ArgumentParser) -> None:
+    """--cache-size, the memory cache of decoded chunks of the commands that serve reads."""
+    parser.add_argument(
+        "--cache-size",
+        type=size_type(MIN_CACHE_SIZE),
+        default=DEFAULT_CACHE_SIZE,
+        metavar="SIZE",
+        help=f"decoded chunks kept in memory (default {_format_size(DEFAULT_CACHE_SIZE)}, "
+        f"at least {_format_size(MIN_CACHE_SIZE)})",
+    )
 
 
 @dataclass(frozen=True)
@@ -94,7 +130,10 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
         "--s3-connections", type=int, metavar="N", help="parallel S3 connections (default: 8)"
     )
     g.add_argument(
-        "--rate-limit", type=_size_arg, metavar="BYTES/S", help="download bandwidth limit, e.g. 50M"
+        "--rate-limit",
+        type=size_type(MIN_RATE_LIMIT),
+        metavar="BYTES/S",
+        help="download bandwidth limit, e.g. 50M",
     )
     g.add_argument(
         "--cache-dir",
@@ -103,9 +142,10 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--cache-dir-size",
-        type=_size_arg,
+        type=size_type(MIN_CACHE_DIR_SIZE),
         metavar="SIZE",
-        help=f"bound of the --cache-dir cache (default: {DEFAULT_CACHE_DIR_SIZE // 1024**3}G)",
+        help=f"bound of the --cache-dir cache (default: {_format_size(DEFAULT_CACHE_DIR_SIZE)}, "
+        f"at least {_format_size(MIN_CACHE_DIR_SIZE)})",
     )
     g.add_argument(
         "--refresh-interval",
@@ -126,7 +166,8 @@ def source_option_argv(options: BackendOptions) -> list[str]:
     """The command-line options that reproduce `options`, for a child `snapfs` process.
 
     Secrets are never options (boto3 reads them from the environment or ~/.aws), so a child that
-    inherits the environment gets the same source without a secret in its argv.
+    inherits the environment gets the same source without a secret in its argv. An endpoint's
+    `user:password@` is left out: botocore never sends it, and argv is readable by every user.
     """
     default = BackendOptions()
     argv: list[str] = []
@@ -148,6 +189,8 @@ def source_option_argv(options: BackendOptions) -> list[str]:
             continue
         if name in ("ca_bundle", "cache_dir"):
             value = os.path.abspath(value)  # the child may run elsewhere
+        elif name == "endpoint_url":
+            value = without_userinfo(value)
         argv += [flag, str(value)]
     if options.path_style:
         argv.append("--path-style")
