@@ -527,7 +527,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from snapfs.restore import Progress
+    from snapfs.progress import Progress
     from snapfs.store.datastore import parse_namespace
     from snapfs.verify import select_snapshots, verify
 

@@ -27,7 +27,6 @@ import fnmatch
 import os
 import queue
 import stat
-import sys
 import threading
 import time
 from collections import deque
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snapfs.errors import SnapfsError, UsageError
+from snapfs.progress import Progress
 from snapfs.pxar import format as fmt
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.acl import ACL_XATTR_ACCESS, ACL_XATTR_DEFAULT, access_acl_xattr, default_acl_xattr
@@ -50,7 +50,7 @@ DEFAULT_PREFETCH_BYTES = 64 * 1024 * 1024
 DEFAULT_PREFETCH_WORKERS = 4
 
 
-# --- report and progress --------------------------------------------------------------------------
+# --- report ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -123,54 +123,6 @@ def _human(n: int) -> str:
             return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
         value /= 1024
     return f"{n} B"
-
-
-class Progress:
-    """A tqdm bar on stderr when it is a terminal; does nothing otherwise (scripts, --json)."""
-
-    def __init__(self, enabled: bool, desc: str = "restore") -> None:
-        self._bar = None
-        self._enabled = enabled
-        self._desc = desc
-        self._files = 0
-
-    @classmethod
-    def disabled(cls) -> Progress:
-        return cls(False)
-
-    @classmethod
-    def for_terminal(cls, quiet: bool = False, desc: str = "restore") -> Progress:
-        return cls(not quiet and sys.stderr.isatty(), desc)
-
-    def start(self, total_bytes: int | None) -> None:
-        if not self._enabled or self._bar is not None:
-            return
-        from tqdm import tqdm
-
-        self._bar = tqdm(
-            total=total_bytes,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=self._desc,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            leave=False,
-        )
-
-    def update(self, nbytes: int = 0, files: int = 0) -> None:
-        if self._bar is None:
-            return
-        if files:
-            self._files += files
-            self._bar.set_postfix_str(f"{self._files} files", refresh=False)
-        if nbytes:
-            self._bar.update(nbytes)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 # --- options and filters --------------------------------------------------------------------------
@@ -953,7 +905,6 @@ def run_restore(args: Any, datastore: Any, crypt: Any) -> RestoreReport:
 __all__ = [
     "OVERWRITE_POLICIES",
     "PathFilter",
-    "Progress",
     "RestoreOptions",
     "RestoreReport",
     "check_name",

@@ -26,7 +26,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from snapfs.errors import CorruptDataError, NotFoundError, SnapfsError, UsageError
-from snapfs.restore import Progress, RestoreReport
+from snapfs.progress import Progress
+from snapfs.restore import RestoreReport
 from snapfs.store.stream import IndexStream
 
 DEFAULT_WORKERS = 4
