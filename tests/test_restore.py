@@ -18,7 +18,8 @@ from snapfs.format.source import BytesSource, FileSource
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.acl import access_acl_xattr, default_acl_xattr
 from snapfs.pxar.encoder import Encoder, Metadata
-from snapfs.restore import PathFilter, RestoreOptions, check_name, restore_pxar
+from snapfs.restore.filters import PathFilter, check_name
+from snapfs.restore.tree import RestoreOptions, restore_pxar
 
 # dir_a/nested/deeper/hello.txt; its sha256 (25af1652...) is in expected-listing.txt
 HELLO = b"hello pxar\n"

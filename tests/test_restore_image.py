@@ -14,7 +14,7 @@ import pytest
 from snapfs.cli import main
 from snapfs.errors import UsageError
 from snapfs.format.crypt import CryptConfig
-from snapfs.restore_image import ImageTarget, restore_image
+from snapfs.restore.image import ImageTarget, restore_image
 from snapfs.store.backend import LocalBackend
 from snapfs.store.chunks import ChunkReader
 from snapfs.store.datastore import Datastore, parse_snapshot

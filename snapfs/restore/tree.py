@@ -1,4 +1,4 @@
-"""`snapfs restore`: a pxar archive (or a file or directory in it), an image or a blob to disk.
+"""Restore of a pxar archive, or a file or directory in it, to a folder on disk.
 
 Safety rules for pxar archives, which are untrusted input:
 - every name is checked (no '', '.', '..', '/', NUL) and every entry is created relative to an
@@ -10,39 +10,35 @@ Safety rules for pxar archives, which are untrusted input:
 - one failing entry does not stop the restore: what was restored stays, each failure is
   reported with its path, and the exit code is non-zero.
 
-Metadata order per entry: content, owner (chown clears setuid/setgid and file capabilities),
-mode, xattrs, ACLs, capabilities, then mtime last; a directory gets its metadata when it is left,
-so a read-only directory mode or its mtime is not disturbed by creating its children.
+Metadata (restore/metadata.py) follows an entry's content; a directory gets its metadata when it
+is left, so a read-only directory mode or its mtime is not disturbed by creating its children.
 
-Pipelining: a walker thread with its own Accessor runs ahead of the writer, and for every file
-it passes on it asks worker threads to fetch and decode the chunks that hold the content, bounded
-by a byte budget, so the writer mostly finds chunks already in the cache.
+Pipelining: a walker thread (restore/walker.py) runs ahead of the writer and has the chunks of the
+files it passes on fetched and decoded, so the writer mostly finds them already in the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fnmatch
 import os
 import queue
 import stat
 import threading
-import time
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from snapfs.errors import SnapfsError, UsageError
 from snapfs.progress import Progress
 from snapfs.pxar import format as fmt
 from snapfs.pxar.accessor import Accessor
-from snapfs.pxar.acl import ACL_XATTR_ACCESS, ACL_XATTR_DEFAULT, access_acl_xattr, default_acl_xattr
 from snapfs.pxar.entry import Entry, EntryKind
+from snapfs.restore.filters import OVERWRITE_POLICIES, PathFilter, check_name
+from snapfs.restore.metadata import apply_fd_metadata, apply_path_metadata
+from snapfs.restore.report import RestoreReport
+from snapfs.restore.walker import WALK_DONE, ByteBudget, Prefetcher, walk_ahead
 
-OVERWRITE_POLICIES = ("never", "if-newer", "always")
+__all__ = ["RestoreOptions", "restore_pxar"]
+
 _BLOCK = 4096
 _ZERO_BLOCK = bytes(_BLOCK)
 _READ_SIZE = 4 * 1024 * 1024
@@ -50,86 +46,10 @@ DEFAULT_PREFETCH_BYTES = 64 * 1024 * 1024
 DEFAULT_PREFETCH_WORKERS = 4
 
 
-# --- report ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class RestoreReport:
-    """What a restore did; `failures` lists exactly what is missing from TARGET."""
-
-    kind: str
-    source: str
-    target: str
-    files: int = 0  # entries restored (files, dirs, links, nodes), or 1 for an image/blob
-    bytes_total: int = 0
-    bytes_written: int = 0
-    bytes_sparse: int = 0  # zero runs left as holes instead of being written
-    bytes_reused: int = 0  # --resume: already in place and verified, not rewritten
-    skipped: list[str] = field(default_factory=list)  # existed, kept per --overwrite
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    dry_run: bool = False
-    elapsed: float = 0.0
-    _started: float = field(default_factory=time.monotonic, repr=False)
-
-    def fail(self, message: str, **details: Any) -> None:
-        self.failures.append({"message": message, **details})
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def finish(self) -> RestoreReport:
-        self.elapsed = time.monotonic() - self._started
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "source": self.source,
-            "target": self.target,
-            "ok": self.ok,
-            "dry_run": self.dry_run,
-            "files": self.files,
-            "bytes_total": self.bytes_total,
-            "bytes_written": self.bytes_written,
-            "bytes_sparse": self.bytes_sparse,
-            "bytes_reused": self.bytes_reused,
-            "skipped": self.skipped,
-            "failures": self.failures,
-            "elapsed": round(self.elapsed, 3),
-        }
-
-    def summary(self) -> str:
-        rate = self.bytes_total / self.elapsed / 1e6 if self.elapsed > 0 else 0.0
-        verb = "would restore" if self.dry_run else "restored"
-        parts = [
-            f"{verb} {self.files} {'entries' if self.kind == 'pxar' else 'file'}, "
-            f"{_human(self.bytes_total)} to {self.target} in {self.elapsed:.1f}s ({rate:.1f} MB/s)"
-        ]
-        if self.bytes_sparse:
-            parts.append(f"{_human(self.bytes_sparse)} left sparse")
-        if self.bytes_reused:
-            parts.append(f"{_human(self.bytes_reused)} already in place")
-        if self.skipped:
-            parts.append(f"{len(self.skipped)} existing kept")
-        parts.append(f"{len(self.failures)} failed" if self.failures else "no failures")
-        return "; ".join(parts)
-
-
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    return f"{n} B"
-
-
-# --- options and filters --------------------------------------------------------------------------
-
-
 @dataclass
 class RestoreOptions:
+    """How a pxar restore runs; `snapfs restore` sets the first five and keeps the defaults of the rest."""
+
     overwrite: str = "never"
     ignore_ownership: bool = False
     includes: tuple[str, ...] = ()
@@ -144,184 +64,6 @@ class RestoreOptions:
             raise UsageError(
                 f"--overwrite {self.overwrite!r}: expected one of {', '.join(OVERWRITE_POLICIES)}"
             )
-
-
-class PathFilter:
-    """--include/--exclude globs on archive paths.
-
-    A pattern with a '/' matches the whole archive path (anchored at the archive root, a leading
-    '/' optional); one without matches the last component at any depth. An excluded directory
-    excludes everything below it; with includes, only matching entries and everything below a
-    matching directory are restored (plus the directories leading to them). Exclude wins.
-    """
-
-    def __init__(self, includes: tuple[str, ...] = (), excludes: tuple[str, ...] = ()) -> None:
-        self.includes = [self._compile(p) for p in includes]
-        self.excludes = [self._compile(p) for p in excludes]
-
-    @staticmethod
-    def _compile(pattern: str) -> tuple[bool, bytes]:
-        raw = os.fsencode(pattern)
-        if b"/" in raw.rstrip(b"/"):
-            return True, b"/" + raw.strip(b"/")
-        return False, raw.strip(b"/")
-
-    @staticmethod
-    def _matches(patterns: list[tuple[bool, bytes]], path: bytes, name: bytes) -> bool:
-        return any(fnmatch.fnmatchcase(path if anchored else name, p) for anchored, p in patterns)
-
-    def excluded(self, path: bytes, name: bytes) -> bool:
-        return bool(self.excludes) and self._matches(self.excludes, path, name)
-
-    def included(self, path: bytes, name: bytes) -> bool:
-        return not self.includes or self._matches(self.includes, path, name)
-
-    @property
-    def has_includes(self) -> bool:
-        return bool(self.includes)
-
-
-def check_name(name: bytes, where: str) -> None:
-    """A name from an archive must name one entry inside its parent, nothing else."""
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise UsageError(f"{where}: refusing unsafe name {name!r} (would escape the target)")
-
-
-# --- the walker thread and chunk prefetch ---------------------------------------------------------
-
-
-class _ByteBudget:
-    """Bounds the file bytes the walker may announce ahead of the writer."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.cond = threading.Condition()
-        self.stopped = False
-
-    def acquire(self, n: int) -> bool:
-        n = min(n, self.limit)
-        with self.cond:
-            while self.used + n > self.limit and self.used > 0 and not self.stopped:
-                self.cond.wait()
-            self.used += n
-            return not self.stopped
-
-    def release(self, n: int) -> None:
-        n = min(n, self.limit)
-        with self.cond:
-            self.used = max(0, self.used - n)
-            self.cond.notify_all()
-
-    def stop(self) -> None:
-        with self.cond:
-            self.stopped = True
-            self.cond.notify_all()
-
-
-class _Prefetcher:
-    """Warms the chunk cache with the chunks holding the content of files about to be written."""
-
-    def __init__(self, source: object, workers: int) -> None:
-        # Only an IndexStream has chunks to warm; a plain file or bytes source needs nothing.
-        self.index = getattr(source, "index", None)
-        self.chunks = getattr(source, "chunks", None)
-        self.enabled = self.index is not None and self.chunks is not None and workers > 0
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, workers), thread_name_prefix="snapfs-prefetch"
-        )
-        self._recent: deque[bytes] = deque(maxlen=4096)
-        self._recent_set: set[bytes] = set()
-
-    def schedule(self, start: int, end: int) -> None:
-        if not self.enabled or end <= start:
-            return
-        try:
-            first, last = self.index.chunk_at(start), self.index.chunk_at(end - 1)
-        except SnapfsError:
-            return  # the writer's own read will report it
-        for i in range(first, last + 1):
-            digest = self.index.digest(i)
-            if digest in self._recent_set:
-                continue
-            if len(self._recent) == self._recent.maxlen:
-                self._recent_set.discard(self._recent[0])
-            self._recent.append(digest)
-            self._recent_set.add(digest)
-            self._pool.submit(self._load, digest)
-
-    def _load(self, digest: bytes) -> None:
-        # A failure here is reported, with the file it belongs to, when the writer reads it.
-        with contextlib.suppress(SnapfsError):
-            self.chunks.read_chunk(digest)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-_DONE = object()
-
-
-@dataclass(frozen=True, slots=True)
-class _Item:
-    entry: Entry
-    selected: bool  # False: a directory kept only in case something below it is included
-
-
-def _walker(
-    accessor: Accessor,
-    root: Entry,
-    filt: PathFilter,
-    out: queue.Queue,
-    budget: _ByteBudget,
-    prefetch: _Prefetcher,
-) -> None:
-    """Walk ahead of the writer: filter, announce content to the prefetcher, hand entries on."""
-    errors: list[SnapfsError] = []
-    try:
-        skip_prefix: bytes | None = None
-        included_prefixes: list[bytes] = []
-        for entry in accessor.walk(root, on_error=errors.append):
-            while errors:
-                out.put(errors.pop(0))
-            if budget.stopped:
-                return
-            if entry is root:
-                out.put(_Item(entry, True))
-                continue
-            path = entry.path
-            if skip_prefix is not None and path.startswith(skip_prefix):
-                continue
-            skip_prefix = None
-            if filt.excluded(path, entry.name):
-                if entry.is_dir:
-                    skip_prefix = path + b"/"
-                continue
-            selected = True
-            if filt.has_includes:
-                while included_prefixes and not path.startswith(included_prefixes[-1]):
-                    included_prefixes.pop()
-                selected = bool(included_prefixes) or filt.included(path, entry.name)
-                if selected and entry.is_dir and not included_prefixes:
-                    included_prefixes.append(path + b"/")
-                if not selected and not entry.is_dir:
-                    continue
-            if selected and entry.is_file and entry.size > 0 and entry.content_offset is not None:
-                if not budget.acquire(entry.size):
-                    return
-                prefetch.schedule(entry.content_offset, entry.content_offset + entry.size)
-            out.put(_Item(entry, selected))
-        while errors:
-            out.put(errors.pop(0))
-    except SnapfsError as exc:
-        out.put(exc)
-    except BaseException as exc:  # never leave the writer waiting on a dead walker
-        out.put(exc)
-    finally:
-        out.put(_DONE)
-
-
-# --- the writer -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -396,11 +138,11 @@ class _PxarRestore:
         content_source = (
             self.accessor.payload if self.accessor.format_version == 2 else self.accessor.archive
         )
-        prefetch = _Prefetcher(content_source, self.opts.workers if not self.opts.dry_run else 0)
-        budget = _ByteBudget(self.opts.prefetch_bytes)
+        prefetch = Prefetcher(content_source, self.opts.workers if not self.opts.dry_run else 0)
+        budget = ByteBudget(self.opts.prefetch_bytes)
         items: queue.Queue = queue.Queue(maxsize=4096)
         walker = threading.Thread(
-            target=_walker,
+            target=walk_ahead,
             args=(walk_acc, root, filt, items, budget, prefetch),
             name="snapfs-walk",
             daemon=True,
@@ -410,7 +152,7 @@ class _PxarRestore:
         try:
             while True:
                 item = items.get()
-                if item is _DONE:
+                if item is WALK_DONE:
                     break
                 if isinstance(item, BaseException):
                     if isinstance(item, SnapfsError):
@@ -667,57 +409,16 @@ class _PxarRestore:
     # -- metadata
 
     def _apply_fd_meta(self, fd: int, entry: Entry) -> None:
-        errors: list[str] = []
-        perm = entry.mode & 0o7777
-        if not self.opts.ignore_ownership:
-            _try(errors, "owner", os.fchown, fd, entry.uid, entry.gid)
-        # A new entry inherits the default ACL of an existing parent; the archive's ACL (or its
-        # absence) must win, so drop inherited ones before the mode is set.
-        access = access_acl_xattr(entry.mode, entry.acl)
-        default = default_acl_xattr(entry.acl) if entry.is_dir else None
-        if access is None:
-            _remove_acl(errors, fd, ACL_XATTR_ACCESS)
-        if default is None and entry.is_dir:
-            _remove_acl(errors, fd, ACL_XATTR_DEFAULT)
-        _try(errors, "mode", os.fchmod, fd, perm)
-        for xname, value in entry.xattrs:
-            _try(errors, f"xattr {xname!r}", os.setxattr, fd, xname, value)
-        if access is not None:
-            _try(errors, "ACL", os.setxattr, fd, ACL_XATTR_ACCESS, access)
-        if default is not None:
-            _try(errors, "default ACL", os.setxattr, fd, ACL_XATTR_DEFAULT, default)
-        if entry.fcaps is not None:
-            _try(errors, "file capabilities", os.setxattr, fd, b"security.capability", entry.fcaps)
-        _try(errors, "mtime", os.utime, fd, ns=(entry.mtime_ns, entry.mtime_ns))
-        if errors:
-            self.report.fail(
-                f"{_p(entry.path)}: restored, but not its {'; '.join(errors)}", path=_p(entry.path)
-            )
+        errors = apply_fd_metadata(fd, entry, ignore_ownership=self.opts.ignore_ownership)
+        self._metadata_failed(entry, errors)
 
     def _apply_path_meta(self, pfd: int, name: bytes, entry: Entry, *, symlink: bool) -> None:
-        errors: list[str] = []
-        if not self.opts.ignore_ownership:
-            _try(
-                errors,
-                "owner",
-                os.chown,
-                name,
-                entry.uid,
-                entry.gid,
-                dir_fd=pfd,
-                follow_symlinks=False,
-            )
-        if not symlink:  # Linux has no symlink modes; chmod of a node we just made is safe
-            _try(errors, "mode", os.chmod, name, entry.mode & 0o7777, dir_fd=pfd)
-        _try(
-            errors,
-            "mtime",
-            os.utime,
-            name,
-            ns=(entry.mtime_ns, entry.mtime_ns),
-            dir_fd=pfd,
-            follow_symlinks=False,
+        errors = apply_path_metadata(
+            pfd, name, entry, symlink=symlink, ignore_ownership=self.opts.ignore_ownership
         )
+        self._metadata_failed(entry, errors)
+
+    def _metadata_failed(self, entry: Entry, errors: list[str]) -> None:
         if errors:
             self.report.fail(
                 f"{_p(entry.path)}: restored, but not its {'; '.join(errors)}", path=_p(entry.path)
@@ -739,21 +440,6 @@ class _PxarRestore:
 
 class _Skip(Exception):
     """An existing entry is kept per --overwrite (recorded in report.skipped)."""
-
-
-def _try(errors: list[str], what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    try:
-        fn(*args, **kwargs)
-    except OSError as exc:
-        errors.append(f"{what} ({exc.strerror or exc})")
-
-
-def _remove_acl(errors: list[str], fd: int, name: bytes) -> None:
-    try:
-        os.removexattr(fd, name)
-    except OSError as exc:
-        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
-            errors.append(f"inherited ACL ({exc.strerror or exc})")
 
 
 def _p(path: bytes) -> str:
@@ -848,66 +534,3 @@ def _open_target_dir(target: str) -> tuple[int, bool]:
     except OSError as exc:
         raise SnapfsError(f"{target}: cannot open target folder: {exc.strerror}") from None
     return fd, created
-
-
-# --- CLI glue -------------------------------------------------------------------------------------
-
-
-def run_restore(args: Any, datastore: Any, crypt: Any) -> RestoreReport:
-    """`snapfs restore`: dispatch on what ARCHIVE names (pxar path, image, blob)."""
-    from snapfs.restore_image import ImageTarget, restore_blob, restore_image
-    from snapfs.store.cache import ChunkCache
-    from snapfs.store.datastore import parse_namespace, parse_snapshot
-    from snapfs.views.archives import SnapshotReader, split_archive_path
-
-    options = RestoreOptions(
-        overwrite=args.overwrite,
-        ignore_ownership=args.ignore_ownership,
-        includes=tuple(args.include or ()),
-        excludes=tuple(args.exclude or ()),
-        dry_run=args.dry_run,
-    )
-    snapshot = parse_snapshot(args.snapshot, parse_namespace(args.ns))
-    reader = SnapshotReader(datastore, snapshot, crypt, ChunkCache(256 * 1024 * 1024))
-    archive, inner = split_archive_path(args.archive)
-    progress = Progress.for_terminal(quiet=args.json)
-    is_pxar = archive.endswith((".pxar", ".mpxar", ".ppxar", ".pxar.didx", ".mpxar.didx"))
-    if inner is not None and not is_pxar:
-        raise UsageError(f"{archive}: only pxar archives have paths inside them")
-    if is_pxar:
-        return restore_pxar(reader.pxar(archive), inner, args.target, options, progress)
-    if args.target_device and archive.endswith(".blob"):
-        raise UsageError("--target-device is for images")
-    file = datastore.resolve_archive(snapshot, archive)
-    if file.archive_type == "blob":
-        return restore_blob(
-            reader.blob(archive),
-            args.target,
-            overwrite=args.overwrite,
-            dry_run=args.dry_run,
-            source=f"{snapshot}/{file.filename}",
-        )
-    if args.include or args.exclude:
-        raise UsageError("--include/--exclude apply to pxar archives only")
-    try:
-        return restore_image(
-            reader.stream(archive),
-            ImageTarget(args.target, device=args.target_device),
-            resume=args.resume,
-            overwrite=args.overwrite,
-            dry_run=args.dry_run,
-            progress=progress,
-        )
-    finally:
-        progress.close()
-
-
-__all__ = [
-    "OVERWRITE_POLICIES",
-    "PathFilter",
-    "RestoreOptions",
-    "RestoreReport",
-    "check_name",
-    "restore_pxar",
-    "run_restore",
-]

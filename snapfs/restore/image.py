@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from snapfs.errors import CorruptDataError, NotFoundError, SnapfsError, UsageError
 from snapfs.progress import Progress
-from snapfs.restore import RestoreReport
+from snapfs.restore.report import RestoreReport
 from snapfs.store.stream import IndexStream
 
 DEFAULT_WORKERS = 4
