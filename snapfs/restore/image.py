@@ -101,12 +101,7 @@ def open_image_target(
     than the image, and an existing file unless --resume or --overwrite always.
     """
     path = target.path
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise SnapfsError(f"{path}: cannot stat: {exc.strerror}") from None
+    st = _lstat(path)
     if st is not None and stat.S_ISLNK(st.st_mode):
         raise UsageError(
             f"{path}: is a symlink; restore never follows symlinks, give the real path"
@@ -301,12 +296,7 @@ def restore_blob(
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     if overwrite != "always":
         flags |= os.O_EXCL
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise SnapfsError(f"{target}: cannot stat: {exc.strerror}") from None
+    st = _lstat(target)
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise UsageError(f"{target}: exists and is not a regular file")
     try:
@@ -325,3 +315,13 @@ def restore_blob(
         os.close(fd)
     report.bytes_written = len(data)
     return report.finish()
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    """What is at `path` now, never following a symlink; None if nothing is."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SnapfsError(f"{path}: cannot stat: {exc.strerror}") from None
