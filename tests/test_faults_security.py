@@ -104,7 +104,7 @@ def test_nbd_listens_on_loopback_by_default(tmp_path):
     """In a private network namespace (no clash on the default port): the default listener."""
     code = (
         "import subprocess; subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True)\n"
-        "from snapfs.nbd import open_listener\n"
+        "from snapfs.nbd.listen import open_listener\n"
         "s = open_listener(None); print(s.getsockname()[0], s.getsockname()[1])\n"
     )
     proc = subprocess.run(

@@ -17,22 +17,17 @@ import pytest
 from conftest import VECTOR_PASSWORD
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nbd_client import NbdClient, NbdClientError
 from test_faults_env import tmpfs
 
-from snapfs import nbd_proto as P
 from snapfs.backup import backup, parse_backup_source
 from snapfs.errors import BadMagicError, MissingChunkError, UsageError
 from snapfs.format.keyfile import KeyFile
-from snapfs.nbd import (
-    Export,
-    NbdServer,
-    datastore_exports,
-    listener_url,
-    open_listener,
-    reply_error,
-)
-from snapfs.nbd_client import NbdClient, NbdClientError
-from snapfs.nbd_overlay import Overlay
+from snapfs.nbd import protocol as P
+from snapfs.nbd.exports import Export, datastore_exports
+from snapfs.nbd.listen import listener_url, open_listener
+from snapfs.nbd.overlay import Overlay
+from snapfs.nbd.server import NbdServer, reply_error
 from snapfs.store.backend import LocalBackend
 from snapfs.store.cache import ChunkCache
 from snapfs.store.datastore import Datastore

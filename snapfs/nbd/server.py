@@ -1,9 +1,4 @@
-"""`snapfs nbd`: serve backed-up disk images over NBD, read-only or with a copy-on-write overlay.
-
-QEMU (`-drive file=nbd://127.0.0.1:10809/drive-scsi0.img`), qemu-img, nbdinfo/nbdcopy attach
-without FUSE, root or a loop device. Reads go through the same Datastore, ChunkReader and ChunkCache
-as the mount, so a local datastore, S3 and the on-disk cache all work, and the chunks a booting
-guest reads stay decoded in memory.
+"""The NBD server: handshake, option negotiation and the requests of the transmission phase.
 
 Protocol: newstyle fixed handshake; NBD_OPT_EXPORT_NAME, LIST, INFO, GO (with NBD_INFO_EXPORT,
 NAME, DESCRIPTION and BLOCK_SIZE), ABORT, optional STARTTLS; simple replies only (structured
@@ -22,26 +17,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
-import signal
 import socket
 import ssl
 import struct
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
-from snapfs import nbd_proto as P
-from snapfs.errors import NotFoundError, SnapfsError, UsageError
-from snapfs.format.source import ByteSource
-from snapfs.nbd_overlay import Overlay
+from snapfs.errors import SnapfsError
+from snapfs.nbd import protocol as P
+from snapfs.nbd.exports import Export
 from snapfs.store.stream import IndexStream
+
+__all__ = ["DEFAULT_WORKERS", "NbdServer", "reply_error"]
 
 log = logging.getLogger("snapfs.nbd")
 
-DEFAULT_PORT = 10809
 DEFAULT_WORKERS = 8  # blocking chunk fetches in flight (S3 latency hides behind them)
 READAHEAD_BYTES = 16 * 1024 * 1024
 MAX_OPTION_LENGTH = 64 * 1024
@@ -68,63 +59,6 @@ def reply_error(exc: BaseException) -> int:
     return P.EIO
 
 
-# --- exports --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Export:
-    """One image clients can attach by name. `open` runs on first use (reads the index)."""
-
-    name: str
-    open: Callable[[], ByteSource]
-    description: str = ""
-    aliases: tuple[str, ...] = ()
-    overlay_path: str | None = None
-    _source: ByteSource | None = field(default=None, repr=False)
-    _overlay: Overlay | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def source(self) -> ByteSource:
-        if self._source is None:
-            with self._lock:
-                if self._source is None:
-                    source = self.open()
-                    if self.overlay_path is not None:
-                        self._overlay = Overlay(
-                            self.overlay_path, source.size, self.name, source.read_at
-                        )
-                    self._source = source
-        return self._source
-
-    @property
-    def overlay(self) -> Overlay | None:
-        return self._overlay
-
-    @property
-    def writable(self) -> bool:
-        return self.overlay_path is not None
-
-    def transmission_flags(self) -> int:
-        flags = P.TFLAG_HAS_FLAGS | P.TFLAG_SEND_FLUSH | P.TFLAG_CAN_MULTI_CONN | P.TFLAG_SEND_CACHE
-        if self.writable:
-            return flags | P.TFLAG_SEND_FUA | P.TFLAG_SEND_WRITE_ZEROES
-        return flags | P.TFLAG_READ_ONLY
-
-    def read(self, offset: int, size: int, block: bool = True) -> bytes | memoryview | None:
-        """Bytes the client sees; None if not block and a chunk would have to be fetched."""
-        overlay = self._overlay
-        if overlay is not None:
-            return overlay.read(offset, size) if block else None
-        source = self.source()
-        if isinstance(source, IndexStream):
-            return source.view_at(offset, size, block=block)
-        return source.read_at(offset, size) if block else None
-
-    def close(self) -> None:
-        if self._overlay is not None:
-            self._overlay.close()
-
-
 class Readahead:
     """Decodes the chunks after a sequential reader's position before it asks for them."""
 
@@ -134,7 +68,7 @@ class Readahead:
 
     def after(self, export: Export, end: int, state: dict) -> None:
         """A read ended at `end` and continued the previous one: fetch what comes next."""
-        source = export._source
+        source = export.opened
         if not isinstance(source, IndexStream) or end >= source.size:
             return
         self.prefetch(source, end, min(source.size, end + self.window), state)
@@ -160,9 +94,6 @@ def _quiet_fetch(stream: IndexStream, digest: bytes) -> None:
         stream.chunks.read_chunk(digest)
     except SnapfsError:
         pass  # the reader that needs it will fetch again and report the error
-
-
-# --- server ---------------------------------------------------------------------------------------
 
 
 class NbdServer:
@@ -550,258 +481,3 @@ class _Connection:
             self.server.report(f"export {export.name}: flush: {exc}")
             return reply_error(exc)
         return 0
-
-
-# --- exports from a datastore ---------------------------------------------------------------------
-
-
-def parse_export_args(tokens: list[str], ns: tuple[str, ...]) -> list[tuple[object, list[str]]]:
-    """`SNAPSHOT [IMAGE...] [SNAPSHOT [IMAGE...]]...` -> [(Snapshot, [image names])].
-
-    An empty image list means every image of that snapshot.
-    """
-    from snapfs.store.datastore import parse_snapshot
-
-    groups: list[tuple[object, list[str]]] = []
-    for token in tokens:
-        if token.count("/") >= 2:
-            groups.append((parse_snapshot(token, ns), []))
-        elif not groups:
-            raise UsageError(f"image {token!r} given before a SNAPSHOT (e.g. vm/100/2024-...Z)")
-        else:
-            groups[-1][1].append(token)
-    return groups
-
-
-def datastore_exports(
-    datastore,
-    crypt,
-    cache,
-    tokens: list[str],
-    ns: tuple[str, ...] = (),
-    overlay: str | None = None,
-) -> list[Export]:
-    """The exports `snapfs nbd SOURCE [SNAPSHOT [IMAGE...]]...` serves.
-
-    Names: `vm/100/2024-06-01T10:00:00Z/drive-scsi0.img`; the bare image name (`drive-scsi0.img`)
-    works too when only one snapshot has an image of that name, and the empty name means the first.
-    Without SNAPSHOT, every image of every snapshot in the namespace (indexes open on first use).
-    """
-    from snapfs.views.archives import SnapshotReader
-
-    groups = parse_export_args(tokens, ns)
-    if not groups:
-        for group in datastore.groups(ns):
-            groups.extend((s, []) for s in datastore.snapshots(group))
-    readers: dict[object, SnapshotReader] = {}
-    lock = threading.Lock()
-
-    def reader_for(snapshot) -> SnapshotReader:
-        with lock:
-            if snapshot not in readers:
-                readers[snapshot] = SnapshotReader(datastore, snapshot, crypt, cache)
-            return readers[snapshot]
-
-    exports: list[Export] = []
-    for snapshot, images in groups:
-        if images:
-            files = [datastore.resolve_archive(snapshot, name) for name in images]
-        else:
-            info = datastore.snapshot_info(snapshot)
-            if info.manifest is None:
-                if tokens:
-                    raise SnapfsError(
-                        f"snapshot {snapshot}: {info.problem or 'incomplete (no manifest)'}"
-                    )
-                continue
-            files = [f for f in info.manifest.files if f.archive_type == "fidx"]
-        for file in files:
-            if file.archive_type == "blob":
-                raise UsageError(f"{snapshot}/{file.filename} is a blob, not a disk image")
-            image = file.filename.removesuffix(".fidx").removesuffix(".didx")
-
-            def opener(snapshot=snapshot, filename=file.filename) -> ByteSource:
-                return reader_for(snapshot).stream(filename)
-
-            exports.append(
-                Export(
-                    f"{snapshot}/{image}",
-                    opener,
-                    description=f"snapfs {snapshot}/{image} ({file.size} bytes)",
-                    aliases=(image,),
-                )
-            )
-    if not exports:
-        raise NotFoundError("no disk images to export")
-    short = [e.aliases[0] for e in exports]
-    for export in exports:
-        if short.count(export.aliases[0]) > 1:
-            export.aliases = ()
-    if overlay is not None:
-        if len(exports) != 1:
-            raise UsageError(
-                f"--overlay needs exactly one image to export, not {len(exports)}; name it"
-            )
-        exports[0].overlay_path = overlay
-    return exports
-
-
-# --- listening ------------------------------------------------------------------------------------
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """`127.0.0.1:10809`, `[::1]:10809`, `0.0.0.0` (port 10809), `:0` (any free port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, str(DEFAULT_PORT)
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"invalid --listen {text!r} (HOST:PORT, e.g. 127.0.0.1:10809)")
-    return host, int(port)
-
-
-def open_listener(listen: str | None = None, unix_path: str | None = None) -> socket.socket:
-    if unix_path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.exists(unix_path) and not _socket_in_use(unix_path):
-                os.unlink(unix_path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(unix_path)
-        except OSError as exc:
-            sock.close()
-            raise SnapfsError(f"cannot listen on {unix_path}: {exc.strerror}") from None
-        sock.listen(16)
-        return sock
-    host, port = parse_listen(listen or f"127.0.0.1:{DEFAULT_PORT}")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise UsageError(f"cannot resolve --listen host {host!r}: {exc}") from None
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-    except OSError as exc:
-        sock.close()
-        raise SnapfsError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(16)
-    return sock
-
-
-def _socket_in_use(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
-def listener_url(sock: socket.socket, export: str = "") -> str:
-    """The nbd:// (or nbd+unix://) URL qemu and libnbd take for this listener."""
-    if sock.family == socket.AF_UNIX:
-        return f"nbd+unix:///{export}?socket={sock.getsockname()}"
-    host, port = sock.getsockname()[:2]
-    host = f"[{host}]" if ":" in host else host
-    return f"nbd://{host}:{port}/{export}"
-
-
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise UsageError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
-    return ctx
-
-
-# --- command --------------------------------------------------------------------------------------
-
-
-def cmd_nbd(args) -> int:
-    """`snapfs nbd`: serve until SIGINT/SIGTERM; one URL per export on stdout once listening."""
-    from snapfs.cli import _crypt_config, _open_datastore
-    from snapfs.store.cache import ChunkCache
-    from snapfs.store.datastore import parse_namespace
-
-    if args.listen and args.socket:
-        raise UsageError("give --listen or --socket, not both")
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
-    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    cache = ChunkCache(args.cache_size)
-    exports = datastore_exports(
-        _open_datastore(args),
-        _crypt_config(args),
-        cache,
-        args.images,
-        parse_namespace(args.ns),
-        overlay=args.overlay,
-    )
-    listener = open_listener(args.listen, args.socket)
-    server = NbdServer(exports, workers=args.workers, tls=tls)
-
-    def stop(signum: int, frame: object) -> None:
-        server._stopping.set()
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, stop)
-    for export in exports:
-        print(listener_url(listener, export.name), flush=True)
-    print(
-        f"snapfs: serving {len(exports)} image(s) on {listener_url(listener)} "
-        f"({'overlay ' + args.overlay if args.overlay else 'read-only'}); Ctrl-C stops",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
-        server.serve(listener)
-    finally:
-        server.shutdown()
-        if args.socket:
-            with contextlib.suppress(OSError):
-                os.unlink(args.socket)
-    return 0
-
-
-def add_nbd_parser(sub, add_source, add_key) -> None:
-    """The `nbd` subcommand (called from snapfs.cli.build_parser)."""
-    from snapfs.store.sources import add_cache_size_option
-
-    p = sub.add_parser(
-        "nbd", help="serve disk images over NBD (qemu, qemu-img, nbdinfo), read-only or overlaid"
-    )
-    add_source(p)
-    p.add_argument(
-        "images",
-        metavar="SNAPSHOT [IMAGE...]",
-        nargs="*",
-        help="e.g. vm/100/2024-06-01T10:00:00Z drive-scsi0.img (default: every image)",
-    )
-    add_key(p)
-    p.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        help=f"TCP address (default 127.0.0.1:{DEFAULT_PORT}; port 0 picks a free one)",
-    )
-    p.add_argument("--socket", metavar="PATH", help="listen on a Unix socket instead")
-    p.add_argument(
-        "--overlay",
-        metavar="FILE",
-        help="accept writes into this copy-on-write file (created if missing); the backup "
-        "is never written",
-    )
-    add_cache_size_option(p)
-    p.add_argument(
-        "--workers", type=int, default=DEFAULT_WORKERS, help="parallel chunk fetches (default 8)"
-    )
-    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS (STARTTLS) with this certificate")
-    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
-    p.set_defaults(func=cmd_nbd)

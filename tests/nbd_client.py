@@ -9,8 +9,8 @@ from __future__ import annotations
 import socket
 import struct
 
-from snapfs import nbd_proto as P
 from snapfs.errors import SnapfsError
+from snapfs.nbd import protocol as P
 
 
 class NbdClientError(SnapfsError):

@@ -1,0 +1,13 @@
+"""`snapfs nbd`: serve backed-up disk images over NBD, read-only or with a copy-on-write overlay.
+
+QEMU (`-drive file=nbd://127.0.0.1:10809/drive-scsi0.img`), qemu-img, nbdinfo/nbdcopy attach
+without FUSE, root or a loop device. Reads go through the same Datastore, ChunkReader and ChunkCache
+as the mount, so a local datastore, S3 and the on-disk cache all work, and the chunks a booting
+guest reads stay decoded in memory.
+
+protocol.py holds the wire format, server.py the server, exports.py what it serves, overlay.py the
+copy-on-write file, listen.py the sockets; command.py is the CLI glue, and `add_nbd_parser` is
+named here so the command line can import it from the package.
+"""
+
+from snapfs.nbd.command import add_nbd_parser as add_nbd_parser
