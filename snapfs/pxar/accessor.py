@@ -5,6 +5,8 @@ small reads per path component and nothing is ever read whole. Archives are untr
 is checked against the range it must lie in before it is followed, directory ranges must shrink
 strictly with depth and siblings' ranges must not overlap, so hostile input ends in a
 `CorruptDataError` naming the archive and offset, never in a hang or unbounded memory.
+
+goodbye.py reads and checks the tables, decode.py the entries; this module walks between them.
 """
 
 from __future__ import annotations
@@ -24,50 +26,29 @@ from snapfs.errors import (
 )
 from snapfs.format.source import ByteSource
 from snapfs.pxar import format as fmt
-from snapfs.pxar.entry import Acl, Entry, EntryKind
+from snapfs.pxar.decode import Cursor, decode_entry, decode_filename
+from snapfs.pxar.entry import Entry, EntryKind
+from snapfs.pxar.goodbye import (
+    GoodbyeTable,
+    child_start,
+    read_goodbye_table,
+    records_in_archive_order,
+    records_with_hash,
+)
 
 ErrorHandler = Callable[[SnapfsError], None]
 
 _HDR = fmt.HEADER.unpack_from
 _U64 = fmt.U64.unpack_from
-_GB = fmt.GOODBYE_ITEM.unpack_from
-_GB_SIZE = fmt.GOODBYE_ITEM_SIZE
-_NS = 1_000_000_000
 
 #: Bytes fetched at once when decoding an entry: FILENAME + ENTRY + typical metadata fit.
 _ENTRY_WINDOW = 1024
 #: Listing decodes consecutive siblings, so one larger window serves many of them.
 _LIST_WINDOW = 16 * 1024
-#: Bytes fetched from a directory's end: tail plus the whole table of a small directory.
-_GOODBYE_WINDOW = 1024
-#: No real directory has more children; the cap keeps a forged table size from costing memory.
-_MAX_GOODBYE_SIZE = 16 + _GB_SIZE * (16 * 1024 * 1024 + 1)
-#: Metadata bytes one entry may carry (xattrs, ACLs); far above anything a file system allows.
-_MAX_METADATA_BYTES = 16 * 1024 * 1024
 _MAX_HARDLINK_HOPS = 16
 _DIR_CACHE_ENTRIES = 256
 _DIR_CACHE_BYTES = 16 * 1024 * 1024
 _PAYLOAD_CHECK_CACHE = 4096
-
-_METADATA_TYPES = frozenset(
-    {
-        fmt.PXAR_XATTR,
-        fmt.PXAR_ACL_USER,
-        fmt.PXAR_ACL_GROUP,
-        fmt.PXAR_ACL_GROUP_OBJ,
-        fmt.PXAR_ACL_DEFAULT,
-        fmt.PXAR_ACL_DEFAULT_USER,
-        fmt.PXAR_ACL_DEFAULT_GROUP,
-        fmt.PXAR_FCAPS,
-        fmt.PXAR_QUOTA_PROJID,
-    }
-)
-_KIND_MODES = {
-    EntryKind.FILE: (fmt.S_IFREG,),
-    EntryKind.SYMLINK: (fmt.S_IFLNK,),
-    EntryKind.DEVICE: (fmt.S_IFCHR, fmt.S_IFBLK),
-    EntryKind.DIRECTORY: (fmt.S_IFDIR,),
-}
 
 
 @dataclass
@@ -78,138 +59,6 @@ class ReadStats:
     bytes: int = 0
     payload_reads: int = 0
     payload_bytes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Directory:
-    """An opened goodbye table: `table` holds the N child records (the tail excluded)."""
-
-    entry_start: int  # E: the directory's ENTRY header (0 for the root)
-    goodbye_start: int  # G
-    table: bytes
-    count: int
-
-
-class _Cursor:
-    """A read window over [.., limit) of the archive, so parsing consecutive items costs one read."""
-
-    __slots__ = ("_acc", "_limit", "_window", "_base", "_buf")
-
-    def __init__(self, acc: Accessor, limit: int, window: int) -> None:
-        self._acc = acc
-        self._limit = limit
-        self._window = window
-        self._base = 0
-        self._buf = b""
-
-    def get(self, pos: int, size: int) -> memoryview:
-        """Return exactly `size` bytes at `pos`, all below the limit, else a CorruptDataError."""
-        if pos < 0 or pos + size > self._limit:
-            acc = self._acc
-            if pos + size > acc.archive.size:
-                raise TruncatedDataError(
-                    f"{acc.name}: item at offset {pos} runs past the end of the archive"
-                )
-            raise CorruptDataError(
-                f"{acc.name}: item at offset {pos} crosses the end of its directory"
-            )
-        start = pos - self._base
-        if start < 0 or start + size > len(self._buf):
-            want = min(max(size, self._window), self._limit - pos)
-            self._buf = self._acc._read(pos, want)
-            self._base = pos
-            start = 0
-            if len(self._buf) < size:
-                raise TruncatedDataError(
-                    f"{self._acc.name}: archive ends before offset {pos + size}"
-                )
-        return memoryview(self._buf)[start : start + size]
-
-    def header(self, pos: int) -> fmt.Header:
-        return fmt.parse_header(self.get(pos, fmt.HEADER_SIZE), where=self._acc.name, pos=pos)
-
-    def content(self, pos: int, hdr: fmt.Header) -> memoryview:
-        return self.get(pos + fmt.HEADER_SIZE, hdr.full_size - fmt.HEADER_SIZE)
-
-
-class _EntryBuilder:
-    """Collects the metadata items of one entry, enforcing at-most-once for the singletons."""
-
-    __slots__ = (
-        "xattrs",
-        "users",
-        "groups",
-        "group_obj",
-        "default",
-        "default_users",
-        "default_groups",
-        "fcaps",
-        "quota",
-        "meta_bytes",
-    )
-
-    def __init__(self) -> None:
-        self.xattrs: list[tuple[bytes, bytes]] = []
-        self.users: list[tuple[int, int]] = []
-        self.groups: list[tuple[int, int]] = []
-        self.group_obj: int | None = None
-        self.default: tuple[int, int, int, int] | None = None
-        self.default_users: list[tuple[int, int]] = []
-        self.default_groups: list[tuple[int, int]] = []
-        self.fcaps: bytes | None = None
-        self.quota: int | None = None
-        self.meta_bytes = 0
-
-    def add(self, htype: int, data: memoryview, where: str, pos: int) -> None:
-        self.meta_bytes += len(data) + fmt.HEADER_SIZE
-        if self.meta_bytes > _MAX_METADATA_BYTES:
-            raise CorruptDataError(
-                f"{where}: more than {_MAX_METADATA_BYTES} bytes of metadata at offset {pos}"
-            )
-        if htype == fmt.PXAR_XATTR:
-            raw = bytes(data)
-            nul = raw.find(b"\x00")
-            if nul <= 0:
-                raise CorruptDataError(
-                    f"{where}: xattr without a NUL-terminated name at offset {pos}"
-                )
-            self.xattrs.append((raw[:nul], raw[nul + 1 :]))
-        elif htype == fmt.PXAR_ACL_USER:
-            self.users.append(fmt.ACL_USER.unpack_from(data))
-        elif htype == fmt.PXAR_ACL_GROUP:
-            self.groups.append(fmt.ACL_USER.unpack_from(data))
-        elif htype == fmt.PXAR_ACL_DEFAULT_USER:
-            self.default_users.append(fmt.ACL_USER.unpack_from(data))
-        elif htype == fmt.PXAR_ACL_DEFAULT_GROUP:
-            self.default_groups.append(fmt.ACL_USER.unpack_from(data))
-        elif htype == fmt.PXAR_ACL_GROUP_OBJ:
-            self._once(self.group_obj, htype, where, pos)
-            self.group_obj = _U64(data)[0]
-        elif htype == fmt.PXAR_ACL_DEFAULT:
-            self._once(self.default, htype, where, pos)
-            self.default = fmt.ACL_DEFAULT.unpack_from(data)
-        elif htype == fmt.PXAR_FCAPS:
-            self._once(self.fcaps, htype, where, pos)
-            self.fcaps = bytes(data)
-        else:  # QUOTA_PROJID: the caller passes metadata types only
-            self._once(self.quota, htype, where, pos)
-            self.quota = _U64(data)[0]
-
-    @staticmethod
-    def _once(current: object, htype: int, where: str, pos: int) -> None:
-        if current is not None:
-            raise CorruptDataError(f"{where}: second {fmt.htype_name(htype)} item at offset {pos}")
-
-    def acl(self) -> Acl | None:
-        acl = Acl(
-            users=tuple(self.users),
-            groups=tuple(self.groups),
-            group_obj=self.group_obj,
-            default=self.default,
-            default_users=tuple(self.default_users),
-            default_groups=tuple(self.default_groups),
-        )
-        return None if acl.is_empty else acl
 
 
 def _payload_name(name: str) -> str:
@@ -233,7 +82,7 @@ class Accessor:
         self.name = name
         self.payload_name = _payload_name(name)
         self.stats = ReadStats()
-        self._dir_cache: OrderedDict[tuple[int, int], _Directory] = OrderedDict()
+        self._dir_cache: OrderedDict[tuple[int, int], GoodbyeTable] = OrderedDict()
         self._dir_cache_bytes = 0
         self._payload_checked: OrderedDict[int, int] = OrderedDict()
         self.format_version, self.prelude, root_start = self._read_version()
@@ -274,30 +123,12 @@ class Accessor:
         name = bytes(name)
         if not name or len(name) > fmt.MAX_FILENAME_LEN:
             return None
-        h = fmt.filename_hash(name)
-        table, n = d.table, d.count
-        candidates: list[tuple[int, int]] = []
-        # All records with an equal hash, which may sit in both subtrees of a match (§11.7).
-        stack = [0]
-        while stack:
-            i = stack.pop()
-            if i >= n:
-                continue
-            rh, roff, rsize = _GB(table, i * _GB_SIZE)
-            if h < rh:
-                stack.append(2 * i + 1)
-            elif h > rh:
-                stack.append(2 * i + 2)
-            else:
-                candidates.append((roff, rsize))
-                stack.append(2 * i + 1)
-                stack.append(2 * i + 2)
         best: Entry | None = None
-        for roff, rsize in candidates:
-            f = self._child_start(d, roff)
+        for roff, rsize in records_with_hash(d, fmt.filename_hash(name)):
+            f = child_start(d, roff, self.name)
             if best is not None and f >= best.entry_offset:
                 continue
-            cur = _Cursor(self, d.goodbye_start, _ENTRY_WINDOW)
+            cur = self._cursor(d.goodbye_start, _ENTRY_WINDOW)
             entry = self._decode_child(cur, directory.path, d, f, rsize, expect_name=name)
             if entry is not None:
                 best = entry
@@ -313,9 +144,9 @@ class Accessor:
         return self._iter_children(directory, d, on_error)
 
     def _iter_children(
-        self, directory: Entry, d: _Directory, on_error: ErrorHandler | None
+        self, directory: Entry, d: GoodbyeTable, on_error: ErrorHandler | None
     ) -> Iterator[Entry]:
-        records, bad = self._records_in_archive_order(d)
+        records, bad = records_in_archive_order(d)
         for roff in bad:
             exc = CorruptDataError(
                 f"{self.name}: goodbye record in table at offset {d.goodbye_start} of {directory.path!r} "
@@ -324,7 +155,7 @@ class Accessor:
             if on_error is None:
                 raise exc
             on_error(exc)
-        cur = _Cursor(self, d.goodbye_start, _LIST_WINDOW)
+        cur = self._cursor(d.goodbye_start, _LIST_WINDOW)
         parent_path = directory.path
         covered = d.entry_start + 1  # no child may start inside the directory's own ENTRY
         for f, rsize in records:
@@ -454,6 +285,9 @@ class Accessor:
         self.stats.bytes += len(data)
         return data
 
+    def _cursor(self, limit: int, window: int) -> Cursor:
+        return Cursor(self._read, self.archive.size, self.name, limit, window)
+
     def _read_exact(self, pos: int, size: int) -> bytes:
         data = self._read(pos, size)
         if len(data) != size:
@@ -498,9 +332,17 @@ class Accessor:
             entry_offset=0, entry_end=self.archive.size, content_offset=None,
         )  # fmt: skip
         d = self._open_dir(root_stub)
-        cur = _Cursor(self, d.goodbye_start, _ENTRY_WINDOW)
-        entry = self._decode_body(
-            cur, b"/", b"", 0, root_start, d.goodbye_start, dir_end=self.archive.size
+        cur = self._cursor(d.goodbye_start, _ENTRY_WINDOW)
+        entry = decode_entry(
+            cur,
+            b"/",
+            b"",
+            0,
+            root_start,
+            d.goodbye_start,
+            dir_end=self.archive.size,
+            version=self.format_version,
+            where=self.name,
         )
         if not entry.is_dir:
             raise CorruptDataError(
@@ -510,60 +352,20 @@ class Accessor:
 
     # --- directories --------------------------------------------------------------------------
 
-    def _open_dir(self, directory: Entry) -> _Directory:
+    def _open_dir(self, directory: Entry) -> GoodbyeTable:
         """Read and validate a directory's goodbye table from its end offset (§11.7)."""
         if not directory.is_dir:
             raise NotFoundError(f"{self.name}: {directory.path!r} is not a directory")
-        end = directory.entry_end
-        key = (directory.entry_offset, end)
+        key = (directory.entry_offset, directory.entry_end)
         cached = self._dir_cache.get(key)
         if cached is not None:
             self._dir_cache.move_to_end(key)
             return cached
-        is_root = directory.entry_offset == 0
-        # ENTRY header position: for the root always 0 (even in v2), else right after FILENAME.
-        expect_e = (
-            0 if is_root else directory.entry_offset + fmt.HEADER_SIZE + len(directory.name) + 1
-        )
-        where = f"{self.name}: directory {directory.path!r} ending at offset {end}"
-        if end > self.archive.size:
-            raise TruncatedDataError(
-                f"{where}: past the end of the archive ({self.archive.size} bytes)"
-            )
-        span = end - expect_e
-        if span < fmt.ENTRY_V1_FULL_SIZE + 40:
-            raise CorruptDataError(f"{where}: range of {span} bytes is too small")
-        window = min(span, _GOODBYE_WINDOW)
-        tail_block = self._read_exact(end - window, window)
-        th, to, ts = _GB(tail_block, window - _GB_SIZE)
-        if th != fmt.PXAR_GOODBYE_TAIL_MARKER:
-            raise CorruptDataError(f"{where}: no goodbye tail marker at offset {end - _GB_SIZE}")
-        if (
-            ts < 40
-            or (ts - 16) % _GB_SIZE
-            or ts > span - fmt.ENTRY_V1_FULL_SIZE
-            or ts > _MAX_GOODBYE_SIZE
-        ):
-            raise CorruptDataError(
-                f"{where}: bad goodbye table size {ts} at offset {end - _GB_SIZE}"
-            )
-        g = end - ts
-        if to != g - expect_e:
-            raise CorruptDataError(
-                f"{where}: goodbye tail at offset {end - _GB_SIZE} points to {g - to}, not the ENTRY at {expect_e}"
-            )
-        table = tail_block[window - ts :] if ts <= window else self._read_exact(g, ts)
-        htype, full_size = _HDR(table)
-        if htype != fmt.PXAR_GOODBYE or full_size != ts:
-            raise CorruptDataError(f"{where}: no GOODBYE item of {ts} bytes at offset {g}")
-        body = table[fmt.HEADER_SIZE : ts - _GB_SIZE]
-        d = _Directory(
-            entry_start=expect_e, goodbye_start=g, table=body, count=len(body) // _GB_SIZE
-        )
+        d = read_goodbye_table(directory, self._read_exact, self.archive.size, self.name)
         self._cache_dir(key, d)
         return d
 
-    def _cache_dir(self, key: tuple[int, int], d: _Directory) -> None:
+    def _cache_dir(self, key: tuple[int, int], d: GoodbyeTable) -> None:
         size = len(d.table)
         if size > _DIR_CACHE_BYTES // 4:
             return
@@ -573,39 +375,13 @@ class Accessor:
             _, old = self._dir_cache.popitem(last=False)
             self._dir_cache_bytes -= len(old.table)
 
-    def _child_start(self, d: _Directory, roff: int) -> int:
-        """FILENAME position named by a goodbye record; it must lie inside the directory body."""
-        f = d.goodbye_start - roff
-        if roff > d.goodbye_start or f < d.entry_start + fmt.ENTRY_V1_FULL_SIZE:
-            raise CorruptDataError(
-                f"{self.name}: goodbye record in table at offset {d.goodbye_start} points outside "
-                f"its directory (offset {roff})"
-            )
-        return f
-
-    def _records_in_archive_order(self, d: _Directory) -> tuple[list[tuple[int, int]], list[int]]:
-        """Child records as (FILENAME offset, record size) sorted by position,
-        and the record offsets that point outside the directory."""
-        g = d.goodbye_start
-        lowest = d.entry_start + fmt.ENTRY_V1_FULL_SIZE
-        records = []
-        bad: list[int] = []
-        for _h, roff, rsize in fmt.GOODBYE_ITEM.iter_unpack(d.table):
-            f = g - roff
-            if roff > g or f < lowest:
-                bad.append(roff)
-                continue
-            records.append((f, rsize))
-        records.sort()
-        return records, bad
-
     # --- entries ------------------------------------------------------------------------------
 
     def _decode_child(
         self,
-        cur: _Cursor,
+        cur: Cursor,
         parent_path: bytes,
-        d: _Directory,
+        d: GoodbyeTable,
         f: int,
         rsize: int,
         *,
@@ -618,166 +394,30 @@ class Accessor:
             raise CorruptDataError(
                 f"{self.name}: expected FILENAME at offset {f}, found {fmt.htype_name(hdr.htype)}"
             )
-        name = self._filename(cur, f, hdr)
+        name = decode_filename(cur, f, hdr, self.name)
         if expect_name is not None and name != expect_name:
             return None
         path = b"/" + name if parent_path == b"/" else parent_path + b"/" + name
         dir_end = f + rsize
         if rsize <= 0 or dir_end > g:
             dir_end = None  # only a directory needs it; a file's size may overshoot (§11.7)
-        return self._decode_body(cur, path, name, f, f + hdr.full_size, g, dir_end=dir_end)
-
-    def _filename(self, cur: _Cursor, pos: int, hdr: fmt.Header) -> bytes:
-        raw = bytes(cur.content(pos, hdr))
-        if not raw or raw[-1] != 0:
-            raise CorruptDataError(f"{self.name}: FILENAME at offset {pos} is not NUL-terminated")
-        name = raw[:-1]
-        fmt.validate_filename(name, where=self.name, pos=pos)
-        return name
-
-    def _decode_body(
-        self,
-        cur: _Cursor,
-        path: bytes,
-        name: bytes,
-        entry_offset: int,
-        pos: int,
-        limit: int,
-        *,
-        dir_end: int | None,
-    ) -> Entry:
-        """Decode HARDLINK, or ENTRY + metadata + kind item, starting at `pos` (§11.3).
-
-        `limit` is where the enclosing directory's goodbye table starts; `dir_end` the end the
-        parent's record gives, trusted only if this turns out to be a directory.
-        """
-        where = self.name
-        hdr = cur.header(pos)
-        if hdr.htype == fmt.PXAR_HARDLINK:
-            raw = bytes(cur.content(pos, hdr))
-            if len(raw) <= 8 or raw[-1] != 0:
-                raise CorruptDataError(f"{where}: malformed HARDLINK at offset {pos}")
-            return _plain_entry(
-                path,
-                name,
-                EntryKind.HARDLINK,
-                entry_offset,
-                pos + hdr.full_size,
-                link_target=raw[8:-1],
-            )
-        if hdr.htype == fmt.PXAR_ENTRY:
-            mode, flags, uid, gid, secs, nanos, _pad = fmt.STAT_V2.unpack_from(
-                cur.content(pos, hdr)
-            )
-            if nanos >= _NS:
-                raise CorruptDataError(
-                    f"{where}: mtime nanoseconds {nanos} out of range at offset {pos}"
-                )
-            mtime_ns = secs * _NS + nanos
-        elif hdr.htype == fmt.PXAR_ENTRY_V1:
-            mode, flags, uid, gid, mtime_ns = fmt.STAT_V1.unpack_from(cur.content(pos, hdr))
-        else:
-            raise CorruptDataError(
-                f"{where}: expected ENTRY at offset {pos}, found {fmt.htype_name(hdr.htype)}"
-            )
-        pos += hdr.full_size
-        meta = _EntryBuilder()
-        size = 0
-        content_offset: int | None = None
-        link_target: bytes | None = None
-        device: tuple[int, int] | None = None
-        while True:
-            hdr = None if pos >= limit else cur.header(pos)
-            htype = None if hdr is None else hdr.htype
-            if htype in _METADATA_TYPES:
-                meta.add(htype, cur.content(pos, hdr), where, pos)
-                pos += hdr.full_size
-                continue
-            end = pos
-            if htype == fmt.PXAR_PAYLOAD:
-                if self.format_version != 1:
-                    raise CorruptDataError(
-                        f"{where}: inline PAYLOAD in a split metadata archive at offset {pos}"
-                    )
-                end = pos + hdr.full_size
-                if end > limit:
-                    raise CorruptDataError(
-                        f"{where}: PAYLOAD at offset {pos} of {hdr.full_size} bytes crosses its directory"
-                    )
-                kind, size, content_offset = EntryKind.FILE, hdr.content_size, pos + fmt.HEADER_SIZE
-            elif htype == fmt.PXAR_PAYLOAD_REF:
-                if self.format_version != 2:
-                    raise CorruptDataError(
-                        f"{where}: PAYLOAD_REF in a unified archive at offset {pos}"
-                    )
-                poff, size = fmt.PAYLOAD_REF.unpack_from(cur.content(pos, hdr))
-                kind, content_offset, end = (
-                    EntryKind.FILE,
-                    poff + fmt.HEADER_SIZE,
-                    pos + hdr.full_size,
-                )
-            elif htype == fmt.PXAR_SYMLINK:
-                raw = bytes(cur.content(pos, hdr))
-                if not raw or raw[-1] != 0:
-                    raise CorruptDataError(
-                        f"{where}: SYMLINK at offset {pos} is not NUL-terminated"
-                    )
-                kind, link_target, end = EntryKind.SYMLINK, raw[:-1], pos + hdr.full_size
-            elif htype == fmt.PXAR_DEVICE:
-                device = fmt.DEVICE.unpack_from(cur.content(pos, hdr))
-                kind, end = EntryKind.DEVICE, pos + hdr.full_size
-            elif htype in (fmt.PXAR_FILENAME, fmt.PXAR_GOODBYE, None):
-                ftype = mode & fmt.S_IFMT
-                if ftype == fmt.S_IFIFO:
-                    kind = EntryKind.FIFO
-                elif ftype == fmt.S_IFSOCK:
-                    kind = EntryKind.SOCKET
-                elif htype is None and dir_end is None:
-                    raise CorruptDataError(
-                        f"{where}: entry at offset {entry_offset} ends without a kind item"
-                    )
-                elif dir_end is None or dir_end <= pos:
-                    raise CorruptDataError(
-                        f"{where}: directory entry at offset {entry_offset} has a size outside its parent"
-                    )
-                else:
-                    kind, end = EntryKind.DIRECTORY, dir_end
-            else:
-                raise CorruptDataError(
-                    f"{where}: unexpected {fmt.htype_name(htype)} item at offset {pos}"
-                )
-            break
-        expected_modes = _KIND_MODES.get(kind)
-        if expected_modes is not None and mode & fmt.S_IFMT not in expected_modes:
-            raise CorruptDataError(
-                f"{where}: mode {mode:#o} does not match {kind.value} entry at offset {entry_offset}"
-            )
-        return Entry(
-            path=path,
-            name=name,
-            kind=kind,
-            mode=mode,
-            uid=uid,
-            gid=gid,
-            mtime_ns=mtime_ns,
-            flags=flags,
-            size=size,
-            xattrs=tuple(meta.xattrs),
-            acl=meta.acl(),
-            fcaps=meta.fcaps,
-            quota_project_id=meta.quota,
-            link_target=link_target,
-            device=device,
-            entry_offset=entry_offset,
-            entry_end=end,
-            content_offset=content_offset,
+        return decode_entry(
+            cur,
+            path,
+            name,
+            f,
+            f + hdr.full_size,
+            g,
+            dir_end=dir_end,
+            version=self.format_version,
+            where=self.name,
         )
 
     # --- hard links ---------------------------------------------------------------------------
 
     def _follow_hardlink_offset(self, link: Entry) -> Entry:
         f = link.entry_offset
-        cur = _Cursor(self, self.archive.size, _ENTRY_WINDOW)
+        cur = self._cursor(self.archive.size, _ENTRY_WINDOW)
         hdr = cur.header(f)
         if hdr.htype != fmt.PXAR_FILENAME:
             raise CorruptDataError(f"{self.name}: expected FILENAME of hard link at offset {f}")
@@ -799,10 +439,18 @@ class Accessor:
             raise CorruptDataError(
                 f"{self.name}: hard link at offset {f} points to no FILENAME at offset {target_f}"
             )
-        name = self._filename(cur, target_f, hdr)
+        name = decode_filename(cur, target_f, hdr, self.name)
         path = _hardlink_path(link.link_target or b"", name)
-        return self._decode_body(
-            cur, path, name, target_f, target_f + hdr.full_size, self.archive.size, dir_end=None
+        return decode_entry(
+            cur,
+            path,
+            name,
+            target_f,
+            target_f + hdr.full_size,
+            self.archive.size,
+            dir_end=None,
+            version=self.format_version,
+            where=self.name,
         )
 
     def _follow_hardlink_path(self, link: Entry, offset_error: SnapfsError) -> Entry:
@@ -873,34 +521,3 @@ def _hardlink_path(stored: bytes, name: bytes) -> bytes:
     if not parts:
         return b"/" + name
     return b"/" + b"/".join(parts)
-
-
-def _plain_entry(
-    path: bytes,
-    name: bytes,
-    kind: EntryKind,
-    entry_offset: int,
-    entry_end: int,
-    *,
-    link_target: bytes,
-) -> Entry:
-    return Entry(
-        path=path,
-        name=name,
-        kind=kind,
-        mode=0,
-        uid=0,
-        gid=0,
-        mtime_ns=0,
-        flags=0,
-        size=0,
-        xattrs=(),
-        acl=None,
-        fcaps=None,
-        quota_project_id=None,
-        link_target=link_target,
-        device=None,
-        entry_offset=entry_offset,
-        entry_end=entry_end,
-        content_offset=None,
-    )
