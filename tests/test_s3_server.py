@@ -32,7 +32,8 @@ from snapfs.store.backend import LocalBackend
 from snapfs.store.cache import ChunkCache
 from snapfs.store.chunks import ChunkReader
 from snapfs.store.diskcache import DiskCache
-from snapfs.store.s3 import S3Backend, S3Settings
+from snapfs.store.s3 import S3Backend
+from snapfs.store.s3_requests import S3Settings
 
 pytestmark = pytest.mark.slow
 

@@ -9,15 +9,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
-from snapfs.store.s3 import (
-    RateLimiter,
-    S3Backend,
-    S3Settings,
-    _is_group_path,
-    _NotFound,
-    _Transient,
-    parse_s3_source,
-)
+from snapfs.store.s3 import S3Backend, _is_group_path, parse_s3_source
+from snapfs.store.s3_requests import RateLimiter, S3Settings, _NotFound, _Transient
 from snapfs.store.sources import BackendOptions, add_source_options, open_backend
 from snapfs.store.stats import PRICE_TABLES, SourceStats, build_report, estimate_cost, format_report
 

@@ -6,86 +6,27 @@ one to one onto keys under `.cnt/`. Folders do not exist in S3; they are the com
 ListObjectsV2 call with Delimiter="/" (a namespace keeps a `.namespace` object so it exists even
 when empty).
 
-Read-only by construction: the client refuses, before signing, any operation other than
-ListObjectsV2, GetObject, HeadObject and HeadBucket. Listings are cached (for the life of the
-backend, or `list_ttl` seconds); chunk GETs are single-flight per digest and can be prefetched in
-parallel for sequential readers. Transient failures (5xx, throttling, timeouts, dropped
-connections) are retried with exponential backoff and full jitter; what remains is one line naming
-the bucket, key and cause, never a credential.
+Listings are cached (for the life of the backend, or `list_ttl` seconds); chunk GETs are
+single-flight per digest and can be prefetched in parallel for sequential readers. The requests
+themselves, read-only and retried, are S3Requests' (s3_requests.py).
 """
 
 from __future__ import annotations
 
-import logging
-import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
 
 from snapfs.errors import MissingChunkError, NotFoundError, SnapfsError, UsageError
-from snapfs.logs import without_userinfo
 from snapfs.store.backend import DirListing, chunk_path
-from snapfs.store.stats import DEFAULT_PROVIDER, SourceStats, build_report
+from snapfs.store.s3_requests import S3Requests, S3Settings
+from snapfs.store.stats import build_report
 
-log = logging.getLogger(__name__)
+__all__ = ["S3Backend", "parse_s3_source"]
 
-T = TypeVar("T")
-
-ALLOWED_OPERATIONS = frozenset({"ListObjectsV2", "GetObject", "HeadObject", "HeadBucket"})
-DEFAULT_CONNECTIONS = 8
 _BACKUP_TYPES = ("vm", "ct", "host")
-_RETRY_STATUS = frozenset({500, 502, 503, 504, 429})
-_THROTTLE_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TooManyRequests",
-        "RequestThrottled",
-        "ProvisionedThroughputExceededException",
-    }
-)
-_RETRY_CODES = _THROTTLE_CODES | {
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-    "InternalError",
-    "ServiceUnavailable",
-}
-_REGION_CODES = frozenset(
-    {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
-)
-_READ_BLOCK = 256 * 1024
-
-# botocore's DEBUG logs print request headers (the access key id in Authorization) and bodies; a
-# user's --debug is about snapfs, so those loggers never go below WARNING.
-for _name in ("botocore", "boto3", "urllib3", "s3transfer"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """How to reach the bucket. Credentials are never here: boto3's chain finds them."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    path_style: bool = False
-    ca_bundle: str | None = None
-    connections: int = DEFAULT_CONNECTIONS
-    rate_limit: int | None = None  # bytes per second over all connections
-    list_ttl: float | None = None  # None: listings are cached for the life of the backend
-    max_attempts: int = 5
-    backoff_base: float = 0.25
-    backoff_cap: float = 8.0
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    prefetch_bytes: int = 64 * 1024 * 1024
-    provider: str = DEFAULT_PROVIDER
 
 
 def parse_s3_source(source: str) -> tuple[str, str]:
@@ -101,39 +42,7 @@ def parse_s3_source(source: str) -> tuple[str, str]:
     return bucket, store
 
 
-class RateLimiter:
-    """A token bucket shared by all connections: at most `rate` bytes per second on average."""
-
-    def __init__(self, rate: int) -> None:
-        if rate <= 0:
-            raise UsageError("the rate limit must be positive")
-        self.rate = rate
-        self._burst = max(rate // 4, _READ_BLOCK)
-        self._tokens = float(self._burst)
-        self._stamp = time.monotonic()
-        self._lock = threading.Lock()
-
-    def consume(self, amount: int) -> None:
-        with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            self._tokens -= amount
-            debt = -self._tokens
-        if debt > 0:
-            time.sleep(debt / self.rate)  # pacing, not synchronisation: the debt is already booked
-
-
-class _Transient(Exception):
-    """A failure worth another attempt; carries the one-line description for the final error."""
-
-    def __init__(self, reason: str, throttled: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.throttled = throttled
-
-
-class S3Backend:
+class S3Backend(S3Requests):
     """The Backend protocol over `s3://bucket/store`."""
 
     def __init__(
@@ -145,14 +54,7 @@ class S3Backend:
         client=None,
         check: bool = True,
     ) -> None:
-        self.bucket = bucket
-        self.store = store.strip("/")
-        self.settings = settings or S3Settings()
-        self.name = f"s3://{bucket}/{self.store}"
-        self.stats_counters = SourceStats()
-        self._client = client if client is not None else self._make_client()
-        self._client.meta.events.register("before-parameter-build.s3", self._refuse_writes)
-        self._limiter = RateLimiter(self.settings.rate_limit) if self.settings.rate_limit else None
+        super().__init__(bucket, store, settings, client)
         self._listings: dict[str, tuple[float, DirListing]] = {}
         self._etags: dict[str, str] = {}
         self._list_lock = threading.Lock()
@@ -165,185 +67,6 @@ class S3Backend:
         if check:
             self.check_store()
 
-    # -- client ----------------------------------------------------------------------------------
-
-    def _make_client(self):
-        import boto3
-        import botocore.exceptions
-        from botocore.config import Config
-
-        s = self.settings
-        try:
-            session = boto3.session.Session(profile_name=s.profile)
-        except botocore.exceptions.ProfileNotFound:
-            raise SnapfsError(f"{self.name}: AWS profile {s.profile!r} not found") from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise SnapfsError(
-                f"{self.name}: cannot load the AWS configuration: {type(exc).__name__}"
-            ) from None
-        region = s.region or session.region_name or "us-east-1"
-        config = Config(
-            region_name=region,
-            signature_version="s3v4",
-            max_pool_connections=max(s.connections, 1) + 2,
-            connect_timeout=s.connect_timeout,
-            read_timeout=s.read_timeout,
-            retries={"total_max_attempts": 1, "mode": "standard"},  # we retry, counting and pacing
-            s3={"addressing_style": "path" if s.path_style else "auto"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            user_agent_extra="snapfs",
-        )
-        try:
-            return session.client(
-                "s3", endpoint_url=s.endpoint_url, verify=s.ca_bundle or True, config=config
-            )
-        except ValueError:
-            # Not echoed: a malformed URL may still hold a password (botocore's message repeats it).
-            raise UsageError(
-                "invalid --endpoint-url: not a URL like https://s3.example.com:9000"
-            ) from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise SnapfsError(
-                f"{self.name}: cannot create the S3 client: {type(exc).__name__}"
-            ) from None
-
-    @staticmethod
-    def _refuse_writes(model, **_kwargs) -> None:
-        if model.name not in ALLOWED_OPERATIONS:
-            raise SnapfsError(f"snapfs is read-only: refusing S3 operation {model.name}")
-
-    @property
-    def endpoint(self) -> str:
-        """The endpoint as messages name it: without a `user:password@` (botocore never sends it)."""
-        return without_userinfo(self._client.meta.endpoint_url)
-
-    # -- requests, retries, errors ---------------------------------------------------------------
-
-    def _request(
-        self,
-        what: str,
-        counter: str,
-        call: Callable[[], T],
-        *,
-        missing: Callable[[], SnapfsError] | None = None,
-    ) -> T:
-        """Run `call` with retries; `what` names the object in errors; `missing` builds the 404 error."""
-        s = self.settings
-        attempts = max(s.max_attempts, 1)
-        for attempt in range(attempts):
-            self.stats_counters.add(counter)
-            try:
-                return call()
-            except _Transient as exc:
-                if exc.throttled:
-                    self.stats_counters.add("throttled")
-                if attempt + 1 >= attempts:
-                    self.stats_counters.add("errors")
-                    raise SnapfsError(
-                        f"{self.name}: {what}: {exc.reason} (gave up after {attempts} attempts)"
-                    ) from None
-                self.stats_counters.add("retries")
-                delay = random.uniform(0, min(s.backoff_cap, s.backoff_base * (2**attempt)))
-                log.debug("%s: %s: %s; retrying in %.2fs", self.name, what, exc.reason, delay)
-                time.sleep(delay)
-            except _NotFound:
-                if missing is None:
-                    raise SnapfsError(f"{self.name}: {what}: not found") from None
-                raise missing() from None
-            except SnapfsError:
-                self.stats_counters.add("errors")
-                raise
-        raise AssertionError("unreachable")
-
-    def _classify(self, exc: BaseException, what: str) -> BaseException:
-        """Turn a botocore/urllib3 failure into _Transient, _NotFound or a final SnapfsError."""
-        import botocore.exceptions as bx
-
-        if isinstance(exc, bx.ClientError):
-            response = exc.response or {}
-            error = response.get("Error") or {}
-            meta = response.get("ResponseMetadata") or {}
-            status = meta.get("HTTPStatusCode")
-            code = str(error.get("Code") or status or "")
-            if code in ("NoSuchKey", "404", "NotFound") and code != "NoSuchBucket":
-                return _NotFound()
-            if code == "NoSuchBucket":
-                return NotFoundError(f"s3://{self.bucket}: no such bucket at {self.endpoint}")
-            if status in _RETRY_STATUS or code in _RETRY_CODES:
-                return _Transient(
-                    f"HTTP {status} {code}".strip(),
-                    throttled=code in _THROTTLE_CODES or status == 429,
-                )
-            if code in _REGION_CODES or status == 301:
-                headers = meta.get("HTTPHeaders") or {}
-                region = error.get("Region") or headers.get("x-amz-bucket-region")
-                hint = (
-                    f"; the bucket is in {region}, use --region {region}"
-                    if region
-                    else "; check --region"
-                )
-                return SnapfsError(f"{self.name}: wrong region ({code or status}){hint}")
-            if code == "InvalidAccessKeyId":
-                return SnapfsError(
-                    f"{self.name}: the server does not know the access key (InvalidAccessKeyId, HTTP 403)"
-                )
-            if code == "SignatureDoesNotMatch":
-                return SnapfsError(
-                    f"{self.name}: the server rejected the request signature: wrong secret key (SignatureDoesNotMatch, HTTP 403)"
-                )
-            if status == 403 or code in ("AccessDenied", "AllAccessDisabled"):
-                return SnapfsError(
-                    f"{self.name}: access denied (HTTP 403) on {what}: the credentials lack read/list permission"
-                )
-            if status == 304:
-                return _NotModified()
-            return SnapfsError(f"{self.name}: {what}: S3 error {code or 'unknown'} (HTTP {status})")
-        if isinstance(exc, bx.NoCredentialsError):
-            return SnapfsError(
-                f"{self.name}: no S3 credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                "use ~/.aws/credentials, or --profile)"
-            )
-        if isinstance(exc, bx.PartialCredentialsError):
-            return SnapfsError(
-                f"{self.name}: incomplete S3 credentials (an access key without its secret, or the reverse)"
-            )
-        if isinstance(exc, bx.SSLError):
-            return SnapfsError(
-                f"{self.name}: TLS certificate check failed for {self.endpoint} (give the CA with --ca-bundle)"
-            )
-        if isinstance(
-            exc, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ProxyConnectionError
-        ):
-            return _Transient(f"cannot reach S3 endpoint {self.endpoint} ({type(exc).__name__})")
-        if isinstance(exc, bx.ConnectTimeoutError | bx.ReadTimeoutError):
-            return _Transient(f"timed out talking to {self.endpoint}")
-        if isinstance(exc, bx.ResponseStreamingError | bx.IncompleteReadError | bx.HTTPClientError):
-            return _Transient(
-                f"connection dropped while reading from {self.endpoint} ({type(exc).__name__})"
-            )
-        if isinstance(exc, bx.ParamValidationError):
-            return SnapfsError(f"{self.name}: {what}: invalid request parameters")
-        if isinstance(exc, bx.BotoCoreError):
-            return SnapfsError(f"{self.name}: {what}: {type(exc).__name__}")
-        if isinstance(exc, OSError):
-            return _Transient(f"I/O error talking to {self.endpoint} ({type(exc).__name__})")
-        return exc
-
-    def _guarded(self, what: str, call: Callable[[], T]) -> Callable[[], T]:
-        def run() -> T:
-            try:
-                return call()
-            except SnapfsError:
-                raise
-            except Exception as exc:
-                translated = self._classify(exc, what)
-                if translated is exc:
-                    raise
-                raise translated from None
-
-        return run
-
     def _key(self, path: str) -> str:
         parts = [p for p in path.split("/") if p]
         if any(p in (".", "..") for p in parts):
@@ -351,51 +74,6 @@ class S3Backend:
         return "/".join((self.store, ".cnt", *parts))
 
     # -- GET -------------------------------------------------------------------------------------
-
-    def _read_body(self, response, key: str) -> bytes:
-        body = response["Body"]
-        expected = response.get("ContentLength")
-        try:
-            if self._limiter is None:
-                data = body.read()
-            else:
-                parts = []
-                while True:
-                    self._limiter.consume(_READ_BLOCK)
-                    block = body.read(_READ_BLOCK)
-                    if not block:
-                        break
-                    parts.append(block)
-                data = b"".join(parts)
-        finally:
-            body.close()
-        if expected is not None and len(data) != expected:
-            raise _Transient(f"short read of {key}: {len(data)} of {expected} bytes")
-        self.stats_counters.add("bytes_downloaded", len(data))
-        return data
-
-    def _get(
-        self,
-        key: str,
-        what: str,
-        missing: Callable[[], SnapfsError],
-        if_none_match: str | None = None,
-    ) -> tuple[bytes | None, str]:
-        def call() -> tuple[bytes | None, str]:
-            kwargs = {"Bucket": self.bucket, "Key": key}
-            if if_none_match:
-                kwargs["IfNoneMatch"] = if_none_match
-            try:
-                response = self._client.get_object(**kwargs)
-            except Exception as exc:
-                translated = self._classify(exc, what)
-                if isinstance(translated, _NotModified):
-                    self.stats_counters.add("not_modified")
-                    return None, if_none_match or ""
-                raise
-            return self._read_body(response, key), response.get("ETag", "")
-
-        return self._request(what, "get_requests", self._guarded(what, call), missing=missing)
 
     def read_file(self, path: str) -> bytes:
         data, _ = self.read_file_conditional(path, None)
@@ -504,34 +182,6 @@ class S3Backend:
 
     # -- LIST ------------------------------------------------------------------------------------
 
-    def _list(
-        self, prefix: str, delimiter: str | None, what: str
-    ) -> tuple[list[str], list[tuple[str, str]]]:
-        """(common prefixes, [(key, etag)]) of every page under `prefix`."""
-        prefixes: list[str] = []
-        objects: list[tuple[str, str]] = []
-        token: str | None = None
-        while True:
-            kwargs = {"Bucket": self.bucket, "Prefix": prefix}
-            if delimiter:
-                kwargs["Delimiter"] = delimiter
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._request(
-                what,
-                "list_requests",
-                self._guarded(what, lambda kw=kwargs: self._client.list_objects_v2(**kw)),
-            )
-            prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes") or ())
-            objects.extend((o["Key"], o.get("ETag", "")) for o in page.get("Contents") or ())
-            if not page.get("IsTruncated"):
-                return prefixes, objects
-            token = page.get("NextContinuationToken")
-            if not token:
-                raise SnapfsError(
-                    f"{self.name}: {what}: truncated listing without a continuation token"
-                )
-
     def _fresh(self, stamp: float) -> bool:
         ttl = self.settings.list_ttl
         return ttl is None or time.monotonic() - stamp < ttl
@@ -634,14 +284,6 @@ class S3Backend:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _NotFound(Exception):
-    pass
-
-
-class _NotModified(Exception):
-    pass
 
 
 def _is_group_path(parts: list[str]) -> bool:

@@ -210,7 +210,8 @@ def open_backend(source: str, *, options: BackendOptions | None = None) -> Backe
 
 
 def _open_s3(source: str, options: BackendOptions) -> Backend:
-    from snapfs.store.s3 import DEFAULT_CONNECTIONS, S3Backend, S3Settings, parse_s3_source
+    from snapfs.store.s3 import S3Backend, parse_s3_source
+    from snapfs.store.s3_requests import DEFAULT_CONNECTIONS, S3Settings
     from snapfs.store.stats import DEFAULT_PROVIDER
 
     bucket, store = parse_s3_source(source)
