@@ -23,11 +23,9 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import socket
 import ssl
 import struct
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -228,6 +226,12 @@ class NbdServer:
                 self._connections.discard(conn)
             with contextlib.suppress(OSError):
                 conn.close()
+
+    def stop_serving(self, listener: socket.socket) -> None:
+        """Make `serve(listener)` return; takes no lock, so a signal handler may call it."""
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
 
     def shutdown(self) -> None:
         self._stopping.set()
@@ -718,90 +722,3 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
     return ctx
-
-
-# --- command --------------------------------------------------------------------------------------
-
-
-def cmd_nbd(args) -> int:
-    """`snapfs nbd`: serve until SIGINT/SIGTERM; one URL per export on stdout once listening."""
-    from snapfs.cli import _crypt_config, _open_datastore
-    from snapfs.store.cache import ChunkCache
-    from snapfs.store.datastore import parse_namespace
-
-    if args.listen and args.socket:
-        raise UsageError("give --listen or --socket, not both")
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
-    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-    cache = ChunkCache(args.cache_size)
-    exports = datastore_exports(
-        _open_datastore(args),
-        _crypt_config(args),
-        cache,
-        args.images,
-        parse_namespace(args.ns),
-        overlay=args.overlay,
-    )
-    listener = open_listener(args.listen, args.socket)
-    server = NbdServer(exports, workers=args.workers, tls=tls)
-
-    def stop(signum: int, frame: object) -> None:
-        server._stopping.set()
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, stop)
-    for export in exports:
-        print(listener_url(listener, export.name), flush=True)
-    print(
-        f"snapfs: serving {len(exports)} image(s) on {listener_url(listener)} "
-        f"({'overlay ' + args.overlay if args.overlay else 'read-only'}); Ctrl-C stops",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
-        server.serve(listener)
-    finally:
-        server.shutdown()
-        if args.socket:
-            with contextlib.suppress(OSError):
-                os.unlink(args.socket)
-    return 0
-
-
-def add_nbd_parser(sub, add_source, add_key) -> None:
-    """The `nbd` subcommand (called from snapfs.cli.build_parser)."""
-    from snapfs.store.sources import add_cache_size_option
-
-    p = sub.add_parser(
-        "nbd", help="serve disk images over NBD (qemu, qemu-img, nbdinfo), read-only or overlaid"
-    )
-    add_source(p)
-    p.add_argument(
-        "images",
-        metavar="SNAPSHOT [IMAGE...]",
-        nargs="*",
-        help="e.g. vm/100/2024-06-01T10:00:00Z drive-scsi0.img (default: every image)",
-    )
-    add_key(p)
-    p.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        help=f"TCP address (default 127.0.0.1:{DEFAULT_PORT}; port 0 picks a free one)",
-    )
-    p.add_argument("--socket", metavar="PATH", help="listen on a Unix socket instead")
-    p.add_argument(
-        "--overlay",
-        metavar="FILE",
-        help="accept writes into this copy-on-write file (created if missing); the backup "
-        "is never written",
-    )
-    add_cache_size_option(p)
-    p.add_argument(
-        "--workers", type=int, default=DEFAULT_WORKERS, help="parallel chunk fetches (default 8)"
-    )
-    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS (STARTTLS) with this certificate")
-    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
-    p.set_defaults(func=cmd_nbd)

@@ -34,13 +34,17 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snapfs.errors import SnapfsError, UsageError
 from snapfs.pxar import format as fmt
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.acl import ACL_XATTR_ACCESS, ACL_XATTR_DEFAULT, access_acl_xattr, default_acl_xattr
 from snapfs.pxar.entry import Entry, EntryKind
+
+if TYPE_CHECKING:
+    from snapfs.format.crypt import CryptConfig
+    from snapfs.store.datastore import Datastore, Snapshot
 
 OVERWRITE_POLICIES = ("never", "if-newer", "always")
 _BLOCK = 4096
@@ -898,52 +902,56 @@ def _open_target_dir(target: str) -> tuple[int, bool]:
     return fd, created
 
 
-# --- CLI glue -------------------------------------------------------------------------------------
+# --- one archive of a snapshot -------------------------------------------------------------------
 
 
-def run_restore(args: Any, datastore: Any, crypt: Any) -> RestoreReport:
-    """`snapfs restore`: dispatch on what ARCHIVE names (pxar path, image, blob)."""
+def restore_archive(
+    datastore: Datastore,
+    crypt: CryptConfig | None,
+    snapshot: Snapshot,
+    archive_path: str,
+    target: str,
+    options: RestoreOptions,
+    *,
+    target_device: bool = False,
+    resume: bool = False,
+    progress: Progress,
+) -> RestoreReport:
+    """Restore what `archive_path` names (a pxar path, an image, a blob) of `snapshot` to `target`.
+
+    `target_device` and `resume` apply to images only.
+    """
     from snapfs.restore_image import ImageTarget, restore_blob, restore_image
     from snapfs.store.cache import ChunkCache
-    from snapfs.store.datastore import parse_namespace, parse_snapshot
     from snapfs.views.archives import SnapshotReader, split_archive_path
 
-    options = RestoreOptions(
-        overwrite=args.overwrite,
-        ignore_ownership=args.ignore_ownership,
-        includes=tuple(args.include or ()),
-        excludes=tuple(args.exclude or ()),
-        dry_run=args.dry_run,
-    )
-    snapshot = parse_snapshot(args.snapshot, parse_namespace(args.ns))
     reader = SnapshotReader(datastore, snapshot, crypt, ChunkCache(256 * 1024 * 1024))
-    archive, inner = split_archive_path(args.archive)
-    progress = Progress.for_terminal(quiet=args.json)
+    archive, inner = split_archive_path(archive_path)
     is_pxar = archive.endswith((".pxar", ".mpxar", ".ppxar", ".pxar.didx", ".mpxar.didx"))
     if inner is not None and not is_pxar:
         raise UsageError(f"{archive}: only pxar archives have paths inside them")
     if is_pxar:
-        return restore_pxar(reader.pxar(archive), inner, args.target, options, progress)
-    if args.target_device and archive.endswith(".blob"):
+        return restore_pxar(reader.pxar(archive), inner, target, options, progress)
+    if target_device and archive.endswith(".blob"):
         raise UsageError("--target-device is for images")
     file = datastore.resolve_archive(snapshot, archive)
     if file.archive_type == "blob":
         return restore_blob(
             reader.blob(archive),
-            args.target,
-            overwrite=args.overwrite,
-            dry_run=args.dry_run,
+            target,
+            overwrite=options.overwrite,
+            dry_run=options.dry_run,
             source=f"{snapshot}/{file.filename}",
         )
-    if args.include or args.exclude:
+    if options.includes or options.excludes:
         raise UsageError("--include/--exclude apply to pxar archives only")
     try:
         return restore_image(
             reader.stream(archive),
-            ImageTarget(args.target, device=args.target_device),
-            resume=args.resume,
-            overwrite=args.overwrite,
-            dry_run=args.dry_run,
+            ImageTarget(target, device=target_device),
+            resume=resume,
+            overwrite=options.overwrite,
+            dry_run=options.dry_run,
             progress=progress,
         )
     finally:
@@ -957,6 +965,6 @@ __all__ = [
     "RestoreOptions",
     "RestoreReport",
     "check_name",
+    "restore_archive",
     "restore_pxar",
-    "run_restore",
 ]

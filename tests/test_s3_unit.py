@@ -8,6 +8,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
+from snapfs.cli._common import add_source_options, backend_options
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
 from snapfs.store.s3 import (
     RateLimiter,
@@ -18,7 +19,7 @@ from snapfs.store.s3 import (
     _Transient,
     parse_s3_source,
 )
-from snapfs.store.sources import BackendOptions, add_source_options, open_backend
+from snapfs.store.sources import BackendOptions, open_backend
 from snapfs.store.stats import PRICE_TABLES, SourceStats, build_report, estimate_cost, format_report
 
 SECRET = "unit-secret-key-never-printed"
@@ -81,7 +82,7 @@ def test_source_options_parse_into_backend_options():
             "30",
         ]
     )
-    options = BackendOptions.from_args(args)
+    options = backend_options(args)
     assert options == BackendOptions(
         endpoint_url="https://s3.example:9000",
         path_style=True,
@@ -91,7 +92,7 @@ def test_source_options_parse_into_backend_options():
         cache_dir_size=2 << 30,
         refresh_interval=30.0,
     )
-    assert BackendOptions.from_args(parser.parse_args([])) == BackendOptions()
+    assert backend_options(parser.parse_args([])) == BackendOptions()
 
 
 def test_group_paths():
