@@ -3,8 +3,8 @@
 Every failure a user can cause or meet prints one line on stderr and exits non-zero; a traceback
 is printed only with --debug. Each command module here registers its own subcommands and holds
 the functions that run them; what they share is in `_common`, and no command module imports
-another. Domain code is called with typed options, never with the parsed arguments, so nothing
-outside this package imports it.
+another. Domain code is called with typed options (SourceOptions, KeyOptions, ...), never with the
+parsed arguments, so no domain module needs to import this package (tests/test_cli_layout.py).
 """
 
 from __future__ import annotations

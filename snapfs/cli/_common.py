@@ -42,7 +42,9 @@ _UNITS = " KMGT"  # the index is the power of 1024
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, like every other error
+    """Usage errors raise UsageError, so `main` prints them in one line, like every other error."""
+
+    def error(self, message: str) -> None:
         raise UsageError(message)
 
 
@@ -191,7 +193,9 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_json_option(parser: argparse.ArgumentParser, help: str | None) -> None:
+def add_json_option(
+    parser: argparse.ArgumentParser, help: str | None = "machine-readable output"
+) -> None:
     parser.add_argument("--json", action="store_true", help=help)
 
 

@@ -37,7 +37,7 @@ EXAMPLES: dict[str, list[str]] = {
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("snapshots", help="list every snapshot with its archives")
     add_source(p)
-    add_json_option(p, "machine-readable output")
+    add_json_option(p)
     p.set_defaults(func=cmd_snapshots)
 
     p = sub.add_parser(
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-l", "--long", action="store_true", help="mode, owner, size, mtime, link target"
     )
-    add_json_option(p, None)
+    add_json_option(p, help=None)
     add_key_options(p)
     p.set_defaults(func=cmd_ls)
 
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "pattern", metavar="PATTERN", help="glob matched against each name, e.g. '*.conf'"
     )
-    add_json_option(p, "machine-readable output")
+    add_json_option(p)
     add_key_options(p)
     p.set_defaults(func=cmd_find)
 
