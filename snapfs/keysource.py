@@ -1,7 +1,8 @@
 """Where the encryption key and its password come from: key file, password file, environment, TTY.
 
 Kept out of `snapfs.format` because it does I/O. The password is looked for only when the key
-file needs one, in a fixed order, and never appears in a message.
+file needs one, in a fixed order, and never appears in a message. `KeyOptions` is what a command
+line's --keyfile/--password-file say, so code that needs the key takes it, not the parsed line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import getpass
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from snapfs.errors import CryptKeyError, KeyRequiredError
 from snapfs.format.crypt import CryptConfig
@@ -87,3 +89,16 @@ def load_crypt_config(
                 f"--password-file FILE or the SNAPFS_KEY_PASSWORD environment variable"
             )
     return key_file.unlock(password)
+
+
+@dataclass(frozen=True)
+class KeyOptions:
+    """Which key file to unlock and where its password is; no key file means no encryption."""
+
+    keyfile: str | None = None
+    password_file: str | None = None
+
+    def crypt_config(self) -> CryptConfig | None:
+        if not self.keyfile:
+            return None
+        return load_crypt_config(self.keyfile, password_file=self.password_file)

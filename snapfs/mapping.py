@@ -26,10 +26,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
+from snapfs.keysource import KeyOptions, read_password
+from snapfs.store.cache import DEFAULT_CACHE_SIZE
+from snapfs.store.sources import SourceOptions, source_option_argv
 
 MOUNT_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -46,6 +49,18 @@ def run_dir() -> Path:
     if os.geteuid() != 0 and os.environ.get("XDG_RUNTIME_DIR"):
         return Path(os.environ["XDG_RUNTIME_DIR"]) / "snapfs"
     return Path("/run/snapfs")
+
+
+@dataclass(frozen=True)
+class MapRequest:
+    """What to map: an image of a snapshot (as the user named them), and how to read it."""
+
+    source: SourceOptions
+    snapshot: str
+    image: str
+    ns: str = ""
+    key: KeyOptions = field(default_factory=KeyOptions)
+    cache_size: int = DEFAULT_CACHE_SIZE  # of the mount process
 
 
 @dataclass
@@ -161,21 +176,20 @@ def image_path_in_mount(mountpoint: str, snapshot, filename: str) -> str:
 
 
 def map_image(
-    args, *, timeout: float = MOUNT_TIMEOUT, mount_argv: list[str] | None = None
+    request: MapRequest, *, timeout: float = MOUNT_TIMEOUT, mount_argv: list[str] | None = None
 ) -> Mapping:
     """Mount the datastore privately, attach the image read-only with a partition scan."""
-    from snapfs.cli import _crypt_config, _open_datastore
     from snapfs.store.datastore import parse_namespace, parse_snapshot
 
     if os.geteuid() != 0:
         raise UsageError("snapfs map needs root (loop devices)")
-    ns = parse_namespace(args.ns)
-    snapshot = parse_snapshot(args.snapshot, ns)
-    datastore = _open_datastore(args)
-    file = datastore.resolve_archive(snapshot, args.image)
+    ns = parse_namespace(request.ns)
+    snapshot = parse_snapshot(request.snapshot, ns)
+    datastore = request.source.open()
+    file = datastore.resolve_archive(snapshot, request.image)
     if file.archive_type != "fidx":
         raise UsageError(f"{snapshot}/{file.filename} is not a disk image (.img.fidx)")
-    crypt = _crypt_config(args)
+    crypt = request.key.crypt_config()
     datastore.check_key(snapshot, crypt)  # a wrong key fails here, not inside the mount
 
     base = run_dir()
@@ -187,17 +201,17 @@ def map_image(
     proc = None
     device = None
     try:
-        proc = _start_mount(args, folder, mnt, crypt is not None, mount_argv)
+        proc = _start_mount(request, folder, mnt, crypt is not None, mount_argv)
         image = image_path_in_mount(str(mnt), snapshot, file.filename)
         _wait_ready(proc, str(mnt), image, folder / "mount.log", timeout)
         device = _run(["losetup", "-r", "-P", "--find", "--show", image], f"losetup {image}")
         mapping = Mapping(
             map_id,
             device,
-            args.source,
+            request.source.source,
             str(snapshot),
             file.filename.removesuffix(".fidx"),
-            args.ns,
+            request.ns,
             image,
             str(mnt),
             proc.pid,
@@ -221,26 +235,23 @@ def map_image(
 
 
 def _start_mount(
-    args, folder: Path, mnt: Path, encrypted: bool, mount_argv: list[str] | None
+    request: MapRequest, folder: Path, mnt: Path, encrypted: bool, mount_argv: list[str] | None
 ) -> subprocess.Popen:
-    from snapfs.store.sources import BackendOptions, source_option_argv
-
     argv = mount_argv or [sys.executable, "-m", "snapfs"]
     cmd = [*argv, "mount", "--foreground", "--log-file", str(folder / "mount.log")]
     # The same source as ours (S3 endpoint, cache...); credentials reach it through the
     # environment it inherits, never argv.
-    cmd += source_option_argv(BackendOptions.from_args(args))
-    cmd += ["--cache-size", str(args.cache_size), args.source, str(mnt)]
+    cmd += source_option_argv(request.source.backend)
+    cmd += ["--cache-size", str(request.cache_size), request.source.source, str(mnt)]
     pass_fds: tuple[int, ...] = ()
     read_fd = None
-    if getattr(args, "keyfile", None):
-        cmd += ["--keyfile", os.path.abspath(args.keyfile)]
-        if args.password_file:
-            cmd += ["--password-file", os.path.abspath(args.password_file)]
+    key = request.key
+    if key.keyfile:
+        cmd += ["--keyfile", os.path.abspath(key.keyfile)]
+        if key.password_file:
+            cmd += ["--password-file", os.path.abspath(key.password_file)]
         elif encrypted:
-            from snapfs.keysource import read_password
-
-            password = read_password(prompt_for=args.keyfile)
+            password = read_password(prompt_for=key.keyfile)
             if password is not None:
                 # Through a pipe, never argv or the environment of a long-lived process.
                 read_fd, write_fd = os.pipe()
@@ -406,50 +417,3 @@ def cleanup_stale() -> list[Mapping]:
                 unmap(m)
                 cleaned.append(m)
     return cleaned
-
-
-# --- commands -------------------------------------------------------------------------------------
-
-
-def cmd_map(args) -> int:
-    cleanup_stale()
-    mapping = map_image(args)
-    print(mapping.device)
-    parts = loop_partitions(mapping.device)
-    if parts:
-        print(f"partitions: {' '.join(parts)}", file=sys.stderr)
-    return 0
-
-
-def cmd_unmap(args) -> int:
-    if args.device:
-        unmap(find_mapping(args.device))
-        return 0
-    for m in cleanup_stale():
-        print(f"{m.device}: stale (mount process gone), cleaned up", file=sys.stderr)
-    for m in list_mappings():
-        parts = " ".join(loop_partitions(m.device))
-        ns = f" (namespace {m.ns})" if m.ns else ""
-        print(f"{m.device}\t{m.snapshot}/{m.image}{ns}\t{m.source}\t{parts}")
-    return 0
-
-
-def add_map_parsers(sub, add_source, add_key) -> None:
-    """The `map` and `unmap` subcommands (called from snapfs.cli.build_parser)."""
-    from snapfs.store.sources import add_cache_size_option
-
-    p = sub.add_parser(
-        "map", help="attach a disk image read-only as a loop device (/dev/loopNpM partitions)"
-    )
-    add_source(p)
-    p.add_argument("snapshot", metavar="SNAPSHOT", help="e.g. vm/100/2024-06-01T10:00:00Z")
-    p.add_argument("image", metavar="IMAGE", help="e.g. drive-scsi0.img")
-    add_key(p)
-    add_cache_size_option(p)
-    p.set_defaults(func=cmd_map)
-
-    p = sub.add_parser(
-        "unmap", help="remove a mapping; without DEVICE list them and clean up stale ones"
-    )
-    p.add_argument("device", metavar="DEVICE", nargs="?", help="e.g. /dev/loop0")
-    p.set_defaults(func=cmd_unmap)

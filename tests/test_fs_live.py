@@ -23,6 +23,7 @@ from fs_support import SNAPFS, is_mounted, mounted, snapfs
 
 from snapfs.backup import BackupSource, backup
 from snapfs.cli import build_parser
+from snapfs.cli._common import backend_options
 from snapfs.errors import NotFoundError
 from snapfs.fs.tree import (
     CONTROL_DIR,
@@ -348,9 +349,9 @@ def test_source_options_round_trip_to_a_child_command(tmp_path):
         "--profile",
         "backup",
     ]
-    options = BackendOptions.from_args(parser.parse_args(argv))
+    options = backend_options(parser.parse_args(argv))
     child = source_option_argv(options)
-    again = BackendOptions.from_args(parser.parse_args(["mount", "s3://b/s", "/mnt", *child]))
+    again = backend_options(parser.parse_args(["mount", "s3://b/s", "/mnt", *child]))
     assert again == BackendOptions(**{**options.__dict__, "ca_bundle": os.path.abspath("ca.pem")})
     assert source_option_argv(BackendOptions()) == []
 

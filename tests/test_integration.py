@@ -18,8 +18,8 @@ import pytest
 from fs_support import is_mounted, snapfs
 
 from snapfs.cli import EXAMPLES, build_parser
+from snapfs.cli.mount_helper import translate
 from snapfs.errors import UsageError
-from snapfs.mount_helper import translate
 
 REPO = Path(__file__).resolve().parent.parent
 V1 = "host/testhost/2024-06-01T11:00:00Z"
@@ -244,7 +244,7 @@ def test_example_mount_unit_options_are_accepted():
 
 
 def test_mount_helper_exit_codes(tmp_path):
-    helper = [sys.executable, "-m", "snapfs.mount_helper"]
+    helper = [sys.executable, "-m", "snapfs.cli.mount_helper"]
     proc = subprocess.run([*helper, "/x", str(tmp_path), "-o", "bogus"], capture_output=True)
     assert proc.returncode == 1 and b"unknown mount option" in proc.stderr
     proc = subprocess.run([*helper, str(tmp_path / "nope"), str(tmp_path)], capture_output=True)

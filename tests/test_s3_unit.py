@@ -8,10 +8,11 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
+from snapfs.cli._common import add_source_options, backend_options
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
 from snapfs.store.s3 import S3Backend, _is_group_path, parse_s3_source
 from snapfs.store.s3_requests import RateLimiter, S3Settings, _NotFound, _Transient
-from snapfs.store.sources import BackendOptions, add_source_options, open_backend
+from snapfs.store.sources import BackendOptions, open_backend
 from snapfs.store.stats import PRICE_TABLES, SourceStats, build_report, estimate_cost, format_report
 
 SECRET = "unit-secret-key-never-printed"
@@ -74,7 +75,7 @@ def test_source_options_parse_into_backend_options():
             "30",
         ]
     )
-    options = BackendOptions.from_args(args)
+    options = backend_options(args)
     assert options == BackendOptions(
         endpoint_url="https://s3.example:9000",
         path_style=True,
@@ -84,7 +85,7 @@ def test_source_options_parse_into_backend_options():
         cache_dir_size=2 << 30,
         refresh_interval=30.0,
     )
-    assert BackendOptions.from_args(parser.parse_args([])) == BackendOptions()
+    assert backend_options(parser.parse_args([])) == BackendOptions()
 
 
 def test_group_paths():

@@ -197,7 +197,7 @@ def run_mount_helper(
         name = rest.pop(0).removeprefix("--").replace("-", "_")
         takes_value = rest and not rest[0].startswith("--")
         mount_options.append(f"{name}={rest.pop(0)}" if takes_value else name)
-    argv = [sys.executable, "-m", "snapfs.mount_helper", str(source), str(mnt), "-v", "-o"]
+    argv = [sys.executable, "-m", "snapfs.cli.mount_helper", str(source), str(mnt), "-v", "-o"]
     proc = subprocess.run(
         [*argv, ",".join(mount_options)], env=env, capture_output=True, text=True, timeout=120
     )
@@ -400,7 +400,7 @@ def test_source_credentials_are_masked_in_the_error(tmp_path):
 def test_mount_helper_never_echoes_endpoint_credentials(tmp_path):
     """A mistyped fstab option is quoted back, but not the password in its URL."""
     endpoint = credentialed("http://127.0.0.1:9")
-    argv = [sys.executable, "-m", "snapfs.mount_helper", "s3://bucket/store", str(tmp_path)]
+    argv = [sys.executable, "-m", "snapfs.cli.mount_helper", "s3://bucket/store", str(tmp_path)]
     proc = subprocess.run(
         [*argv, "-o", f"endpointurl={endpoint}"], capture_output=True, text=True, timeout=60
     )
@@ -457,12 +457,13 @@ def test_debug_traceback_is_redacted(monkeypatch, capsys, vectors):
 
     No real part raises an error that carries a secret any more, so one is injected."""
     from snapfs import cli
+    from snapfs.cli import browse
     from snapfs.errors import SnapfsError
 
     def failing(args):
         raise SnapfsError("cannot reach http://user:tb-secret@127.0.0.1:1 (password=tb-secret)")
 
-    monkeypatch.setattr(cli, "cmd_snapshots", failing)
+    monkeypatch.setattr(browse, "cmd_snapshots", failing)
     assert cli.main(["--debug", "snapshots", str(vectors / "datastore")]) == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert "Traceback" in err and "tb-secret" not in err
@@ -470,7 +471,7 @@ def test_debug_traceback_is_redacted(monkeypatch, capsys, vectors):
     def buggy(args):
         raise RuntimeError("password=tb-secret")
 
-    monkeypatch.setattr(cli, "cmd_snapshots", buggy)
+    monkeypatch.setattr(browse, "cmd_snapshots", buggy)
     assert cli.main(["snapshots", str(vectors / "datastore")]) == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert "RuntimeError" in err and "tb-secret" not in err

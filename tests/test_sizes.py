@@ -123,7 +123,7 @@ def test_invalid_size_is_one_line_and_exit_2_before_anything_starts(vectors, tmp
 
 def test_mount_helper_passes_sizes_to_the_same_parser(tmp_path):
     """mount.snapfs hands `cache_size=...` to `snapfs mount`: the same verdict, its exit code 1."""
-    argv = [sys.executable, "-m", "snapfs.mount_helper", "/srv/ds", str(tmp_path), "-o"]
+    argv = [sys.executable, "-m", "snapfs.cli.mount_helper", "/srv/ds", str(tmp_path), "-o"]
     proc = subprocess.run([*argv, "cache_size=3M"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == "snapfs: error: argument --cache-size: '3M' is below the minimum of 4M\n"

@@ -6,8 +6,5 @@ as the mount, so a local datastore, S3 and the on-disk cache all work, and the c
 guest reads stay decoded in memory.
 
 protocol.py holds the wire format, server.py the server, exports.py what it serves, overlay.py the
-copy-on-write file, listen.py the sockets; command.py is the CLI glue, and `add_nbd_parser` is
-named here so the command line can import it from the package.
+copy-on-write file, listen.py the sockets. The `snapfs nbd` command itself is snapfs/cli/nbd.py.
 """
-
-from snapfs.nbd.command import add_nbd_parser as add_nbd_parser

@@ -160,6 +160,12 @@ class NbdServer:
             with contextlib.suppress(OSError):
                 conn.close()
 
+    def stop_serving(self, listener: socket.socket) -> None:
+        """Make `serve(listener)` return; takes no lock, so a signal handler may call it."""
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+
     def shutdown(self) -> None:
         self._stopping.set()
         with self._lock:

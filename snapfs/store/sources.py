@@ -1,77 +1,23 @@
 """SOURCE strings to Backends: `/path/to/datastore` or `s3://BUCKET/STORE`, plus their options.
 
-Every command that reads a datastore takes the same SOURCE and the same options, so the argparse
-options live here once (`add_source_options`, and `add_cache_size_option` for the commands that
-serve reads) and `open_backend` turns the parsed values into a Backend: LocalBackend for a path,
-S3Backend for s3:// (optionally under a DiskCache). Every size option parses through `size_type`,
-so a value gets the same verdict from every command, and the code gets bytes as an int.
+Every command that reads a datastore takes the same SOURCE and the same options (`BackendOptions`,
+filled in by the command line in snapfs.cli._common); `open_backend` turns them into a Backend:
+LocalBackend for a path, S3Backend for s3:// (optionally under a DiskCache), and `SourceOptions`
+opens the Datastore on it. Code that needs a datastore (a command, `map`'s set-up) takes a
+SourceOptions, never the parsed command line, so it can be called without one.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from fractions import Fraction
+from dataclasses import dataclass, field
 
 from snapfs.errors import UsageError
 from snapfs.logs import without_userinfo
 from snapfs.store.backend import Backend, LocalBackend
-from snapfs.store.cache import DEFAULT_CACHE_SIZE
+from snapfs.store.datastore import Datastore
 
 DEFAULT_CACHE_DIR_SIZE = 10 * 1024**3
-#: One chunk (an image's fixed chunks are 4 MiB): a smaller memory cache never holds a full chunk,
-#: so every read of one would fetch and decode it again.
-MIN_CACHE_SIZE = 4 * 1024**2
-#: One 4 MiB chunk as the disk cache stores it, with its blob and record headers (a little over
-#: 4 MiB), rounded up: a smaller cache skips every full chunk.
-MIN_CACHE_DIR_SIZE = 8 * 1024**2
-#: Bytes per second: any positive rate works (slowly); 0 would never deliver a byte.
-MIN_RATE_LIMIT = 1
-_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([KMGT])(?:i?B)?|B)?\s*", re.IGNORECASE)
-_UNITS = " KMGT"  # the index is the power of 1024
-
-
-def size_type(minimum: int) -> Callable[[str], int]:
-    """An argparse `type=` for a size option: bytes as an int, at least `minimum`.
-
-    `1048576`, `64M`, `10GiB`, `1.5G`: K/M/G/T are powers of 1024, and a fraction is rounded down
-    to whole bytes. Raising ArgumentTypeError makes argparse name the option in its one-line error.
-    """
-
-    def parse(text: str) -> int:
-        m = _SIZE.fullmatch(text)
-        if not m:
-            raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 256M, 1.5G, 1048576)")
-        scale = 1024 ** _UNITS.index((m.group(2) or " ").upper())
-        value = int(Fraction(m.group(1)) * scale)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is below the minimum of {_format_size(minimum)}"
-            )
-        return value
-
-    return parse
-
-
-def _format_size(value: int) -> str:
-    """`value` bytes in the largest unit that writes it exactly, as a size option takes it: 4M."""
-    power = next(p for p in range(len(_UNITS) - 1, -1, -1) if value % 1024**p == 0)
-    return f"{value // 1024**power}{_UNITS[power].strip()}"
-
-
-def add_cache_size_option(parser: argparse.ArgumentParser) -> None:
-    """--cache-size, the memory cache of decoded chunks of the commands that serve reads."""
-    parser.add_argument(
-        "--cache-size",
-        type=size_type(MIN_CACHE_SIZE),
-        default=DEFAULT_CACHE_SIZE,
-        metavar="SIZE",
-        help=f"decoded chunks kept in memory (default {_format_size(DEFAULT_CACHE_SIZE)}, "
-        f"at least {_format_size(MIN_CACHE_SIZE)})",
-    )
 
 
 @dataclass(frozen=True)
@@ -90,76 +36,16 @@ class BackendOptions:
     refresh_interval: float | None = None
     provider: str | None = None
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> BackendOptions:
-        """The options `add_source_options` added; absent attributes keep their defaults."""
-        values = {}
-        for name in cls.__dataclass_fields__:
-            value = getattr(args, name, None)
-            if value is not None:
-                values[name] = value
-        return cls(**values)
 
+@dataclass(frozen=True)
+class SourceOptions:
+    """A SOURCE with its options: which datastore to read, and how to reach it."""
 
-def add_source_options(parser: argparse.ArgumentParser) -> None:
-    """The S3 and cache options shared by every command that takes a SOURCE."""
-    from snapfs.store.stats import PRICE_TABLES
+    source: str
+    backend: BackendOptions = field(default_factory=BackendOptions)
 
-    g = parser.add_argument_group("S3 source options (SOURCE = s3://BUCKET/STORE)")
-    g.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        help="S3 endpoint, e.g. https://s3.example.com:9000 (default: AWS)",
-    )
-    g.add_argument(
-        "--region", help="S3 region (default: from the AWS configuration, else us-east-1)"
-    )
-    g.add_argument("--profile", help="AWS profile from ~/.aws/config and ~/.aws/credentials")
-    g.add_argument(
-        "--path-style",
-        action="store_true",
-        default=None,
-        help="address the bucket as https://ENDPOINT/BUCKET/KEY instead of https://BUCKET.ENDPOINT/KEY",
-    )
-    g.add_argument(
-        "--ca-bundle",
-        metavar="FILE",
-        help="CA certificates (PEM) to check the endpoint's TLS certificate with",
-    )
-    g.add_argument(
-        "--s3-connections", type=int, metavar="N", help="parallel S3 connections (default: 8)"
-    )
-    g.add_argument(
-        "--rate-limit",
-        type=size_type(MIN_RATE_LIMIT),
-        metavar="BYTES/S",
-        help="download bandwidth limit, e.g. 50M",
-    )
-    g.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        help="keep fetched chunks and indexes on disk here, across runs",
-    )
-    g.add_argument(
-        "--cache-dir-size",
-        type=size_type(MIN_CACHE_DIR_SIZE),
-        metavar="SIZE",
-        help=f"bound of the --cache-dir cache (default: {_format_size(DEFAULT_CACHE_DIR_SIZE)}, "
-        f"at least {_format_size(MIN_CACHE_DIR_SIZE)})",
-    )
-    g.add_argument(
-        "--refresh-interval",
-        type=float,
-        metavar="SECONDS",
-        help="re-read listings after this many seconds, 0 for never (mount: default 60 for S3, "
-        "10 for a local datastore; other commands list once per run)",
-    )
-    g.add_argument(
-        "--price-table",
-        dest="provider",
-        choices=sorted(PRICE_TABLES),
-        help="provider whose list prices estimate the request cost in the statistics (default: aws)",
-    )
+    def open(self) -> Datastore:
+        return Datastore(open_backend(self.source, options=self.backend))
 
 
 def source_option_argv(options: BackendOptions) -> list[str]:

@@ -8,7 +8,7 @@ are accepted and ignored; the mount is read-only whatever they say. Anything els
 unless `-s` (sloppy) is given: a typo in fstab must not silently mount without a key file.
 
 Installed by linking the `snapfs` console script: `ln -s "$(command -v snapfs)" /sbin/mount.snapfs`
-(`snapfs.cli.main` dispatches on the program name), or run as `python -m snapfs.mount_helper`.
+(`snapfs.cli.main` dispatches on the program name), or run as `python -m snapfs.cli.mount_helper`.
 Exit codes follow mount(8)'s helper convention: 0 mounted, 1 bad invocation, 32 mount failure.
 """
 

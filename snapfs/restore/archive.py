@@ -1,0 +1,69 @@
+"""One archive of a snapshot restored by its name: a pxar path, an image or a blob."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from snapfs.errors import UsageError
+from snapfs.progress import Progress
+from snapfs.restore.image import ImageTarget, restore_blob, restore_image
+from snapfs.restore.report import RestoreReport
+from snapfs.restore.tree import RestoreOptions, restore_pxar
+from snapfs.store.cache import ChunkCache
+from snapfs.views.archives import SnapshotReader, split_archive_path
+
+if TYPE_CHECKING:
+    from snapfs.format.crypt import CryptConfig
+    from snapfs.store.datastore import Datastore, Snapshot
+
+#: Decoded chunks kept while restoring: enough for the prefetch window, not a mount's cache.
+RESTORE_CACHE_SIZE = 256 * 1024 * 1024
+
+
+def restore_archive(
+    datastore: Datastore,
+    crypt: CryptConfig | None,
+    snapshot: Snapshot,
+    archive_path: str,
+    target: str,
+    options: RestoreOptions,
+    *,
+    target_device: bool = False,
+    resume: bool = False,
+    progress: Progress,
+) -> RestoreReport:
+    """Restore what `archive_path` names (a pxar path, an image, a blob) of `snapshot` to `target`.
+
+    `target_device` and `resume` apply to images only.
+    """
+    reader = SnapshotReader(datastore, snapshot, crypt, ChunkCache(RESTORE_CACHE_SIZE))
+    archive, inner = split_archive_path(archive_path)
+    is_pxar = archive.endswith((".pxar", ".mpxar", ".ppxar", ".pxar.didx", ".mpxar.didx"))
+    if inner is not None and not is_pxar:
+        raise UsageError(f"{archive}: only pxar archives have paths inside them")
+    if is_pxar:
+        return restore_pxar(reader.pxar(archive), inner, target, options, progress)
+    if target_device and archive.endswith(".blob"):
+        raise UsageError("--target-device is for images")
+    file = datastore.resolve_archive(snapshot, archive)
+    if file.archive_type == "blob":
+        return restore_blob(
+            reader.blob(archive),
+            target,
+            overwrite=options.overwrite,
+            dry_run=options.dry_run,
+            source=f"{snapshot}/{file.filename}",
+        )
+    if options.includes or options.excludes:
+        raise UsageError("--include/--exclude apply to pxar archives only")
+    try:
+        return restore_image(
+            reader.stream(archive),
+            ImageTarget(target, device=target_device),
+            resume=resume,
+            overwrite=options.overwrite,
+            dry_run=options.dry_run,
+            progress=progress,
+        )
+    finally:
+        progress.close()
