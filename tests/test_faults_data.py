@@ -425,7 +425,7 @@ def test_damaged_pxar_metadata_is_detected(cli, vectors, tmp_path, how):
 
 @pytest.mark.slow
 def test_mount_returns_eio_only_for_the_damaged_range(store, golden_image, tmp_path):
-    from fs_support import mounted
+    from support.mounting import mounted
 
     index = index_of(store, IMG, "drive-scsi0.img.fidx")
     damage(chunk_file(store, index.digest(3)), "flip")

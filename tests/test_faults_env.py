@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fs_support import is_mounted, mounted, snapfs
+from support.mounting import is_mounted, mounted, snapfs
 
 IMG = "vm/100/2024-06-01T10:00:00Z"
 IMG_ENC = "vm/100/2024-06-01T14:00:00Z"

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fs_support import is_mounted, snapfs
-from s3server import BUCKET, upload_datastore
+from support.mounting import is_mounted, snapfs
+from support.s3server import BUCKET, upload_datastore
 
 from snapfs.backup import backup, parse_backup_source
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fs_support import mounted, snapfs
+from support.mounting import mounted, snapfs
 from test_faults_data import pxar_store
 
 V1 = "host/testhost/2024-06-01T11:00:00Z"

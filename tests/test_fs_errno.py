@@ -18,7 +18,7 @@ from pathlib import Path
 import pyfuse3
 import pytest
 import trio
-from fs_support import mounted
+from support.mounting import mounted
 from test_fs_operations import ops_for, resolve
 from test_fs_tree import model_for, walk
 

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fs_support import key_options, mounted, sha256_file
+from support.mounting import key_options, mounted, sha256_file
 
 pytestmark = pytest.mark.slow
 

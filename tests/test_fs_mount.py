@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fs_support import SNAPFS, is_mounted, mounted, snapfs
+from support.mounting import SNAPFS, is_mounted, mounted, snapfs
 
 from snapfs.store.backend import chunk_path
 

@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fs_support import key_options, mounted, sha256_file, snapfs
-from s3server import READER_SECRET
+from support.mounting import key_options, mounted, sha256_file, snapfs
+from support.s3server import READER_SECRET
 from test_fs_golden import PXAR_SNAPSHOTS, check_archive, parse_listing
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fs_support import is_mounted, snapfs
+from support.mounting import is_mounted, snapfs
 
 from snapfs.cli import EXAMPLES, build_parser
 from snapfs.errors import UsageError

@@ -6,9 +6,9 @@ import contextlib
 import json
 
 import pytest
-from conftest import VECTOR_PASSWORD
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.vectors import VECTOR_PASSWORD
 
 import snapfs.keysource as keysource
 from snapfs.errors import (

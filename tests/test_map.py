@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from guest import build_disk
+from support.guest import build_disk
 
 pytestmark = pytest.mark.slow
 SNAPSHOT = "vm/100/2024-06-01T10:00:00Z"

@@ -14,9 +14,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import VECTOR_PASSWORD
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.vectors import VECTOR_PASSWORD
 from test_faults_env import tmpfs
 
 from snapfs import nbd_proto as P

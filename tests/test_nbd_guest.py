@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from guest import (
+from support.guest import (
     MARK_DONE,
     MARK_READ,
     MARK_WROTE,

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from restore_listing import expected_listing, fs_listing
+from support.restore_listing import expected_listing, fs_listing
 
 from snapfs.cli import main
 from snapfs.errors import UsageError

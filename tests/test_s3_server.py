@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ReadTimeoutError
-from s3server import (
+from support.s3server import (
     ADMIN_KEY,
     BUCKET,
     READER_KEY,
@@ -548,7 +548,7 @@ def test_source_errors_are_named(s3server, s3_vectors):
         run_snapfs(s3server, "snapshots", f"s3://{BUCKET}/nostore", *endpoint), READER_SECRET
     )
     assert f"s3://{BUCKET}/nostore: no such datastore" in line and VECTOR_STORE in line
-    from s3server import free_port
+    from support.s3server import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     line = _one_line_error(

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import VECTOR_PASSWORD
-from fs_support import SNAPFS, is_mounted, key_options, snapfs
-from s3server import READER_SECRET, free_port
+from support.mounting import SNAPFS, is_mounted, key_options, snapfs
+from support.s3server import READER_SECRET, free_port
+from support.vectors import VECTOR_PASSWORD
 
 from snapfs.keysource import PASSWORD_ENV_VARS
 

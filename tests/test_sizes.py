@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from fs_support import snapfs
+from support.mounting import snapfs
 
 from snapfs.cli import build_parser
 from snapfs.errors import UsageError
