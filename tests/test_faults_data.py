@@ -17,15 +17,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support.stores import pxar_store
 
 from snapfs.cli import main
-from snapfs.format.blob import encode_blob, encode_chunk
-from snapfs.format.index import build_dynamic_index, parse_index
-from snapfs.format.manifest import Manifest, ManifestFile
+from snapfs.format.index import parse_index
 from snapfs.format.source import BytesSource
 from snapfs.pxar.accessor import Accessor
-from snapfs.store.datastore import Group, Snapshot
-from snapfs.store.writer import DatastoreWriter
 
 IMG = "vm/100/2024-06-01T10:00:00Z"
 IMG_ENC = "vm/100/2024-06-01T14:00:00Z"
@@ -345,36 +342,6 @@ def test_wrong_key_is_refused_before_any_chunk(cli, store, tmp_path, monkeypatch
 
 
 # --- pxar metadata -----------------------------------------------------------------------------------
-
-
-def pxar_store(root: Path, pxar: bytes) -> Path:
-    """A datastore whose host/bad snapshot holds `pxar` as root.pxar.didx, in valid chunks:
-    the chunk layer is fine, only the archive's own structure is damaged."""
-    writer = DatastoreWriter(root)
-    snapshot = Snapshot(Group((), "host", "bad"), 1717239600)
-    entries, end = [], 0
-    for start in range(0, len(pxar), 256 * 1024):
-        piece = pxar[start : start + 256 * 1024]
-        digest, raw = encode_chunk(piece, None, compress=True)
-        writer.insert_chunk(digest, raw)
-        end += len(piece)
-        entries.append((end, digest))
-    index = build_dynamic_index(entries)
-    parsed = parse_index(index, name="root.pxar.didx")
-    writer.write_snapshot_file(snapshot, "root.pxar.didx", index)
-    manifest = Manifest(
-        backup_type="host",
-        backup_id="bad",
-        backup_time=snapshot.time,
-        files=[ManifestFile("root.pxar.didx", "none", end, parsed.index_csum)],
-        signature=None,
-        unprotected={},
-        unknown_fields={},
-    )
-    writer.write_snapshot_file(
-        snapshot, "index.json.blob", encode_blob(manifest.to_json(None), None, compress=True)
-    )
-    return root
 
 
 def damage_pxar_entry(pxar: bytes, name: bytes, how: str) -> bytes:

@@ -18,11 +18,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.mounting import is_mounted, mounted, snapfs
+from support.mounting import is_mounted, mounted, snapfs, tmpfs
 
 IMG = "vm/100/2024-06-01T10:00:00Z"
 IMG_ENC = "vm/100/2024-06-01T14:00:00Z"
@@ -39,16 +38,6 @@ def error_line(proc: subprocess.CompletedProcess, *names: str) -> str:
     assert line.startswith("snapfs: error: "), proc.stderr
     assert all(n in line for n in names), (names, line)
     return line
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", path], check=True)
 
 
 def mount_pid(mnt: Path) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from support.mounting import mounted, snapfs
-from test_faults_data import pxar_store
+from support.stores import pxar_store
 
 V1 = "host/testhost/2024-06-01T11:00:00Z"
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]

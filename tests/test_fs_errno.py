@@ -18,9 +18,8 @@ from pathlib import Path
 import pyfuse3
 import pytest
 import trio
+from support.fs_model import model_for, ops_for, resolve, walk
 from support.mounting import mounted
-from test_fs_operations import ops_for, resolve
-from test_fs_tree import model_for, walk
 
 from snapfs.errors import SnapfsError
 from snapfs.fs.operations import errno_for

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_fs_tree import SPLIT, V1, listing, model_for, walk
+from support.fs_model import SPLIT, V1, listing, model_for, walk
 
 from snapfs.errors import NotFoundError
 from snapfs.fs.tree import ListingCache

@@ -10,6 +10,7 @@ import shutil
 import pyfuse3
 import pytest
 import trio
+from support.fs_model import ops_for, resolve
 
 from snapfs.errors import (
     ChecksumMismatchError,
@@ -22,11 +23,9 @@ from snapfs.errors import (
     WrongKeyError,
 )
 from snapfs.fs.mount import MountOptions, mount_options
-from snapfs.fs.operations import SnapfsOperations, errno_for
-from snapfs.fs.tree import ROOT_INODE, FsModel
-from snapfs.store.backend import LocalBackend, chunk_path
-from snapfs.store.cache import ChunkCache
-from snapfs.store.datastore import Datastore
+from snapfs.fs.operations import errno_for
+from snapfs.fs.tree import ROOT_INODE
+from snapfs.store.backend import chunk_path
 
 V1 = "host/testhost/2024-06-01T11:00:00Z"
 
@@ -46,19 +45,6 @@ V1 = "host/testhost/2024-06-01T11:00:00Z"
 )
 def test_errno_mapping(exc, code):
     assert errno_for(exc) == code
-
-
-def ops_for(path) -> SnapfsOperations:
-    return SnapfsOperations(FsModel(Datastore(LocalBackend(path)), None, ChunkCache(64 << 20)))
-
-
-async def resolve(ops: SnapfsOperations, path: str) -> pyfuse3.EntryAttributes:
-    ino = ROOT_INODE
-    attr = None
-    for part in path.split("/"):
-        attr = await ops.lookup(ino, part.encode())
-        ino = attr.st_ino
-    return attr
 
 
 def test_handlers(vectors):

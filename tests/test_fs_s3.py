@@ -14,9 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.golden_listing import PXAR_SNAPSHOTS, check_archive, parse_listing
 from support.mounting import key_options, mounted, sha256_file, snapfs
 from support.s3server import READER_SECRET
-from test_fs_golden import PXAR_SNAPSHOTS, check_archive, parse_listing
 
 pytestmark = pytest.mark.slow
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.fs_model import SPLIT, V1, listing, model_for, walk
 
 from snapfs.backup import BackupSource, backup
 from snapfs.errors import CorruptDataError, KeyRequiredError, MissingChunkError, NotFoundError
@@ -28,36 +29,9 @@ from snapfs.keysource import load_crypt_config
 from snapfs.pxar import acl as aclmod
 from snapfs.pxar.acl import acl_from_xattrs
 from snapfs.pxar.entry import Acl
-from snapfs.store.backend import LocalBackend, chunk_path
-from snapfs.store.cache import ChunkCache
-from snapfs.store.datastore import Datastore
+from snapfs.store.backend import chunk_path
 
-V1 = "host/testhost/2024-06-01T11:00:00Z"
-SPLIT = "ns/testns/host/splithost/2024-06-01T13:00:00Z"
 IMAGE_SHA = "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"
-
-
-def model_for(path: Path, crypt=None, cache_size=64 << 20, **kw) -> FsModel:
-    return FsModel(Datastore(LocalBackend(path)), crypt, ChunkCache(cache_size), **kw)
-
-
-def walk(model: FsModel, path: str):
-    node = model.root
-    for part in path.split("/"):
-        node = model.remember(model.lookup(node, part.encode()))
-        model.attr(node)  # what a FUSE lookup answers with (opens archives, decodes blobs)
-    return node
-
-
-def listing(model: FsModel, node, batch: int = 1000) -> list:
-    handle = model.opendir(node)
-    items, start = [], 0
-    while True:
-        got = model.readdir(handle, start, batch)
-        if not got:
-            return items
-        items += got
-        start = got[-1].next_offset
 
 
 @pytest.fixture

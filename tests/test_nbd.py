@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.mounting import tmpfs
 from support.vectors import VECTOR_PASSWORD
-from test_faults_env import tmpfs
 
 from snapfs import nbd_proto as P
 from snapfs.backup import backup, parse_backup_source

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_pxar_reader import MiniPxar  # tests/ is on sys.path (rootdir conftest)
+from support.mini_pxar import MiniPxar
 
 from snapfs.errors import SnapfsError
 from snapfs.format.source import BytesSource

@@ -1,4 +1,4 @@
-"""Helpers for the real-mount tests: mount with the CLI as users do, always unmount."""
+"""Helpers for the real-mount tests: mount with the CLI as users do, always unmount; a small tmpfs."""
 
 from __future__ import annotations
 
@@ -38,6 +38,17 @@ def mounted(source: Path, mnt: Path, *options, env=None) -> Iterator[Path]:
         done = snapfs("umount", mnt)
         assert done.returncode == 0, done.stderr
         assert not is_mounted(mnt)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (mount(8) syntax) at `path`, lazily unmounted afterwards."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], check=True)
 
 
 def key_options(vectors: Path, tmp: Path) -> list[str]:
