@@ -1,6 +1,6 @@
 """The errno programs see for a wrong request: a missing name is ENOENT, a path through a file
 ENOTDIR, reading a directory EISDIR, readlink of anything else EINVAL, a write EROFS, a missing
-xattr ENOATTR; EIO is kept for data that cannot be read or verified (tests/test_faults_data.py).
+xattr ENOATTR; EIO is kept for data that cannot be read or verified (tests/faults/test_faults_data.py).
 
 Through a real mount with plain `os` calls, for every kind of node the mount has, and without the
 kernel for the requests its VFS normally answers itself: the model then raises an error that

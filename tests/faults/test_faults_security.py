@@ -1,5 +1,5 @@
 """Fault matrix, security rows: who may see a mount, archived modes, restore confinement, NBD on
-loopback. Secrets kept out of output, logs, process titles and command lines: tests/test_secrets.py.
+loopback. Secrets kept out of output, logs, process titles and command lines: tests/cli/test_secrets.py.
 """
 
 from __future__ import annotations
