@@ -353,7 +353,7 @@ def print_table(r: dict) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scripts/bench-pxar", description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, help="entries in the archive (default 1,000,000)")
     parser.add_argument("--quick", action="store_true", help="100,000 entries unless --entries")
     parser.add_argument("--rounds", type=int, default=3)

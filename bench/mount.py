@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of the FUSE mount: throughput against this machine's limits, listing speed, memory.
 
 On one datastore made here with `snapfs backup` (a 1 GiB VM-like image, a 100,000-file tree):
@@ -18,24 +17,16 @@ Needs root (drop_caches, mounts). Prints the numbers and the goals.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import os
+import random
+import shutil
+import subprocess
 import sys
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_VENV_PY = os.path.join(_REPO, ".venv", "bin", "python")
-if os.path.realpath(sys.prefix) != os.path.realpath(
-    os.path.join(_REPO, ".venv")
-) and os.path.exists(_VENV_PY):
-    os.execv(_VENV_PY, [_VENV_PY, os.path.abspath(__file__), *sys.argv[1:]])
-
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import tempfile
+import time
 
 MiB = 1024 * 1024
 SNAPFS = [sys.executable, "-m", "snapfs"]
@@ -400,14 +391,15 @@ def main() -> int:
     if len(sys.argv) == 5 and sys.argv[1] == "--serve-ceiling":
         serve_ceiling(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench-mount", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="128 MiB image, 10,000 files")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--read-ahead-kb", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2, help="cold rounds (best is reported)")
     parser.add_argument("--keep", help="work in this directory and keep it")
     args = parser.parse_args()
-    sys.path.insert(0, _REPO)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
         result = run(args, args.keep)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of the NBD export against the FUSE file: what a booting or running guest feels.
 
 On a datastore made here with `snapfs backup` (a VM-like image: random, text and zero regions):
@@ -17,31 +16,23 @@ Usage: scripts/bench-nbd [--quick] [--json] [--size-mb N] [--keep DIR]   (needs 
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import random
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_VENV_PY = os.path.join(_REPO, ".venv", "bin", "python")
-if os.path.realpath(sys.prefix) != os.path.realpath(
-    os.path.join(_REPO, ".venv")
-) and os.path.exists(_VENV_PY):
-    os.execv(_VENV_PY, [_VENV_PY, os.path.abspath(__file__), *sys.argv[1:]])
+# The tests' guest helpers (tests/support/guest.py): scripts/bench-nbd puts tests/ on the path.
+from support.guest import boot_guest, build_disk, build_initramfs, guest_init, guest_kit
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, os.path.join(_REPO, "tests"))
-from support.guest import boot_guest, build_disk, build_initramfs, guest_init, guest_kit  # noqa: E402
-
-from snapfs import nbd_proto as P  # noqa: E402
-from snapfs.nbd_client import NbdClient  # noqa: E402
+from snapfs import nbd_proto as P
+from snapfs.nbd_client import NbdClient
 
 SNAPSHOT = "vm/100/2024-06-01T10:00:00Z"
 SNAPFS = [sys.executable, "-m", "snapfs"]
@@ -150,7 +141,7 @@ def file_sequential(path: Path, size: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="scripts/bench-nbd", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="64 MiB image, fewer reads")
     parser.add_argument("--size-mb", type=int, default=512)
     parser.add_argument("--json", action="store_true")
