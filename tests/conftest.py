@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-# SNAPFS_VECTORS points the suite at another copy, e.g. vectors regenerated from newer upstream.
-VECTORS = Path(os.environ.get("SNAPFS_VECTORS", REPO / "tests" / "vectors"))
-VECTOR_PASSWORD = b"pbs-vector-password"
+from support.vectors import VECTORS
 
 
 @pytest.fixture(scope="session")
@@ -21,5 +16,5 @@ def vectors() -> Path:
     return VECTORS
 
 
-# The S3 test server fixtures (s3server, s3_vectors) for tests/test_s3_*.py.
-pytest_plugins = ["s3server"]
+# The S3 test server fixtures (s3server, s3_vectors) for the tests that read from S3.
+pytest_plugins = ["support.s3server"]

@@ -4,7 +4,7 @@ Every failure a user can cause or meet prints one line on stderr and exits non-z
 is printed only with --debug. Each command module here registers its own subcommands and holds
 the functions that run them; what they share is in `_common`, and no command module imports
 another. Domain code is called with typed options (SourceOptions, KeyOptions, ...), never with the
-parsed arguments, so no domain module needs to import this package (tests/test_cli_layout.py).
+parsed arguments, so no domain module needs to import this package (tests/cli/test_cli_layout.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ log = logging.getLogger("snapfs")
 COMMAND_MODULES = (browse, key, backup, restore, verify, mount, nbd, mapping)
 
 #: One or more examples per subcommand, shown by `snapfs COMMAND --help` (and checked by a test:
-#: tests/test_integration.py parses every one of them).
+#: tests/e2e/test_integration.py parses every one of them).
 EXAMPLES: dict[str, list[str]] = {
     name: lines for module in COMMAND_MODULES for name, lines in module.EXAMPLES.items()
 }

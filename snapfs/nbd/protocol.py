@@ -1,5 +1,5 @@
 """NBD wire constants and structs (newstyle fixed handshake, simple replies), shared by the
-server (server.py) and the small client the tests and benchmark use (tests/nbd_client.py).
+server (server.py) and the small client the tests and benchmark use (tests/support/nbd_client.py).
 
 Names follow the protocol document (github.com/NetworkBlockDevice/nbd doc/proto.md).
 """

@@ -1,0 +1,127 @@
+"""The pyfuse3 adapter against the golden model, without mounting: errno mapping and handlers."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+
+import pyfuse3
+import pytest
+import trio
+from support.fs_model import ops_for, resolve
+
+from snapfs.errors import (
+    ChecksumMismatchError,
+    CorruptDataError,
+    KeyRequiredError,
+    MissingChunkError,
+    NotFoundError,
+    SnapfsError,
+    UsageError,
+    WrongKeyError,
+)
+from snapfs.fs.mount import MountOptions, mount_options
+from snapfs.fs.operations import errno_for
+from snapfs.fs.tree import ROOT_INODE
+from snapfs.store.backend import chunk_path
+
+V1 = "host/testhost/2024-06-01T11:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (NotFoundError("x"), errno.ENOENT),
+        (KeyRequiredError("x"), errno.EACCES),
+        (WrongKeyError("x"), errno.EACCES),
+        (MissingChunkError("x"), errno.EIO),
+        (CorruptDataError("x"), errno.EIO),
+        (ChecksumMismatchError("x"), errno.EIO),
+        (UsageError("x"), errno.EINVAL),
+        (SnapfsError("x"), errno.EIO),
+    ],
+)
+def test_errno_mapping(exc, code):
+    assert errno_for(exc) == code
+
+
+def test_handlers(vectors):
+    ops = ops_for(vectors / "datastore")
+
+    async def main():
+        root = await ops.getattr(ROOT_INODE)
+        assert root.st_mode == 0o40555
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.lookup(ROOT_INODE, b"nothing")
+        assert info.value.errno == errno.ENOENT
+        latest = await resolve(ops, "vm/100/latest")
+        assert await ops.readlink(latest.st_ino) == b"2024-06-01T14:00:00Z"
+        image = await resolve(ops, "vm/100/2024-06-01T10:00:00Z/drive-scsi0.img")
+        fi = await ops.open(image.st_ino, os.O_RDONLY)
+        h = hashlib.sha256()
+        for off in range(0, image.st_size, 1 << 20):
+            h.update(await ops.read(fi.fh, off, 1 << 20))
+        assert h.hexdigest() == "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"
+        await ops.release(fi.fh)
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.open(image.st_ino, os.O_RDWR)
+        assert info.value.errno == errno.EROFS
+        xattr_file = await resolve(ops, f"{V1}/root.pxar/xattr_file")
+        assert set(await ops.listxattr(xattr_file.st_ino)) == {
+            b"user.comment",
+            b"user.binary",
+            b"user.empty",
+        }
+        assert await ops.getxattr(xattr_file.st_ino, b"user.binary") == b"\x00\xff\x10"
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.getxattr(xattr_file.st_ino, b"user.none")
+        assert info.value.errno == pyfuse3.ENOATTR
+        encrypted = await resolve(ops, "vm/100/2024-06-01T14:00:00Z/drive-scsi0.img")
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.open(encrypted.st_ino, os.O_RDONLY)
+        assert info.value.errno == errno.EACCES
+        archive = await resolve(ops, "host/testhost/2024-06-01T12:00:00Z/root.pxar")
+        assert archive.attr_timeout == 0  # unreadable without the key: never cached as final
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.opendir(archive.st_ino)
+        assert info.value.errno == errno.EACCES
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.mkdir(ROOT_INODE, b"x", 0o755, None)
+        assert info.value.errno == errno.EROFS
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.getattr(1 << 50)
+        assert info.value.errno == errno.ENOENT
+
+    trio.run(main)
+
+
+def test_missing_chunk_is_eio_and_logged_once(vectors, tmp_path, caplog):
+    store = tmp_path / "store"
+    shutil.copytree(vectors / "datastore", store)
+    digest = "803f1e37ee3026dc63265e3f20b110b5d68f043603cc4fc4d4785400503de524"
+    (store / chunk_path(bytes.fromhex(digest))).unlink()
+    ops = ops_for(store)
+
+    async def main():
+        image = await resolve(ops, "vm/100/2024-06-01T10:00:00Z/drive-scsi0.img")
+        fi = await ops.open(image.st_ino, os.O_RDONLY)
+        assert len(await ops.read(fi.fh, 0, 4096)) == 4096
+        for _ in range(3):
+            with pytest.raises(pyfuse3.FUSEError) as info:
+                await ops.read(fi.fh, 3 * 4194304, 4096)
+            assert info.value.errno == errno.EIO
+
+    trio.run(main)
+    lines = [r.getMessage() for r in caplog.records if digest in r.getMessage()]
+    assert len(lines) == 1 and "drive-scsi0.img" in lines[0]
+
+
+def test_mount_options_always_read_only_with_kernel_permission_checks():
+    plain = mount_options(MountOptions(source="/srv/store,x", mountpoint="/mnt"))
+    assert {"ro", "default_permissions"} <= plain and "allow_other" not in plain
+    assert "fsname=snapfs:/srv/store_x" in plain  # a comma would split the option list
+    assert "allow_other" in mount_options(
+        MountOptions(source="/s", mountpoint="/m", allow_other=True)
+    )

@@ -1,0 +1,12 @@
+"""Helpers shared by the tests, imported as `support.<module>` (pyproject puts tests/ on sys.path).
+
+Test modules import helpers from here, never from each other:
+* vectors: where the golden vectors live (SNAPFS_VECTORS), and their password;
+* mounting: run the CLI as users do, mount and always unmount, a small tmpfs;
+* s3server: a real S3 server holding datastores (a pytest plugin: tests/conftest.py loads it);
+* fs_model: the mount's model and adapter without mounting;
+* golden_listing: the golden pxar listing, checked against a mounted archive;
+* mini_pxar: an independent pxar emitter; stores: datastores holding given archive bytes;
+* restore_listing: a restored tree in the golden listing's format;
+* guest: a tiny bootable Linux guest and its disk.
+"""

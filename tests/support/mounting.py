@@ -1,0 +1,70 @@
+"""Helpers for the real-mount tests: mount with the CLI as users do, always unmount; a small tmpfs."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+SNAPFS = [sys.executable, "-m", "snapfs"]
+
+
+def snapfs(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAPFS, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+@contextlib.contextmanager
+def mounted(source: Path, mnt: Path, *options, env=None) -> Iterator[Path]:
+    """`snapfs mount` (returns when ready: no polling), then `snapfs umount` whatever happens."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    proc = snapfs("mount", source, mnt, *options, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert is_mounted(mnt)
+    try:
+        yield mnt
+    finally:
+        done = snapfs("umount", mnt)
+        assert done.returncode == 0, done.stderr
+        assert not is_mounted(mnt)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (mount(8) syntax) at `path`, lazily unmounted afterwards."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], check=True)
+
+
+def key_options(vectors: Path, tmp: Path) -> list[str]:
+    password = tmp / "password"
+    password.write_text("pbs-vector-password\n")
+    return [
+        "--keyfile",
+        str(vectors / "keys" / "key-pbkdf2.json"),
+        "--password-file",
+        str(password),
+    ]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
