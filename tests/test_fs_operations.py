@@ -21,9 +21,9 @@ from snapfs.errors import (
     UsageError,
     WrongKeyError,
 )
+from snapfs.fs.model import ROOT_INODE, FsModel
 from snapfs.fs.mount import MountOptions, mount_options
 from snapfs.fs.operations import SnapfsOperations, errno_for
-from snapfs.fs.tree import ROOT_INODE, FsModel
 from snapfs.store.backend import LocalBackend, chunk_path
 from snapfs.store.cache import ChunkCache
 from snapfs.store.datastore import Datastore

@@ -14,16 +14,11 @@ from hypothesis import strategies as st
 
 from snapfs.backup import BackupSource, backup
 from snapfs.errors import CorruptDataError, KeyRequiredError, MissingChunkError, NotFoundError
-from snapfs.fs.tree import (
-    ARCHIVE_SHIFT,
-    ROOT_INODE,
-    ArchiveNode,
-    Content,
-    FsModel,
-    PxarNode,
-    SnapshotNode,
-    StreamNode,
-)
+from snapfs.fs.archive import ARCHIVE_SHIFT, ArchiveNode, PxarNode
+from snapfs.fs.content import Content
+from snapfs.fs.image import StreamNode
+from snapfs.fs.model import ROOT_INODE, FsModel
+from snapfs.fs.snapshot import SnapshotNode
 from snapfs.keysource import load_crypt_config
 from snapfs.pxar import acl as aclmod
 from snapfs.pxar.acl import acl_from_xattrs
