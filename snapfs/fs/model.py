@@ -147,7 +147,7 @@ class FsModel:
         """pxar entries the kernel still holds (what `forget` keeps bounded)."""
         return len(self._entries)
 
-    # -- the node requests, by node (the node's own method; as the model's tests call them) ------
+    # -- requests by node: each is the node's own method, for callers that hand the model nodes --
 
     def lookup(self, parent: Node, name: bytes) -> Node:
         return parent.lookup(name)

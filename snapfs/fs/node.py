@@ -94,7 +94,7 @@ class Node:
         there (`.` and `..` never are), NotDirectoryError for a node that is not a directory."""
         if name in DOT_NAMES:
             raise self.no_entry(name)
-        raise NotDirectoryError(f"{self.where} is not a directory")
+        return self.lookup(name)  # not a directory: says so without I/O
 
     def opendir(self) -> DirHandle:
         """A handle that lists the directory in batches (may block)."""
