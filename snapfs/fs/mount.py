@@ -147,8 +147,8 @@ def _serve(
     import pyfuse3
     import trio
 
+    from snapfs.fs.model import FsModel
     from snapfs.fs.operations import SnapfsOperations
-    from snapfs.fs.tree import FsModel
 
     model = FsModel(
         datastore,

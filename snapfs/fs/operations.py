@@ -1,4 +1,6 @@
-"""pyfuse3 Operations over the FsModel: inode -> model call, SnapfsError -> errno, nothing else.
+"""pyfuse3 Operations over the FsModel: inode -> node -> one node call, SnapfsError -> errno.
+
+Nothing else: what a request means for a node is the node's business (`snapfs.fs.node`).
 
 All handlers run as trio tasks in one thread. Anything that may touch storage or decode a chunk
 runs in a worker thread (`trio.to_thread`), so requests overlap and zstd/AES/SHA-256 (which
@@ -35,15 +37,10 @@ from snapfs.errors import (
     SnapfsError,
     UsageError,
 )
-from snapfs.fs.tree import (
-    Attr,
-    BytesContent,
-    Content,
-    DirHandle,
-    DirNode,
-    FsModel,
-    StatsNode,
-)
+from snapfs.fs.content import BytesContent, Content
+from snapfs.fs.listing import DirHandle
+from snapfs.fs.model import FsModel
+from snapfs.fs.node import Attr, Node
 
 log = logging.getLogger("snapfs.fs")
 
@@ -136,13 +133,13 @@ class SnapfsOperations(pyfuse3.Operations):
             self.model.report(exc, where)
         return pyfuse3.FUSEError(code)
 
-    def _node(self, ino: int):
+    def _node(self, ino: int) -> Node:
         return self._inline(f"inode {ino}", self.model.node, ino, quiet_enoent=True)
 
-    async def _attr(self, node) -> Attr:
+    async def _attr(self, node: Node) -> Attr:
         attr = node.attr(load=False)
         if not attr.final:
-            attr = await self._run(node.path, self.model.attr, node)
+            attr = await self._run(node.path, node.attr)
         return attr
 
     # -- metadata -----------------------------------------------------------------------------
@@ -150,10 +147,9 @@ class SnapfsOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self._node(parent_inode)
         name = bytes(name)
-        model = self.model
-        child = self._inline(parent.path, model.cached_lookup, parent, name, quiet_enoent=True)
+        child = self._inline(parent.path, parent.cached_lookup, name, quiet_enoent=True)
         if child is None:
-            child = await self._run(parent.path, model.lookup, parent, name, quiet_enoent=True)
+            child = await self._run(parent.path, parent.lookup, name, quiet_enoent=True)
         attr = await self._attr(child)
         self.model.remember(child)
         return entry_attributes(attr)
@@ -167,14 +163,14 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def readlink(self, inode, ctx=None):
         node = self._node(inode)
-        return self._inline(node.path, self.model.readlink, node)
+        return self._inline(node.path, node.readlink)
 
     async def getxattr(self, inode, name, ctx=None):
         node = self._node(inode)
-        return self._inline(node.path, self.model.xattr, node, bytes(name))
+        return self._inline(node.path, node.xattr, bytes(name))
 
     async def listxattr(self, inode, ctx=None):
-        return [key for key, _ in self.model.xattrs(self._node(inode))]
+        return [key for key, _ in self._node(inode).xattrs()]
 
     async def statfs(self, ctx=None):
         s = pyfuse3.StatvfsData()
@@ -189,9 +185,9 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def opendir(self, inode, ctx=None):
         node = self._node(inode)
-        handle = self._inline(node.path, self.model.cached_opendir, node)
+        handle = self._inline(node.path, node.cached_opendir)
         if handle is None:
-            handle = await self._run(node.path, self.model.opendir, node)
+            handle = await self._run(node.path, node.opendir)
         fh = next(self._fhs)
         self._dirs[fh] = handle
         return fh
@@ -200,12 +196,10 @@ class SnapfsOperations(pyfuse3.Operations):
         handle = self._dirs[fh]
         start = start_id
         while True:
-            if isinstance(handle.node, DirNode) or handle.listing is not None:
-                items = self.model.readdir(handle, start, READDIR_BATCH)  # never blocks
+            if handle.in_memory:
+                items = handle.read(start, READDIR_BATCH)
             else:
-                items = await self._run(
-                    handle.node.path, self.model.readdir, handle, start, READDIR_BATCH
-                )
+                items = await self._run(handle.node.path, handle.read, start, READDIR_BATCH)
             if not items:
                 return
             for item in items:
@@ -225,12 +219,12 @@ class SnapfsOperations(pyfuse3.Operations):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self._node(inode)
-        content = self._inline(node.path, self.model.cached_open, node)
+        content = self._inline(node.path, node.cached_open)
         if content is None:
-            content = await self._run(node.path, self.model.open, node)
+            content = await self._run(node.path, node.open)
         fh = next(self._fhs)
         self._files[fh] = content
-        live = isinstance(node, StatsNode)  # new text on every open: bypass the page cache
+        live = node.live  # new content on every open: bypass the page cache
         return pyfuse3.FileInfo(fh=fh, keep_cache=not live, direct_io=live)
 
     async def read(self, fh, off, size):

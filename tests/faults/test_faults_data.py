@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from support.stores import pxar_store
+from support.vectors import IMAGE_SHA256
 
 from snapfs.cli import main
 from snapfs.format.index import parse_index
@@ -27,7 +28,6 @@ from snapfs.pxar.accessor import Accessor
 IMG = "vm/100/2024-06-01T10:00:00Z"
 IMG_ENC = "vm/100/2024-06-01T14:00:00Z"
 V1 = "host/testhost/2024-06-01T11:00:00Z"
-IMAGE_SHA256 = "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"
 CONF_SHA256 = "f761bfd3d0dabde4013a104a322bc6df7444cd0dbd63166d5b7772c275139ed1"
 PXAR_SHA256 = "bfae751503a223401d7fe15865b4e40297535567f5b7d3f0af921bbd04eddc67"
 CHUNK_SIZE = 4 * 1024 * 1024

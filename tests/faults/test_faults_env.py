@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 from support.mounting import is_mounted, mounted, snapfs, tmpfs
+from support.vectors import IMAGE_SHA256
 
 IMG = "vm/100/2024-06-01T10:00:00Z"
 IMG_ENC = "vm/100/2024-06-01T14:00:00Z"
 V1 = "host/testhost/2024-06-01T11:00:00Z"
-IMAGE_SHA256 = "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 
 

@@ -6,7 +6,7 @@ import pytest
 from support.fs_model import SPLIT, V1, listing, model_for, walk
 
 from snapfs.errors import NotFoundError
-from snapfs.fs.tree import ListingCache
+from snapfs.fs.listing import ListingCache
 from snapfs.pxar.entry import EntryKind
 
 

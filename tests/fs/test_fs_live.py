@@ -25,15 +25,11 @@ from snapfs.backup import BackupSource, backup
 from snapfs.cli import build_parser
 from snapfs.cli._common import backend_options
 from snapfs.errors import NotFoundError
-from snapfs.fs.tree import (
-    CONTROL_DIR,
-    BytesContent,
-    Content,
-    FsModel,
-    PartitionNode,
-    PartsNode,
-    SnapshotNode,
-)
+from snapfs.fs.content import BytesContent, Content
+from snapfs.fs.control import CONTROL_DIR
+from snapfs.fs.image import PartitionNode, PartsNode
+from snapfs.fs.model import FsModel
+from snapfs.fs.snapshot import SnapshotNode
 from snapfs.store.backend import LocalBackend
 from snapfs.store.cache import ChunkCache
 from snapfs.store.datastore import Datastore, parse_backup_time

@@ -11,6 +11,7 @@ import pyfuse3
 import pytest
 import trio
 from support.fs_model import ops_for, resolve
+from support.vectors import IMAGE_SHA256
 
 from snapfs.errors import (
     ChecksumMismatchError,
@@ -22,9 +23,9 @@ from snapfs.errors import (
     UsageError,
     WrongKeyError,
 )
+from snapfs.fs.model import ROOT_INODE
 from snapfs.fs.mount import MountOptions, mount_options
 from snapfs.fs.operations import errno_for
-from snapfs.fs.tree import ROOT_INODE
 from snapfs.store.backend import chunk_path
 
 V1 = "host/testhost/2024-06-01T11:00:00Z"
@@ -63,7 +64,7 @@ def test_handlers(vectors):
         h = hashlib.sha256()
         for off in range(0, image.st_size, 1 << 20):
             h.update(await ops.read(fi.fh, off, 1 << 20))
-        assert h.hexdigest() == "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"
+        assert h.hexdigest() == IMAGE_SHA256
         await ops.release(fi.fh)
         with pytest.raises(pyfuse3.FUSEError) as info:
             await ops.open(image.st_ino, os.O_RDWR)

@@ -12,26 +12,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.fs_model import SPLIT, V1, listing, model_for, walk
+from support.vectors import IMAGE_SHA256
 
 from snapfs.backup import BackupSource, backup
 from snapfs.errors import CorruptDataError, KeyRequiredError, MissingChunkError, NotFoundError
-from snapfs.fs.tree import (
-    ARCHIVE_SHIFT,
-    ROOT_INODE,
-    ArchiveNode,
-    Content,
-    FsModel,
-    PxarNode,
-    SnapshotNode,
-    StreamNode,
-)
+from snapfs.fs.archive import ARCHIVE_SHIFT, ArchiveNode, PxarNode
+from snapfs.fs.content import Content
+from snapfs.fs.image import StreamNode
+from snapfs.fs.model import ROOT_INODE, FsModel
+from snapfs.fs.snapshot import SnapshotNode
 from snapfs.keysource import load_crypt_config
 from snapfs.pxar import acl as aclmod
 from snapfs.pxar.acl import acl_from_xattrs
 from snapfs.pxar.entry import Acl
 from snapfs.store.backend import chunk_path
-
-IMAGE_SHA = "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"
 
 
 @pytest.fixture
@@ -84,7 +78,7 @@ def test_image_content_zero_copy_and_readahead(golden):
     h = hashlib.sha256()
     for offset in range(0, node.attr().size, 1 << 20):
         h.update(content.read(offset, 1 << 20))
-    assert h.hexdigest() == IMAGE_SHA
+    assert h.hexdigest() == IMAGE_SHA256
     assert content.read(13635072, 10) == b""
     # A read across a chunk boundary joins the two pieces.
     assert bytes(content.read(4194304 - 3, 6)) == bytes(content.read(4194304 - 3, 3)) + b"\0\0\0"
@@ -210,7 +204,7 @@ def test_key_opens_encrypted_snapshots(vectors, tmp_path):
     h = hashlib.sha256()
     for offset in range(0, content.size, 4 << 20):
         h.update(content.read(offset, 4 << 20))
-    assert h.hexdigest() == IMAGE_SHA
+    assert h.hexdigest() == IMAGE_SHA256
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.mounting import tmpfs
 from support.nbd_client import NbdClient, NbdClientError
-from support.vectors import VECTOR_PASSWORD
+from support.vectors import IMAGE_SHA256, VECTOR_PASSWORD
 
 from snapfs.backup import backup, parse_backup_source
 from snapfs.errors import BadMagicError, MissingChunkError, UsageError
@@ -32,7 +32,6 @@ from snapfs.store.backend import LocalBackend
 from snapfs.store.cache import ChunkCache
 from snapfs.store.datastore import Datastore
 
-GOLDEN_SHA = "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"
 GOLDEN_SIZE = 13635072
 GOLDEN_PLAIN = "vm/100/2024-06-01T10:00:00Z"
 GOLDEN_ENCRYPTED = "vm/100/2024-06-01T14:00:00Z"
@@ -114,7 +113,7 @@ def test_golden_images_served_exactly(golden):
         assert c.flags & P.TFLAG_READ_ONLY
         data = b"".join(c.read(o, min(1 << 20, GOLDEN_SIZE - o)) for o in range(0, c.size, 1 << 20))
         c.disconnect()
-        assert hashlib.sha256(data).hexdigest() == GOLDEN_SHA
+        assert hashlib.sha256(data).hexdigest() == IMAGE_SHA256
         line = b"vector image block 00000000: the quick brown fox jumps over the lazy dog\n"
         assert data.startswith(line)
         assert data[4194304 : 3 * 4194304] == bytes(2 * 4194304)

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.vectors import IMAGE_SHA256
 
 from snapfs.cli import main
 from snapfs.errors import UsageError
@@ -20,7 +21,6 @@ from snapfs.store.chunks import ChunkReader
 from snapfs.store.datastore import Datastore, parse_snapshot
 from snapfs.store.stream import IndexStream
 
-IMAGE_SHA256 = "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"
 CONF_SHA256 = "f761bfd3d0dabde4013a104a322bc6df7444cd0dbd63166d5b7772c275139ed1"
 KEY = bytes.fromhex("6bed763d839f13dd6855e5a9f69a15628c34100da6a5030d1e0a6a1935375e5a")
 PLAIN, ENCRYPTED = "vm/100/2024-06-01T10:00:00Z", "vm/100/2024-06-01T14:00:00Z"

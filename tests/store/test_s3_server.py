@@ -26,6 +26,7 @@ from support.s3server import (
     VECTOR_STORE,
     upload_datastore,
 )
+from support.vectors import IMAGE_SHA256
 
 from snapfs.errors import MissingChunkError, NotFoundError, SnapfsError
 from snapfs.store.backend import LocalBackend
@@ -39,13 +40,12 @@ pytestmark = pytest.mark.slow
 
 SNAPFS = [sys.executable, "-m", "snapfs"]
 PASSWORD = "pbs-vector-password"
-IMAGE_SHA = "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"
 ZERO_CHUNK = bytes.fromhex("bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821cc0de3d3af8")
 
 # (namespace, snapshot, archive, needs key, sha256 of the output) from vectors/README.md.
 GOLDEN_CATS = [
-    ("", "vm/100/2024-06-01T10:00:00Z", "drive-scsi0.img", False, IMAGE_SHA),
-    ("", "vm/100/2024-06-01T14:00:00Z", "drive-scsi0.img", True, IMAGE_SHA),
+    ("", "vm/100/2024-06-01T10:00:00Z", "drive-scsi0.img", False, IMAGE_SHA256),
+    ("", "vm/100/2024-06-01T14:00:00Z", "drive-scsi0.img", True, IMAGE_SHA256),
     (
         "",
         "vm/100/2024-06-01T10:00:00Z",
@@ -457,11 +457,11 @@ def _cat_with_cache(server, source: str, cache_dir: Path) -> dict:
 def test_disk_cache_survives_a_new_process_and_detects_corruption(s3server, s3_vectors, tmp_path):
     cache_dir = tmp_path / "cache"
     first = _cat_with_cache(s3server, s3_vectors, cache_dir)
-    assert first["sha256"] == IMAGE_SHA
+    assert first["sha256"] == IMAGE_SHA256
     assert first["stats"]["disk_cache_misses"] >= 3 and first["stats"]["bytes_downloaded"] > 0
 
     second = _cat_with_cache(s3server, s3_vectors, cache_dir)
-    assert second["sha256"] == IMAGE_SHA
+    assert second["sha256"] == IMAGE_SHA256
     stats = second["stats"]
     assert (
         stats["bytes_downloaded"] == 0
@@ -476,7 +476,7 @@ def test_disk_cache_survives_a_new_process_and_detects_corruption(s3server, s3_v
     raw[len(raw) // 2] ^= 0xFF
     victim.write_bytes(raw)
     third = _cat_with_cache(s3server, s3_vectors, cache_dir)
-    assert third["sha256"] == IMAGE_SHA
+    assert third["sha256"] == IMAGE_SHA256
     assert third["stats"]["disk_cache_corrupt"] == 1
     assert third["stats"]["get_requests"] == 2 + 1
 

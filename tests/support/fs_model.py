@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyfuse3
 
+from snapfs.fs.model import ROOT_INODE, FsModel
 from snapfs.fs.operations import SnapfsOperations
-from snapfs.fs.tree import ROOT_INODE, FsModel
 from snapfs.store.backend import LocalBackend
 from snapfs.store.cache import ChunkCache
 from snapfs.store.datastore import Datastore

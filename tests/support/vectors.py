@@ -9,3 +9,5 @@ REPO = Path(__file__).resolve().parents[2]
 # SNAPFS_VECTORS points the suite at another copy, e.g. vectors regenerated from newer upstream.
 VECTORS = Path(os.environ.get("SNAPFS_VECTORS", REPO / "tests" / "vectors"))
 VECTOR_PASSWORD = b"pbs-vector-password"
+#: sha256 of the disk image both VM snapshots of the golden datastore hold (vectors README).
+IMAGE_SHA256 = "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"

@@ -1,0 +1,94 @@
+"""What an open file reads: a window on an IndexStream, or bytes already in memory. No FUSE here.
+
+A read whose chunk is already decoded is answered without blocking, as a memoryview of the cached
+chunk (no copy); `read(block=False)` says None when a chunk must be fetched first, so the caller
+can do that in a worker thread. After a sequential read, `readahead` names the chunks to decode
+next.
+"""
+
+from __future__ import annotations
+
+from snapfs.store.stream import IndexStream
+
+#: Readahead target: bytes decoded ahead of a sequential reader (at least two chunks).
+READAHEAD_BYTES = 16 * 1024 * 1024
+MIN_READAHEAD_CHUNKS = 2
+SEQUENTIAL_SLACK = 4 * 1024 * 1024
+
+
+class Content:
+    """Bytes [base, base+size) of an IndexStream, read chunk by chunk with no copy when possible.
+
+    Keeps the chunk it served last (so a run of small reads inside one chunk touches nothing
+    shared), and after a sequential read names the chunks to decode next (readahead).
+    """
+
+    __slots__ = ("stream", "base", "size", "name", "_cur", "_next", "ahead")
+
+    def __init__(self, stream: IndexStream, base: int, size: int, name: str) -> None:
+        self.stream = stream
+        self.base = base
+        self.size = size
+        self.name = name
+        self._cur: tuple[int, int, memoryview] | None = None  # (start, stop, data) of one chunk
+        self._next = 0  # where a sequential reader continues
+        self.ahead = -1  # last chunk index handed out for readahead
+
+    def read(self, offset: int, size: int, block: bool = True) -> memoryview | bytes | None:
+        """File bytes at [offset, offset+size); None if not block and a chunk is not decoded yet."""
+        if offset >= self.size or size <= 0:
+            return b""
+        pos = self.base + offset
+        end = self.base + min(offset + size, self.size)
+        parts = []
+        cur = self._cur
+        while pos < end:
+            if cur is None or not (cur[0] <= pos < cur[1]):
+                cur = self.stream.chunk(self.stream.index.chunk_at(pos), block=block)
+                if cur is None:
+                    return None
+            start, stop, data = cur
+            parts.append(data[pos - start : min(end, stop) - start])
+            pos = min(end, stop)
+        self._cur = cur
+        self._next = offset + size
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readahead(self, offset: int, size: int) -> list[bytes]:
+        """Digests to decode ahead of a sequential reader that just read [offset, offset+size)."""
+        index = self.stream.index
+        end = self.base + min(offset + size, self.size)
+        if end >= self.base + self.size or end <= 0:
+            return []
+        current = index.chunk_at(end - 1)
+        last_byte = min(self.base + self.size, end + READAHEAD_BYTES) - 1
+        last = max(
+            index.chunk_at(last_byte),
+            min(current + MIN_READAHEAD_CHUNKS, index.chunk_at(self.base + self.size - 1)),
+        )
+        first = current + 1
+        if first <= self.ahead <= last:
+            first = self.ahead + 1  # the ones before were handed out by an earlier read
+        if first > last:
+            return []
+        self.ahead = last
+        cache = self.stream.chunks.cache
+        wanted = dict.fromkeys(index.digest(i) for i in range(first, last + 1))  # dedup, in order
+        return [d for d in wanted if d not in cache]
+
+    def is_sequential(self, offset: int) -> bool:
+        # The kernel's readahead keeps several requests in flight, so they may arrive a little
+        # out of order: near the last read's end still counts as sequential.
+        return abs(offset - self._next) <= SEQUENTIAL_SLACK
+
+
+class BytesContent:
+    """Content already in memory (a decoded blob or the manifest)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+
+    def read(self, offset: int, size: int, block: bool = True) -> memoryview:
+        return self.data[offset : offset + size]

@@ -1,0 +1,185 @@
+"""Open directories, and the cache that keeps complete pxar directory listings. No FUSE here.
+
+A directory is listed through a handle that keeps a position, so 100,000 entries stream in
+kernel-sized batches. The kernel does not cache FUSE directory listings: without the
+`ListingCache` a warm `find` or `ls -l` decodes every pxar directory again, so a pxar directory
+listed to its end is kept (bounded by total entries, ~0.5 KiB each) and later listings of it are
+served from memory without a worker thread; the nodes handed out are counted as before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snapfs.fs.archive import Archive, PxarNode
+    from snapfs.fs.node import Attr, DatastoreNode, Node
+    from snapfs.pxar.entry import Entry
+
+#: Entries kept in complete pxar directory listings, across all directories of the mount.
+LISTING_CACHE_ENTRIES = 200_000
+
+#: A complete pxar directory: (name, entry) in archive order, a hard link as its target.
+Listing = tuple[tuple[bytes, "Entry"], ...]
+
+
+@dataclass(slots=True)
+class DirItem:
+    name: bytes
+    node: Node
+    attr: Attr
+    next_offset: int
+
+
+class DirHandle:
+    """An open directory of `node`: `read` hands out entries from any position."""
+
+    __slots__ = ("node",)
+    #: `read` never blocks (the listing is in memory): the adapter answers it inline.
+    in_memory = True
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def read(self, start: int, count: int) -> list[DirItem]:
+        """Up to `count` entries from position `start`; `next_offset` resumes after each."""
+        raise NotImplementedError
+
+
+class ChildrenHandle(DirHandle):
+    """A datastore-level directory: its children as loaded when it was opened."""
+
+    __slots__ = ("children",)
+
+    def __init__(self, node: Node, children: list[tuple[bytes, DatastoreNode]]) -> None:
+        super().__init__(node)
+        self.children = children
+
+    def read(self, start: int, count: int) -> list[DirItem]:
+        return [
+            DirItem(name, n, n.attr(load=False), start + i + 1)
+            for i, (name, n) in enumerate(self.children[start : start + count])
+        ]
+
+
+class CachedListingHandle(DirHandle):
+    """A pxar directory whose complete listing is cached: no decoding, no lock."""
+
+    __slots__ = ("archive", "listing")
+
+    def __init__(self, node: Node, archive: Archive, listing: Listing) -> None:
+        super().__init__(node)
+        self.archive = archive
+        self.listing = listing
+
+    def read(self, start: int, count: int) -> list[DirItem]:
+        archive = self.archive
+        items = []
+        for i, (name, entry) in enumerate(self.listing[start : start + count], start + 1):
+            node = archive.entry_node(entry)
+            items.append(DirItem(name, node, node.attr(), i))
+        return items
+
+
+class DecodingHandle(DirHandle):
+    """A pxar directory decoded as the kernel asks (blocking), and collected into `_collected`
+    so that a read to the end can be cached for the next opendir."""
+
+    __slots__ = ("archive", "entry", "_iter", "_iter_pos", "_pending", "_collected")
+    in_memory = False
+
+    def __init__(self, node: Node, archive: Archive, entry: Entry) -> None:
+        super().__init__(node)
+        self.archive = archive
+        self.entry = entry
+        self._iter: Iterator[Entry] | None = None
+        self._iter_pos = 0
+        self._pending: list[tuple[int, bytes, PxarNode]] = []
+        self._collected: list[tuple[bytes, Entry]] | None = None
+
+    def read(self, start: int, count: int) -> list[DirItem]:
+        pending = [p for p in self._pending if p[0] >= start]
+        expected = pending[0][0] if pending else self._iter_pos
+        archive = self.archive
+        with archive.lock:
+            try:
+                if self._iter is None or expected != start:
+                    self._iter = archive.accessor.listdir(self.entry)
+                    self._iter_pos = 0
+                    pending = []
+                    # Only a listing read from its start, in order, is collected for the cache.
+                    self._collected = [] if start == 0 else None
+                    for _ in itertools.islice(self._iter, start):
+                        self._iter_pos += 1
+                collected = self._collected
+                while len(pending) < count:
+                    child = next(self._iter, None)
+                    if child is None:
+                        if collected is not None:
+                            self._collected = None
+                            archive.keep_listing(self.entry, tuple(collected))
+                        break
+                    index = self._iter_pos
+                    self._iter_pos += 1
+                    name = child.name  # a hard link keeps its own name, but is its target's inode
+                    resolved = archive.resolve(child)
+                    pending.append((index, name, archive.entry_node(resolved)))
+                    if collected is not None:
+                        collected.append((name, resolved))
+            except BaseException:
+                self._collected = None  # the iterator is dead: what it gave is not complete
+                raise
+            self._pending = pending
+            # Attributes after the batch: a hard link later in it raises its target's st_nlink.
+            return [
+                DirItem(name, node, node.attr(), index + 1) for index, name, node in pending[:count]
+            ]
+
+
+class ListingCache:
+    """Complete pxar directory listings, least recently used first out, bounded by the total
+    number of entries they hold (a directory counts at least 1, so empty ones are bounded too).
+
+    Keyed by (archive id, directory entry_offset); entries are stored resolved (a hard link as
+    its target, under its own name), as readdir hands them out. Thread-safe: filled by worker
+    threads, read by the FUSE thread.
+    """
+
+    def __init__(self, max_entries: int = LISTING_CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._lists: OrderedDict[tuple[int, int], Listing] = OrderedDict()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> Listing | None:
+        with self._lock:
+            listing = self._lists.get(key)
+            if listing is not None:
+                self._lists.move_to_end(key)
+            return listing
+
+    def put(self, key: tuple[int, int], listing: Listing) -> None:
+        weight = max(1, len(listing))
+        if weight > self.max_entries:
+            return
+        with self._lock:
+            old = self._lists.pop(key, None)
+            if old is not None:
+                self._count -= max(1, len(old))
+            self._lists[key] = listing
+            self._count += weight
+            while self._count > self.max_entries:
+                _, old = self._lists.popitem(last=False)
+                self._count -= max(1, len(old))
+
+    @property
+    def entries(self) -> int:
+        return self._count
+
+    def __len__(self) -> int:
+        return len(self._lists)

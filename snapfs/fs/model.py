@@ -1,0 +1,230 @@
+"""The mounted datastore as a tree of nodes, and the inode table the kernel talks to. No FUSE here.
+
+The tree starts at `FsModel.root` (layout in `namespace.py`), every level built lazily on first
+lookup or listing. Each node answers the plain requests itself (`node.py`); the model holds what
+they share: the datastore, the key, the chunk cache and readers, the listing cache, and the inode
+table. The FUSE adapter, and anything else that browses a datastore, asks the model for a node by
+inode and then asks the node.
+
+Refresh: snapshots come and go while mounted (backups, prune). Listings of namespaces, groups and
+snapshots (and an incomplete snapshot) are re-read once they are `refresh_interval` seconds old;
+an entry that is still there keeps its node and inode number, a vanished one is dropped from the
+inode table (the kernel then gets ENOENT for it; open files keep reading what they opened). The
+kernel caches these entries only for the interval. What is inside a complete snapshot never
+changes, so it is read once.
+
+Inodes: the datastore-level nodes get small numbers from a counter (never reused) and live as
+long as the mount or until a refresh finds them gone (there are as many as snapshots and archives,
+not files). Entries inside a pxar archive derive theirs from their offset (`archive.py`) and are
+kept in the table only while the kernel references them (lookup counts, dropped on `forget`).
+
+Threading: node methods documented as blocking read storage or decode chunks and are meant to run
+in worker threads; their `cached_` twins never block. The pxar part of the inode table
+(`remember`, `forget`) is touched only from the thread that serves FUSE requests; datastore-level
+nodes are added and dropped by the (worker) threads that list, one dict operation at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+
+from snapfs.errors import NotFoundError, UnsupportedFormatError
+from snapfs.format.crypt import CryptConfig
+from snapfs.fs.archive import MAX_ARCHIVES, OFFSET_MASK, PxarNode
+from snapfs.fs.content import BytesContent, Content
+from snapfs.fs.listing import LISTING_CACHE_ENTRIES, DirHandle, DirItem, ListingCache
+from snapfs.fs.namespace import RootNode
+from snapfs.fs.node import Attr, DatastoreNode, Node
+from snapfs.store.cache import ChunkCache
+from snapfs.store.chunks import ChunkReader
+from snapfs.store.datastore import Datastore
+from snapfs.store.stats import format_report
+
+log = logging.getLogger("snapfs.fs")
+
+ROOT_INODE = 1
+
+
+class FsModel:
+    """The whole mount's state: nodes, inode table, shared chunk cache and readers."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        crypt: CryptConfig | None = None,
+        cache: ChunkCache | None = None,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        refresh_interval: float | None = None,
+        listing_cache_entries: int = LISTING_CACHE_ENTRIES,
+    ) -> None:
+        self.datastore = datastore
+        self.crypt = crypt
+        self.cache = cache if cache is not None else ChunkCache()
+        # Seconds after which listings are re-read; None (or 0): never, for the mount's life.
+        self.refresh_interval = refresh_interval or None
+        self.clock = time.monotonic  # what refresh intervals are measured with (tests step it)
+        self._backend_refreshed_at = self.clock()
+        self._refresh_lock = threading.Lock()
+        if hasattr(datastore.backend, "memory_cache"):
+            datastore.backend.memory_cache = self.cache  # so the source's stats show hit ratios
+        self.map_owner = uid is not None or gid is not None
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.mount_time_ns = time.time_ns()
+        # One ChunkReader per key, shared by every snapshot: one fetch per chunk process-wide.
+        self.chunk_readers = {
+            False: ChunkReader(datastore.backend, None, self.cache),
+            True: ChunkReader(datastore.backend, crypt, self.cache) if crypt is not None else None,
+        }
+        self._nodes: dict[int, DatastoreNode] = {}
+        self._entries: dict[int, PxarNode] = {}  # what the kernel references (`counted`)
+        self._inos = itertools.count(ROOT_INODE)
+        self._archive_ids = itertools.count(1)
+        self._reported: set[tuple[str, str]] = set()
+        self._reported_lock = threading.Lock()
+        self.listings = ListingCache(listing_cache_entries)
+        self.root = RootNode(self)
+        assert self.root.ino == ROOT_INODE
+
+    # -- inode table ------------------------------------------------------------------------------
+
+    def number(self, node: DatastoreNode) -> int:
+        """A new datastore-level node's inode number; the node is in the table from now on."""
+        ino = next(self._inos)
+        if ino > OFFSET_MASK:
+            raise UnsupportedFormatError("too many datastore-level nodes for the inode space")
+        self._nodes[ino] = node
+        return ino
+
+    def new_archive_id(self) -> int:
+        """The number an opened archive's entry inodes start with."""
+        archive_id = next(self._archive_ids)
+        if archive_id > MAX_ARCHIVES:
+            raise UnsupportedFormatError("too many pxar archives opened in one mount")
+        return archive_id
+
+    def drop(self, node: DatastoreNode) -> None:
+        """Forget a node that vanished on refresh, and every node loaded below it."""
+        todo = [node]
+        while todo:
+            n = todo.pop()
+            self._nodes.pop(n.ino, None)
+            todo.extend(n.loaded_children())
+
+    def node(self, ino: int) -> Node:
+        node = self._nodes.get(ino)
+        if node is None:
+            node = self._entries.get(ino)
+            if node is None:
+                raise NotFoundError(f"inode {ino} is not known (forgotten or never looked up)")
+        return node
+
+    def remember(self, node: Node) -> Node:
+        """The kernel got this node (lookup, readdirplus): count it; returns the table's node."""
+        if node.counted:
+            known = self._entries.get(node.ino)
+            if known is None:
+                self._entries[node.ino] = known = node
+            known.lookups += 1
+            return known
+        return node
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self._entries.get(ino)
+        if node is not None:
+            node.lookups -= count
+            if node.lookups <= 0:
+                del self._entries[ino]
+
+    @property
+    def entries_referenced(self) -> int:
+        """pxar entries the kernel still holds (what `forget` keeps bounded)."""
+        return len(self._entries)
+
+    # -- requests by node: each is the node's own method, for callers that hand the model nodes --
+
+    def lookup(self, parent: Node, name: bytes) -> Node:
+        return parent.lookup(name)
+
+    def attr(self, node: Node) -> Attr:
+        return node.attr(load=True)
+
+    def readlink(self, node: Node) -> bytes:
+        return node.readlink()
+
+    def open(self, node: Node) -> Content | BytesContent:
+        return node.open()
+
+    def opendir(self, node: Node) -> DirHandle:
+        return node.opendir()
+
+    def cached_opendir(self, node: Node) -> DirHandle | None:
+        return node.cached_opendir()
+
+    def readdir(self, handle: DirHandle, start: int, count: int) -> list[DirItem]:
+        return handle.read(start, count)
+
+    def xattrs(self, node: Node) -> list[tuple[bytes, bytes]]:
+        return node.xattrs()
+
+    # -- shared by the nodes ----------------------------------------------------------------------
+
+    def refresh_backend(self) -> None:
+        """Before re-reading a listing: make a caching source (S3) list again, once per interval."""
+        refresh = getattr(self.datastore.backend, "refresh", None)
+        if refresh is None or self.refresh_interval is None:
+            return
+        with self._refresh_lock:
+            now = self.clock()
+            if now - self._backend_refreshed_at < self.refresh_interval:
+                return
+            self._backend_refreshed_at = now
+        refresh()
+
+    def stats_text(self) -> str:
+        """`.snapfs/stats` and the unmount summary: the source's counters and the chunk cache."""
+        backend = self.datastore.backend
+        cache = self.cache
+        # Chunks fetched and decoded, i.e. real misses: the cache's own miss counter also counts
+        # the non-blocking probe that precedes each fetch.
+        fetches = sum(r.fetches for r in self.chunk_readers.values() if r is not None)
+        ratio = cache.hits / (cache.hits + fetches) if cache.hits + fetches else None
+        lines = [f"source: {backend.name}"]
+        stats = getattr(backend, "stats", None)
+        if stats is not None:
+            report = stats()
+            report.update(
+                memory_cache_hits=cache.hits,
+                memory_cache_misses=fetches,
+                memory_cache_hit_ratio=ratio,
+            )
+            lines.append(format_report(report).rstrip("\n"))
+        else:
+            percent = "n/a" if ratio is None else f"{ratio * 100:.1f}%"
+            lines.append(f"memory cache: {cache.hits} hits, {fetches} misses ({percent})")
+        lines.append(
+            f"memory cache size: {cache.used_bytes} of {cache.max_bytes} bytes, {len(cache)} chunks"
+        )
+        lines.append(f"chunks read from the source: {fetches}")
+        refresh = self.refresh_interval
+        lines.append(
+            f"listings refreshed every {refresh:g} s" if refresh else "listings never refreshed"
+        )
+        return "\n".join(lines) + "\n"
+
+    def report(self, exc: BaseException, where: str) -> None:
+        """Log an error once per (file, message): a reader retrying a bad chunk must not flood."""
+        key = (where, str(exc))
+        with self._reported_lock:
+            if key in self._reported:
+                return
+            if len(self._reported) > 100_000:
+                self._reported.clear()
+            self._reported.add(key)
+        log.error("%s: %s", where or "/", exc)
