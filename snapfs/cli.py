@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -45,6 +46,29 @@ def _add_key(p: argparse.ArgumentParser) -> None:
         help="file holding the key file's password (else SNAPFS_KEY_PASSWORD, "
         "PBS_ENCRYPTION_PASSWORD, or a prompt on a terminal)",
     )
+
+
+def _add_timeout(p: argparse.ArgumentParser, help_text: str) -> None:
+    from snapfs.fs.mount import DEFAULT_TIMEOUT
+
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"{help_text} (default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r} (e.g. 60)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,10 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-file", help="log here (default: stderr in the foreground, syslog in the background)"
     )
+    _add_timeout(
+        p,
+        "give up a start that waits longer than this for anything (the key password, the "
+        "source, the kernel): exit 1, nothing left mounted",
+    )
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a snapfs mount (also one whose process died)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    _add_timeout(p, "give up after this long; a mount whose process hangs is detached lazily")
     p.set_defaults(func=cmd_umount)
 
     from snapfs.mapping import add_map_parsers
@@ -344,7 +374,12 @@ def _crypt_config(args: argparse.Namespace):
         return None
     from snapfs.keysource import load_crypt_config
 
-    return load_crypt_config(args.keyfile, password_file=args.password_file)
+    # `mount --timeout` bounds the password prompt too: a start never waits forever.
+    return load_crypt_config(
+        args.keyfile,
+        password_file=args.password_file,
+        prompt_timeout=getattr(args, "timeout", None),
+    )
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
@@ -499,15 +534,17 @@ def cmd_mount(args: argparse.Namespace) -> int:
         read_ahead_kb=args.read_ahead_kb,
         log_file=args.log_file or args.global_log_file,
         refresh_interval=args.refresh_interval,
+        timeout=args.timeout,
+        endpoint_url=args.endpoint_url,
     )
-    datastore = _open_datastore(args)
-    return mount(datastore, _crypt_config(args), opts)
+    # The source is opened by the mount process, under the start-up clock.
+    return mount(lambda: _open_datastore(args), _crypt_config(args), opts)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
     from snapfs.fs.mount import umount
 
-    umount(args.mountpoint)
+    umount(args.mountpoint, args.timeout)
     return 0
 
 

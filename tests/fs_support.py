@@ -20,9 +20,25 @@ def snapfs(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
 
 
 def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
+    """Whether /proc/self/mountinfo lists `path` (as given: resolving it would stat it, and a
+    stat under a hung mount never returns)."""
+    target = os.path.abspath(path)
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == target for line in f)
+
+
+def mount_pids(mnt: Path) -> list[int]:
+    """Processes whose command line names the mount point after `mount`: the mount process
+    (and, while a background mount starts, its parent)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mount" in cmdline and os.fsencode(mnt) in cmdline and int(pid) != os.getpid():
+            pids.append(int(pid))
+    return pids
 
 
 @contextlib.contextmanager

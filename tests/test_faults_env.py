@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fs_support import is_mounted, mounted, snapfs
+from fs_support import is_mounted, mount_pids, mounted, snapfs
 
 IMG = "vm/100/2024-06-01T10:00:00Z"
 IMG_ENC = "vm/100/2024-06-01T14:00:00Z"
@@ -49,23 +49,6 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", path], check=True)
-
-
-def mount_pid(mnt: Path) -> int:
-    """The background `snapfs mount` process serving `mnt` (found by its command line)."""
-    want = str(mnt).encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"snapfs" in b" ".join(argv[:3]) and b"mount" in argv and want in argv:
-            found.append(int(entry))
-    assert len(found) == 1, found
-    return found[0]
 
 
 @pytest.fixture
@@ -213,7 +196,7 @@ def test_killed_mount_process_is_recovered(vectors, tmp_path):
     mnt.mkdir()
     proc = snapfs("mount", vectors / "datastore", mnt)
     assert proc.returncode == 0, proc.stderr
-    pid = mount_pid(mnt)
+    (pid,) = mount_pids(mnt)
     try:
         _kill_and_recover(vectors, mnt, pid)
     finally:
