@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,11 +30,13 @@ def read_password(
     password_file: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] = os.environ,
     prompt_for: str | None = None,
+    prompt_timeout: float | None = None,
 ) -> bytes | None:
     """The key password from the first source that has one, or None.
 
     Order: `password_file` (its first line, without the line end), SNAPFS_KEY_PASSWORD,
     PBS_ENCRYPTION_PASSWORD, then a prompt naming `prompt_for`, only when stdin is a terminal.
+    A prompt nobody answers within `prompt_timeout` seconds (if given) raises KeyRequiredError.
     """
     if password_file is not None:
         try:
@@ -51,10 +54,42 @@ def read_password(
             return os.fsencode(value)
     if prompt_for is not None and _stdin_is_tty():
         try:
-            return getpass.getpass(f"Password for key file {prompt_for}: ").encode()
+            return _prompt(f"Password for key file {prompt_for}: ", prompt_timeout).encode()
         except EOFError:
             return None
+        except _PromptExpired:
+            sys.stderr.write("\n")  # the prompt's line was left open
+            raise KeyRequiredError(
+                f"no password typed for key file {prompt_for} within {prompt_timeout:g} s "
+                f"(give it with --password-file FILE or SNAPFS_KEY_PASSWORD)"
+            ) from None
     return None
+
+
+class _PromptExpired(Exception):
+    pass
+
+
+def _prompt(prompt: str, timeout: float | None) -> str:
+    """getpass, given up after `timeout` seconds (main thread only).
+
+    A terminal nobody types at (a mount started by a script that kept one) would otherwise keep
+    the command forever. The alarm's exception interrupts getpass's read, and getpass's own
+    clean-up turns the echo back on.
+    """
+    if timeout is None:
+        return getpass.getpass(prompt)
+
+    def expire(_signum, _frame) -> None:
+        raise _PromptExpired
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return getpass.getpass(prompt)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _stdin_is_tty() -> bool:
@@ -69,8 +104,10 @@ def load_crypt_config(
     *,
     password_file: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] = os.environ,
+    prompt_timeout: float | None = None,
 ) -> CryptConfig:
-    """Read and unlock a key file, asking for a password only if the file needs one."""
+    """Read and unlock a key file, asking for a password only if the file needs one (for at most
+    `prompt_timeout` seconds, if given)."""
     path = os.fsdecode(keyfile)
     try:
         with open(keyfile, "rb") as f:
@@ -82,7 +119,12 @@ def load_crypt_config(
     key_file = KeyFile.from_json(text, name=f"key file {path}")
     password = None
     if key_file.needs_password:
-        password = read_password(password_file=password_file, environ=environ, prompt_for=path)
+        password = read_password(
+            password_file=password_file,
+            environ=environ,
+            prompt_for=path,
+            prompt_timeout=prompt_timeout,
+        )
         if password is None:
             raise KeyRequiredError(
                 f"key file {path} is password protected: give the password with "
@@ -98,7 +140,10 @@ class KeyOptions:
     keyfile: str | None = None
     password_file: str | None = None
 
-    def crypt_config(self) -> CryptConfig | None:
+    def crypt_config(self, prompt_timeout: float | None = None) -> CryptConfig | None:
+        """The key, or None without a key file; a password prompt waits `prompt_timeout` s."""
         if not self.keyfile:
             return None
-        return load_crypt_config(self.keyfile, password_file=self.password_file)
+        return load_crypt_config(
+            self.keyfile, password_file=self.password_file, prompt_timeout=prompt_timeout
+        )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -224,3 +225,14 @@ def print_json(value: Any) -> None:
     """A --json result on stdout: indented, with a final newline."""
     json.dump(value, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def seconds_type(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r} (e.g. 60)")
+    return value

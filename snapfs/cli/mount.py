@@ -12,6 +12,7 @@ from snapfs.cli._common import (
     add_source_options,
     backend_options,
     key_options,
+    seconds_type,
 )
 from snapfs.errors import UsageError
 from snapfs.store.sources import SourceOptions
@@ -61,11 +62,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-file", help="log here (default: stderr in the foreground, syslog in the background)"
     )
+    _add_timeout(
+        p,
+        "give up a start that waits longer than this for anything (the key password, the "
+        "source, the kernel): exit 1, nothing left mounted",
+    )
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a snapfs mount (also one whose process died)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    _add_timeout(p, "give up after this long; a mount whose process hangs is detached lazily")
     p.set_defaults(func=cmd_umount)
+
+
+def _add_timeout(p: argparse.ArgumentParser, help_text: str) -> None:
+    from snapfs.fs.mount import DEFAULT_TIMEOUT
+
+    p.add_argument(
+        "--timeout",
+        type=seconds_type,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"{help_text} (default {DEFAULT_TIMEOUT:g})",
+    )
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -91,13 +110,17 @@ def cmd_mount(args: argparse.Namespace) -> int:
         read_ahead_kb=args.read_ahead_kb,
         log_file=args.log_file or args.global_log_file,
         refresh_interval=backend.refresh_interval,
+        timeout=args.timeout,
+        endpoint_url=args.endpoint_url,
     )
-    datastore = SourceOptions(args.source, backend).open()
-    return mount(datastore, key_options(args).crypt_config(), opts)
+    # `--timeout` bounds the password prompt too: a start never waits forever.
+    crypt = key_options(args).crypt_config(prompt_timeout=args.timeout)
+    # The source is opened by the mount process, under the start-up clock.
+    return mount(SourceOptions(args.source, backend).open, crypt, opts)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
     from snapfs.fs.mount import umount
 
-    umount(args.mountpoint)
+    umount(args.mountpoint, args.timeout)
     return 0

@@ -1,24 +1,36 @@
 """Mount lifecycle: options, daemonizing, readiness, signals, unmount (also of dead mounts).
 
-`mount()` returns only once the filesystem answers: the background process stats its own mount
-point (a real round trip through the kernel and our handlers), tunes the kernel's readahead for
-the mount, and only then reports "ready" through a pipe to the parent, which exits 0. Any failure
-before that (bad mount point, FUSE refusing the mount) comes back through the same pipe as one
-line, and the parent exits non-zero with it. SIGINT/SIGTERM end the main loop and unmount.
+`mount()` returns only once the filesystem answers: the mount process opens its source, mounts,
+stats its own mount point (a real round trip through the kernel and our handlers), tunes the
+kernel's readahead, and only then reports "ready". Before each wait it names what it waits for
+(the S3 endpoint, the kernel, its own first answer), through a pipe to whoever keeps the start-up
+clock: the parent of a background mount, a thread of a foreground one. A failure comes back the
+same way as one line. Past `MountOptions.timeout` the clock keeper ends the mount process, clears
+the mount point and exits 1 with what was awaited: a mount never waits forever. SIGINT, SIGTERM
+and SIGHUP end the main loop and unmount; they are held back while the mount is being made and
+taken down, so none can leave a dead mount behind. `umount()` is bounded the same way: a mount
+whose process hangs is detached lazily, not waited for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import NoReturn, TypeVar
 
 from snapfs import logs
 from snapfs.errors import SnapfsError, UsageError
@@ -27,12 +39,25 @@ from snapfs.store.cache import DEFAULT_CACHE_SIZE, ChunkCache
 from snapfs.store.datastore import Datastore
 
 log = logging.getLogger("snapfs.fs")
+T = TypeVar("T")
 
 DEFAULT_READ_AHEAD_KB = 1024
 #: Seconds before namespace/group/snapshot listings are re-read. A local datastore is cheap to
 #: list; every S3 re-list is a paid LIST request, so remote sources wait longer.
 DEFAULT_REFRESH_LOCAL = 10.0
 DEFAULT_REFRESH_REMOTE = 60.0
+#: Seconds a mount may take to start (or an unmount to finish) before it is given up.
+DEFAULT_TIMEOUT = 60.0
+#: Seconds an existing mount may take to answer statfs before it counts as hung. Its process
+#: answers statfs from memory, so no answer in this time means it is stuck, not busy.
+PROBE_TIMEOUT = 5.0
+#: Bound of the clean-up after a failed start: SIGKILL ends even a wait on FUSE at once, and a
+#: lazy unmount never waits for the mount's process; this only bounds the unexpected.
+CLEANUP_TIMEOUT = 10.0
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+#: Held while pyfuse3.init mounts: a foreground mount's watchdog takes it before it clears the
+#: mount point and exits, so no mount can appear between its look and its exit.
+_mounting = threading.Lock()
 
 
 class MountError(SnapfsError):
@@ -52,6 +77,8 @@ class MountOptions:
     read_ahead_kb: int = DEFAULT_READ_AHEAD_KB
     log_file: str | None = None
     refresh_interval: float | None = None  # None or 0: list once for the mount's life
+    timeout: float = DEFAULT_TIMEOUT  # seconds the start may take (the key prompt apart)
+    endpoint_url: str | None = None  # the S3 endpoint, named if it does not answer
 
 
 def is_remote(source: str) -> bool:
@@ -87,62 +114,263 @@ def mount_options(opts: MountOptions) -> set[str]:
     return options
 
 
-def mount(datastore: Datastore, crypt: CryptConfig | None, opts: MountOptions) -> int:
-    """Mount and serve; in the background unless opts.foreground. Returns an exit code."""
+def mount(
+    open_source: Callable[[], Datastore], crypt: CryptConfig | None, opts: MountOptions
+) -> int:
+    """Mount and serve; in the background unless opts.foreground. Returns an exit code.
+
+    `open_source` runs in the mount process, under the start-up clock: the fork comes before
+    boto3 makes a client (or any thread), and an S3 endpoint that never answers is a named wait
+    like the others.
+    """
     if not is_remote(opts.source):
         opts.source = os.path.abspath(opts.source)
-    opts.mountpoint = mnt = os.path.abspath(opts.mountpoint)
+    opts.mountpoint = os.path.abspath(opts.mountpoint)
     if opts.log_file:
         opts.log_file = os.path.abspath(opts.log_file)
-    if not os.path.isdir(mnt):
-        raise MountError(f"mount point {mnt} is not a directory")
-    if find_mount(mnt) is not None and _is_dead(mnt):
-        raise MountError(
-            f"{mnt}: a dead snapfs mount is still there; run `snapfs umount {mnt}` first"
-        )
-    if find_mount(mnt) is not None:  # stacking a second mount would hide the first
-        raise MountError(f"{mnt} is already a mount point ({find_mount(mnt)}); unmount it first")
+    _check_mountpoint(opts.mountpoint, opts.timeout)
+    read_fd, write_fd = _pipe()
+    startup = _Startup(write_fd)
     if opts.foreground:
         _setup_logging(opts, background=False)
-        return _serve(datastore, crypt, opts, ready_fd=None)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the mount process
-        os.close(read_fd)
-        code = 1
+        _watch_foreground(read_fd, opts)
         try:
-            os.setsid()
-            os.chdir("/")  # do not keep the caller's directory busy
-            code = _serve(datastore, crypt, opts, ready_fd=write_fd)
-        except BaseException as exc:  # report before ready; after it, log
-            _report_failure(write_fd, exc)
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        message = pipe.read().decode("utf-8", "replace").strip()
-    if message == "ready":
+            return _serve(open_source, crypt, opts, startup)
+        except BaseException as exc:
+            startup.fail(exc)  # the watchdog stops; the CLI prints the error
+            raise
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        _run_mount_process(open_source, crypt, opts, startup)
+    startup.close()
+    return _watch_mount_process(pid, read_fd, opts)
+
+
+def _pipe() -> tuple[int, int]:
+    """os.pipe, its ends moved above 2. Started with stdio closed (`>&- 2>&-`), a process gets
+    0, 1 or 2 from os.pipe, and the mount process puts /dev/null there before it reports ready:
+    the report would be lost and, before issue 13's fix, the parent waited forever."""
+    ends = []
+    for fd in os.pipe():
+        if fd <= 2:
+            moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+            fd = moved
+        ends.append(fd)
+    return ends[0], ends[1]
+
+
+def _check_mountpoint(mnt: str, timeout: float) -> None:
+    """Refuse a mount point that is not a free directory. Every look is bounded: on a mount
+    whose process hangs (or a dead network filesystem) a plain stat would hang too."""
+
+    def look() -> tuple[str | None, bool]:
+        fstype = find_mount(mnt)
+        return fstype, fstype is None and os.path.isdir(mnt)
+
+    try:
+        fstype, is_dir = _answer(timeout, look)
+    except _NoAnswer:
+        raise MountError(
+            f"mount point {mnt} does not answer (no stat reply in {timeout:g} s)"
+        ) from None
+    if fstype is not None:
+        probe = min(PROBE_TIMEOUT, timeout)
+        state = _mount_state(mnt, probe)
+        if state == "dead":
+            raise MountError(
+                f"{mnt}: a dead snapfs mount is still there; run `snapfs umount {mnt}` first"
+            )
+        if state == "hung":
+            raise MountError(
+                f"{mnt}: the mount there does not answer (no statfs reply in {probe:g} s); "
+                f"run `snapfs umount {mnt}` first"
+            )
+        # Stacking a second mount would hide the first.
+        raise MountError(f"{mnt} is already a mount point ({fstype}); unmount it first")
+    if not is_dir:
+        raise MountError(f"mount point {mnt} is not a directory")
+
+
+def _run_mount_process(
+    open_source: Callable[[], Datastore],
+    crypt: CryptConfig | None,
+    opts: MountOptions,
+    startup: _Startup,
+) -> NoReturn:
+    """The forked mount process: serve until unmounted; report a failure before ready through
+    the pipe, one after it in the log."""
+    code = 1
+    try:
+        os.setsid()
+        code = _serve(open_source, crypt, opts, startup)
+    except BaseException as exc:
+        if not startup.fail(exc):
+            log.error("%s", _describe(exc))
+    finally:
+        os._exit(code)
+
+
+def _watch_mount_process(pid: int, read_fd: int, opts: MountOptions) -> int:
+    """The parent of a background mount: 0 once the mount process is ready. Otherwise nothing
+    stays behind (no process, no mount) and the error says what it said, or what it waited for."""
+    try:
+        kind, text = _await_ready(read_fd, opts)
+    except BaseException:  # the deadline passed, or the user gave up (Ctrl-C)
+        _abandon(pid, opts.mountpoint)
+        raise
+    finally:
+        os.close(read_fd)
+    if kind == "ready":
         return 0
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+    _abandon(pid, opts.mountpoint)
+    if kind == "usage":
+        raise UsageError(text)
     raise MountError(
-        message.removeprefix("error: ")
-        or f"{mnt}: the mount process exited before the mount was ready"
+        text or f"{opts.mountpoint}: the mount process exited before the mount was ready"
     )
 
 
-def _report_failure(fd: int | None, exc: BaseException) -> None:
-    msg = str(exc) if isinstance(exc, SnapfsError) else f"{type(exc).__name__}: {exc}"
-    if fd is None:
-        log.error("%s", msg)
+def _watch_foreground(read_fd: int, opts: MountOptions) -> None:
+    """A thread keeps a foreground mount's start-up clock, as the parent does for a background
+    one. Past the deadline the main thread may be stuck in a wait it cannot leave, so the thread
+    itself says what was awaited, clears the mount point and ends the process with 1."""
+
+    def watch() -> None:
+        # Process signals go to the main thread, which holds them back while it mounts; here
+        # they would take the default action (the end of the process) around that.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            _await_ready(read_fd, opts)
+        except MountError as exc:
+            with _mounting:
+                _give_up(exc, opts.mountpoint)
+        finally:
+            os.close(read_fd)
+
+    threading.Thread(target=watch, name="snapfs-startup", daemon=True).start()
+
+
+def _give_up(exc: MountError, mountpoint: str) -> NoReturn:
+    """End a foreground mount that is not ready in time: its error line, no mount, exit 1."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"snapfs: error: {logs.redact(str(exc))}\n")
+        sys.stderr.flush()
+    log.error("mount: failed: %s", exc, extra={"file_only": True})
+    if _still_mounted(mountpoint):
+        _clear(mountpoint)
+    os._exit(1)
+
+
+class _Startup:
+    """The mount process's half of the start-up: it names each wait, then says ready or why not.
+
+    Lines go through a pipe to whoever keeps the clock: `wait WHAT` before each wait, then
+    `ready`, or `error MESSAGE` / `usage MESSAGE`. After the last word the pipe is closed, so
+    nothing later can land in whatever file reuses the descriptor.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @property
+    def pending(self) -> bool:
+        """True until the mount was reported ready or failed."""
+        return self._fd is not None
+
+    def waiting_for(self, what: str) -> None:
+        self._send(f"wait {what}")
+
+    def ready(self) -> None:
+        self._send("ready")
+        self.close()
+
+    def fail(self, exc: BaseException) -> bool:
+        """Report `exc` if the start-up is still on; False once it is over (only a log can tell)."""
+        if not self.pending:
+            return False
+        self._send(f"{'usage' if isinstance(exc, UsageError) else 'error'} {_describe(exc)}")
+        self.close()
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def _send(self, line: str) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):  # the clock keeper may be gone (Ctrl-C)
+                os.write(self._fd, line.replace("\n", " ").encode() + b"\n")
+
+
+def _await_ready(fd: int, opts: MountOptions) -> tuple[str, str]:
+    """The mount process's last word: ("ready", ""), ("error" or "usage", message), or ("", "")
+    if it ended without one. Past opts.timeout: MountError naming what it was waiting for."""
+    deadline = time.monotonic() + opts.timeout
+    waiting = "the mount process to start"
+    pending = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise MountError(
+                f"mount at {opts.mountpoint} not ready after {opts.timeout:g} s: "
+                f"waiting for {waiting}"
+            )
+        data = os.read(fd, 4096)
+        if not data:
+            return "", ""
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            kind, _, text = line.decode("utf-8", "replace").partition(" ")
+            if kind != "wait":
+                return kind, text
+            waiting = text
+
+
+def _abandon(pid: int, mountpoint: str) -> None:
+    """End a mount process that did not get ready, then clear what it mounted: killed first, so
+    it cannot mount after the mount point was cleared."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+    if _still_mounted(mountpoint):
+        _clear(mountpoint)
+
+
+def _reap(pid: int) -> None:
+    """Collect a killed child, waiting at most CLEANUP_TIMEOUT for it to go."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # gone already (or a kernel without pidfds: then do not wait)
         return
-    with contextlib.suppress(OSError):
-        os.write(fd, f"error: {msg}\n".encode())
+    try:
+        select.select([fd], [], [], CLEANUP_TIMEOUT)
+    finally:
         os.close(fd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, SnapfsError) else f"{type(exc).__name__}: {exc}"
+
+
+def _source_wait(opts: MountOptions) -> str:
+    """What opening the source waits for, as a start-up error names it."""
+    if not is_remote(opts.source):
+        return f"the datastore directory {opts.source} to answer"
+    endpoint = logs.without_userinfo(opts.endpoint_url) if opts.endpoint_url else "of AWS"
+    return f"the S3 endpoint {endpoint} to answer ({opts.source})"
 
 
 def _serve(
-    datastore: Datastore, crypt: CryptConfig | None, opts: MountOptions, ready_fd: int | None
+    open_source: Callable[[], Datastore],
+    crypt: CryptConfig | None,
+    opts: MountOptions,
+    startup: _Startup,
 ) -> int:
     import pyfuse3
     import trio
@@ -150,8 +378,9 @@ def _serve(
     from snapfs.fs.model import FsModel
     from snapfs.fs.operations import SnapfsOperations
 
+    startup.waiting_for(_source_wait(opts))
     model = FsModel(
-        datastore,
+        open_source(),
         crypt,
         ChunkCache(opts.cache_size),
         uid=opts.uid,
@@ -159,19 +388,26 @@ def _serve(
         refresh_interval=opts.refresh_interval,
     )
     ops = SnapfsOperations(model)
+    startup.waiting_for(f"the kernel to mount FUSE on {opts.mountpoint}")
+    # Held back until _on_signals takes them, and again after it: see there.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        pyfuse3.init(ops, opts.mountpoint, mount_options(opts))
-    except RuntimeError as exc:
-        raise MountError(
-            f"cannot mount on {opts.mountpoint}: {exc} (see the message above)"
-        ) from None
-    unmounted = False
-    try:
-        trio.run(_main, opts, ready_fd)
-        unmounted = True
+        with _mounting:
+            try:
+                pyfuse3.init(ops, opts.mountpoint, mount_options(opts))
+            except RuntimeError as exc:
+                raise MountError(
+                    f"cannot mount on {opts.mountpoint}: {exc} (see the message above)"
+                ) from None
+        unmounted = False
+        try:
+            trio.run(_main, opts, startup)
+            unmounted = True
+        finally:
+            pyfuse3.close(unmount=not unmounted or _still_mounted(opts.mountpoint))
+            _report_stats(model, opts)
     finally:
-        pyfuse3.close(unmount=not unmounted or _still_mounted(opts.mountpoint))
-        _report_stats(model, opts)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
     return 0
 
 
@@ -191,42 +427,52 @@ def _report_stats(model, opts: MountOptions) -> None:
         log.info("unmount statistics: %s", line, extra={"file_only": opts.foreground})
 
 
-async def _main(opts: MountOptions, ready_fd: int | None) -> None:
+async def _main(opts: MountOptions, startup: _Startup) -> None:
     import pyfuse3
     import trio
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals)
-        nursery.start_soon(_announce_ready, opts, ready_fd)
+        nursery.start_soon(_announce_ready, opts, startup)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+    if startup.pending:
+        raise MountError(
+            f"the mount on {opts.mountpoint} was stopped (signal or unmount) before it was ready"
+        )
 
 
 async def _on_signals() -> None:
+    """SIGINT, SIGTERM and SIGHUP end the main loop, and with it the mount.
+
+    They are blocked from just before the mount is made (`_serve`) until this receiver takes
+    them, and again once it is gone: no signal can kill the process between mounting and
+    unmounting and leave a dead mount behind.
+    """
     import pyfuse3
     import trio
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("signal %d: unmounting", signum)
-            pyfuse3.terminate()
-            return
+    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        try:
+            async for signum in signals:
+                log.info("signal %d: unmounting", signum)
+                pyfuse3.terminate()
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
 
 
-async def _announce_ready(opts: MountOptions, ready_fd: int | None) -> None:
+async def _announce_ready(opts: MountOptions, startup: _Startup) -> None:
     import trio
 
-    try:
-        st = await trio.to_thread.run_sync(os.stat, opts.mountpoint)
-        set_read_ahead(st.st_dev, opts.read_ahead_kb)
-    except BaseException as exc:
-        _report_failure(ready_fd, exc)
-        raise
-    if ready_fd is not None:
-        _setup_logging(opts, background=True)
-        _detach_stdio()
-        os.write(ready_fd, b"ready\n")
-        os.close(ready_fd)
+    startup.waiting_for(f"the new mount to answer its first request (stat {opts.mountpoint})")
+    # Our own main loop answers this stat. If the loop ends first (a signal, a failing handler),
+    # a thread we must wait for would wait for it forever: the start-up hang of issue 13.
+    st = await trio.to_thread.run_sync(os.stat, opts.mountpoint, abandon_on_cancel=True)
+    set_read_ahead(st.st_dev, opts.read_ahead_kb)
+    if not opts.foreground:
+        _daemonise(opts)
+    startup.ready()
     log.info("mounted %s on %s", opts.source, opts.mountpoint)
 
 
@@ -240,6 +486,17 @@ def set_read_ahead(dev: int, kb: int) -> bool:
     except OSError as exc:
         log.info("cannot set %s (%s); keeping the kernel's readahead", path, exc)
         return False
+
+
+def _daemonise(opts: MountOptions) -> None:
+    """A ready background mount lets go of its caller: terminal, directory, stderr logging.
+
+    Not before: the source's relative paths (--cache-dir, --ca-bundle) are opened in the
+    caller's directory, and a start-up failure may still need the caller's terminal.
+    """
+    _setup_logging(opts, background=True)
+    _detach_stdio()
+    os.chdir("/")  # do not keep the caller's directory busy
 
 
 def _detach_stdio() -> None:
@@ -263,31 +520,74 @@ def _setup_logging(opts: MountOptions, background: bool) -> None:
 
 
 def find_mount(mountpoint: str) -> str | None:
-    """The filesystem type mounted at `mountpoint` (from /proc/self/mountinfo), or None."""
-    target = os.path.realpath(mountpoint)
-    found = None
+    """The filesystem type mounted at `mountpoint` (from /proc/self/mountinfo), or None.
+
+    The path as given is looked up first, touching no filesystem: resolving it (realpath stats
+    every component, the mount's root too) would hang on a mount whose process hangs. Only a
+    path not found so (a symbolic link) is resolved.
+    """
+    mounts = _mount_table()
+    found = mounts.get(os.path.abspath(mountpoint))
+    return found if found is not None else mounts.get(os.path.realpath(mountpoint))
+
+
+def _mount_table() -> dict[str, str]:
+    """Mount point -> filesystem type; for stacked mounts, the top one."""
+    table = {}
     try:
         with open("/proc/self/mountinfo", "rb") as f:
             for line in f:
                 left, _, right = line.partition(b" - ")
                 fields = left.split()
-                if len(fields) >= 5 and _unescape(fields[4]) == target:
-                    found = right.split()[0].decode()
+                if len(fields) >= 5 and right:
+                    table[_unescape(fields[4])] = right.split()[0].decode()
     except OSError:
-        return None
-    return found
+        return {}
+    return table
 
 
 def _unescape(field: bytes) -> str:
     return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
 
 
-def _is_dead(mountpoint: str) -> bool:
+def _mount_state(mountpoint: str, timeout: float) -> str:
+    """`alive`, `dead` (its process is gone) or `hung` (no statfs answer within `timeout` s).
+
+    statfs always reaches the mount's process (a stat may come from the kernel's cache).
+    """
     try:
-        os.statvfs(mountpoint)  # always reaches the daemon (stat may come from the attr cache)
+        _answer(timeout, os.statvfs, mountpoint)
+    except _NoAnswer:
+        return "hung"
     except OSError as exc:
-        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-    return False
+        return "dead" if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED) else "alive"
+    return "alive"
+
+
+class _NoAnswer(Exception):
+    pass
+
+
+def _answer(timeout: float, call: Callable[..., T], *args: object) -> T:
+    """`call(*args)`'s result (or exception), or _NoAnswer after `timeout` seconds.
+
+    For calls on a filesystem that may hang: the call runs in a daemon thread, which a hung
+    filesystem keeps forever, but which neither we nor the interpreter's exit wait for.
+    """
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    thread = threading.Thread(target=run, name="snapfs-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)  # to its very end: a mount process is forked after this
+    if thread.is_alive():
+        raise _NoAnswer
+    return future.result()
 
 
 def _still_mounted(mountpoint: str) -> bool:
@@ -295,25 +595,50 @@ def _still_mounted(mountpoint: str) -> bool:
     return fstype is not None and fstype.startswith("fuse")
 
 
-def umount(mountpoint: str) -> None:
-    """Unmount a snapfs mount; a mount whose process died is detached lazily."""
-    fstype = find_mount(mountpoint)
+def umount(mountpoint: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Unmount a snapfs mount within `timeout` seconds; a mount whose process died or hangs is
+    detached lazily (that never waits for the process)."""
+    deadline = time.monotonic() + timeout
+    probe = min(PROBE_TIMEOUT, timeout / 3)  # each look; the unmount itself needs the rest
+    try:
+        fstype = _answer(probe, find_mount, mountpoint)
+    except _NoAnswer:
+        raise MountError(f"{mountpoint} does not answer (no stat reply in {probe:g} s)") from None
     if fstype is None:
         raise MountError(f"{mountpoint} is not mounted")
     if not fstype.startswith("fuse"):
         raise MountError(f"{mountpoint} is a {fstype} mount, not snapfs")
-    lazy = _is_dead(mountpoint)
+    lazy = _mount_state(mountpoint, probe) != "alive"
+    try:
+        _unmount(mountpoint, lazy, deadline - time.monotonic())
+    except subprocess.TimeoutExpired as exc:
+        raise MountError(
+            f"{mountpoint} not unmounted after {timeout:g} s: waiting for {' '.join(exc.cmd)}"
+        ) from None
+
+
+def _clear(mountpoint: str) -> None:
+    """Detach what a failed start left mounted; lazily, so it never waits for a process."""
+    try:
+        _unmount(mountpoint, lazy=True, timeout=CLEANUP_TIMEOUT)
+    except (SnapfsError, subprocess.TimeoutExpired) as exc:
+        log.warning("%s: cannot clear the mount point: %s", mountpoint, exc)
+
+
+def _unmount(mountpoint: str, lazy: bool, timeout: float) -> None:
+    """fusermount3, then umount (as root), until the mount is gone. Raises MountError with the
+    last complaint, subprocess.TimeoutExpired if the commands take longer than `timeout` s."""
     fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
     commands = []
     if fusermount:
-        commands.append(
-            [fusermount, "-u", "-z", mountpoint] if lazy else [fusermount, "-u", mountpoint]
-        )
+        commands.append([fusermount, "-u", *(["-z"] if lazy else []), mountpoint])
     if os.geteuid() == 0:
-        commands.append(["umount", "-l", mountpoint] if lazy else ["umount", mountpoint])
+        commands.append(["umount", *(["-l"] if lazy else []), mountpoint])
+    deadline = time.monotonic() + timeout
     errors = []
     for cmd in commands:
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        left = max(deadline - time.monotonic(), 0)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=left)
         if result.returncode == 0 and not _still_mounted(mountpoint):
             return
         errors.append(

@@ -21,40 +21,13 @@ import time
 from pathlib import Path
 
 import pytest
-from support.mounting import is_mounted, mounted, snapfs, tmpfs
+from support.mounting import error_line, is_mounted, mount_pids, mounted, snapfs, tmpfs
 from support.vectors import IMAGE_SHA256
 
 IMG = "vm/100/2024-06-01T10:00:00Z"
 IMG_ENC = "vm/100/2024-06-01T14:00:00Z"
 V1 = "host/testhost/2024-06-01T11:00:00Z"
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
-
-
-def error_line(proc: subprocess.CompletedProcess, *names: str) -> str:
-    """The last stderr line is snapfs's one-line error and names what went wrong."""
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr, proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("snapfs: error: "), proc.stderr
-    assert all(n in line for n in names), (names, line)
-    return line
-
-
-def mount_pid(mnt: Path) -> int:
-    """The background `snapfs mount` process serving `mnt` (found by its command line)."""
-    want = str(mnt).encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"snapfs" in b" ".join(argv[:3]) and b"mount" in argv and want in argv:
-            found.append(int(entry))
-    assert len(found) == 1, found
-    return found[0]
 
 
 @pytest.fixture
@@ -202,7 +175,7 @@ def test_killed_mount_process_is_recovered(vectors, tmp_path):
     mnt.mkdir()
     proc = snapfs("mount", vectors / "datastore", mnt)
     assert proc.returncode == 0, proc.stderr
-    pid = mount_pid(mnt)
+    (pid,) = mount_pids(mnt)
     try:
         _kill_and_recover(vectors, mnt, pid)
     finally:

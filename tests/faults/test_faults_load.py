@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.mounting import is_mounted, snapfs
+from support.mounting import is_mounted, mount_pids, snapfs
 from support.s3server import BUCKET, upload_datastore
 
 from snapfs.backup import backup, parse_backup_source
@@ -112,16 +112,6 @@ def proc_counts(pid: int) -> tuple[int, int, int]:
     return threads, fds, rss
 
 
-def serving_pid(mnt: Path) -> int:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                if b"mount" in argv and str(mnt).encode() in argv:
-                    return int(entry)
-    raise AssertionError(f"no process serves {mnt}")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(DURATION + 240)
 def test_64_readers_over_a_slow_lossy_s3_link(s3server, tmp_path):
@@ -169,7 +159,7 @@ def test_64_readers_over_a_slow_lossy_s3_link(s3server, tmp_path):
 def _hammer(mnt: Path, truth: bytes) -> None:
     path = mnt / SNAPSHOT / "drive-scsi0.img"
     assert path.stat().st_size == len(truth)
-    pid = serving_pid(mnt)
+    (pid,) = mount_pids(mnt)
     stats = {"reads": 0, "bytes": 0, "mismatches": [], "errors": []}
     lock = threading.Lock()
 

@@ -8,30 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 from support.golden_listing import PXAR_SNAPSHOTS, check_archive, parse_listing
-from support.mounting import key_options, mounted, sha256_file, snapfs
+from support.mounting import key_options, mount_pids, mounted, sha256_file, snapfs
 from support.s3server import READER_SECRET
 
 pytestmark = pytest.mark.slow
-
-
-def mount_pids(mnt: Path) -> list[int]:
-    """Processes whose command line names the mount point (the mount daemon)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"mount" in cmdline and os.fsencode(mnt) in cmdline and int(pid) != os.getpid():
-            pids.append(int(pid))
-    return pids
 
 
 def test_golden_datastore_mounted_from_s3(s3server, s3_vectors, vectors, tmp_path):

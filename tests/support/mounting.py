@@ -20,9 +20,25 @@ def snapfs(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
 
 
 def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
+    """Whether /proc/self/mountinfo lists `path` (as given: resolving it would stat it, and a
+    stat under a hung mount never returns)."""
+    target = os.path.abspath(path)
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == target for line in f)
+
+
+def mount_pids(mnt: Path) -> list[int]:
+    """Processes whose command line names the mount point after `mount`: the mount process
+    (and, while a background mount starts, its parent)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mount" in cmdline and os.fsencode(mnt) in cmdline and int(pid) != os.getpid():
+            pids.append(int(pid))
+    return pids
 
 
 @contextlib.contextmanager
@@ -68,3 +84,13 @@ def sha256_file(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def error_line(proc: subprocess.CompletedProcess, *names: str) -> str:
+    """The last stderr line is snapfs's one-line error and names what went wrong."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("snapfs: error: "), proc.stderr
+    assert all(n in line for n in names), (names, line)
+    return line

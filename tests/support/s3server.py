@@ -60,16 +60,7 @@ class SeaweedServer:
 
     def reader_env(self, secret: str = READER_SECRET) -> dict[str, str]:
         """A process environment whose only S3 credentials are the read-only identity's."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(
-            AWS_ACCESS_KEY_ID=READER_KEY,
-            AWS_SECRET_ACCESS_KEY=secret,
-            AWS_DEFAULT_REGION="us-east-1",
-            AWS_CONFIG_FILE=os.devnull,
-            AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-            AWS_EC2_METADATA_DISABLED="true",
-        )
-        return env
+        return aws_env(READER_KEY, secret)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -86,6 +77,21 @@ class SeaweedServer:
                     os.unlink(leftover)
                 except OSError:
                     pass
+
+
+def aws_env(key: str, secret: str) -> dict[str, str]:
+    """A process environment whose only S3 credentials are these: no AWS configuration files,
+    no instance metadata service."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID=key,
+        AWS_SECRET_ACCESS_KEY=secret,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    return env
 
 
 def start_server(workdir: Path) -> SeaweedServer:
