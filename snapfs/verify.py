@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +34,12 @@ from snapfs.format.blob import decode_blob, decode_chunk
 from snapfs.format.crypt import CryptConfig, format_fingerprint
 from snapfs.format.index import DynamicIndex, FixedIndex
 from snapfs.store.datastore import BACKUP_TYPES, Datastore, Group, Snapshot, parse_snapshot
+from snapfs.store.pipeline import ordered
 
 DEFAULT_WORKERS = 8
+#: Chunk checks under way per worker: enough that one slow GET does not idle the others, few
+#: enough that millions of chunks never stand in memory as futures at once.
+CHECKS_PER_WORKER = 8
 
 # Chunk states. CRC_ONLY: an encrypted chunk checked without its key (magic and CRC only).
 OK, CRC_ONLY, MISSING, CORRUPT = "ok", "crc-only", "missing", "corrupt"
@@ -201,15 +204,19 @@ class Verifier:
             report.snapshots.append(result)
             jobs += self._check_snapshot_files(result)
         digests = {d for job in jobs for d in _digests(job.index)} - self.chunk_status.keys()
-        with ThreadPoolExecutor(
-            max_workers=self.workers, thread_name_prefix="snapfs-verify"
-        ) as pool:
-            for digest, status in zip(digests, pool.map(self._check_chunk, digests), strict=True):
-                self.chunk_status[digest] = status
-                report.chunks_checked += 1
-                report.bytes_checked += status.size or 0
-                if self.on_chunk is not None:
-                    self.on_chunk(status.size or 0)
+        for digest, future in ordered(
+            digests,
+            self._check_chunk,
+            workers=self.workers,
+            window=CHECKS_PER_WORKER * self.workers,
+            thread_name="snapfs-verify",
+        ):
+            status = future.result()
+            self.chunk_status[digest] = status
+            report.chunks_checked += 1
+            report.bytes_checked += status.size or 0
+            if self.on_chunk is not None:
+                self.on_chunk(status.size or 0)
         for job in jobs:
             self._collect_bad(job)
         report.elapsed = time.monotonic() - started
