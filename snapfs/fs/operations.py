@@ -6,7 +6,7 @@ All handlers run as trio tasks in one thread. Anything that may touch storage or
 runs in a worker thread (`trio.to_thread`), so requests overlap and zstd/AES/SHA-256 (which
 release the GIL) use both cores; reads whose chunk is already decoded are answered inline, as a
 memoryview of the cached chunk (no copy). After a sequential read the next chunks of that file
-are decoded in the background (readahead), at most two at a time.
+are decoded in the background (`Readahead`, snapfs.store.readahead), at most two at a time.
 
 Failure semantics: a corrupt or missing chunk fails only the reads that need it (EIO, logged once
 per file and message); a missing or wrong key fails the encrypted archives (EACCES); everything
@@ -41,6 +41,7 @@ from snapfs.fs.content import BytesContent, Content
 from snapfs.fs.listing import DirHandle
 from snapfs.fs.model import FsModel
 from snapfs.fs.node import Attr, Node
+from snapfs.store.readahead import Readahead
 
 log = logging.getLogger("snapfs.fs")
 
@@ -102,11 +103,14 @@ class SnapfsOperations(pyfuse3.Operations):
         super().__init__()
         self.model = model
         self._limiter = trio.CapacityLimiter(workers)
-        self._readahead_limiter = trio.CapacityLimiter(readahead_workers)
+        self._readahead = Readahead(readahead_workers, "snapfs-readahead")
         self._fhs = itertools.count(1)
         self._files: dict[int, Content | BytesContent] = {}
         self._dirs: dict[int, DirHandle] = {}
-        self._prefetching: set[bytes] = set()
+
+    def close(self) -> None:
+        """Stop the readahead threads; for the mount, once the FUSE main loop has returned."""
+        self._readahead.close()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -236,7 +240,7 @@ class SnapfsOperations(pyfuse3.Operations):
             data = content.read(off, size, block=False)
             if data is None:
                 if sequential:  # start the chunks after this one while we wait for it
-                    self._readahead(content, off, size)
+                    self._read_ahead(content, off, size)
                 data = await trio.to_thread.run_sync(content.read, off, size, limiter=self._limiter)
         except SnapfsError as exc:
             raise self._fail(exc, content.name) from None
@@ -244,26 +248,11 @@ class SnapfsOperations(pyfuse3.Operations):
             log.exception("%s: reading %d bytes at %d", content.name, size, off)
             raise self._fail(exc, content.name) from None
         if sequential:
-            self._readahead(content, off, size)
+            self._read_ahead(content, off, size)
         return data
 
-    def _readahead(self, content: Content, off: int, size: int) -> None:
-        chunks = content.stream.chunks
-        for digest in content.readahead(off, size):
-            if digest in self._prefetching:
-                continue
-            self._prefetching.add(digest)
-            trio.lowlevel.spawn_system_task(self._prefetch, chunks, digest)
-
-    async def _prefetch(self, chunks, digest: bytes) -> None:
-        try:
-            await trio.to_thread.run_sync(
-                chunks.read_chunk, digest, limiter=self._readahead_limiter
-            )
-        except Exception:
-            pass  # the read that needs this chunk reports the error itself
-        finally:
-            self._prefetching.discard(digest)
+    def _read_ahead(self, content: Content, off: int, size: int) -> None:
+        self._readahead.warm(content.stream.chunks, content.readahead(off, size))
 
     async def release(self, fh):
         self._files.pop(fh, None)

@@ -17,11 +17,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from snapfs.errors import MissingChunkError, NotFoundError, SnapfsError, UsageError
 from snapfs.store.backend import DirListing, chunk_path
+from snapfs.store.readahead import Readahead
 from snapfs.store.s3_requests import S3Requests, S3Settings
 from snapfs.store.singleflight import SingleFlight
 from snapfs.store.stats import build_report
@@ -64,7 +64,10 @@ class S3Backend(S3Requests):
         self._ready: OrderedDict[bytes, bytes] = OrderedDict()
         self._ready_bytes = 0
         self._chunk_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        # Readers join the GETs it starts (one table of GETs in flight), never start their own.
+        self._fetch_ahead = Readahead(
+            max(self.settings.connections, 1), "snapfs-s3", flights=self._flights
+        )
         self.memory_cache = None  # set by whoever owns the ChunkCache, for stats()
         if check:
             self.check_store()
@@ -133,7 +136,7 @@ class S3Backend(S3Requests):
         )
         return data
 
-    def _fetch_ahead(self, digest: bytes) -> bytes:
+    def _get_and_park(self, digest: bytes) -> bytes:
         """GET a chunk for a reader to come and park it until that reader takes it.
 
         Parked before the result is published, so a reader that comes later finds it parked and
@@ -144,10 +147,7 @@ class S3Backend(S3Requests):
         if data is not None:
             return data  # parked by a fetch-ahead that ended since prefetch looked
         data = self._get_chunk(digest)
-        with self._chunk_lock:
-            old = self._ready.pop(digest, None)
-            if old is not None:
-                self._ready_bytes -= len(old)
+        with self._chunk_lock:  # not parked meanwhile: no other fetch of it runs (SingleFlight)
             self._ready[digest] = data
             self._ready_bytes += len(data)
             while self._ready_bytes > self.settings.prefetch_bytes and self._ready:
@@ -168,18 +168,11 @@ class S3Backend(S3Requests):
         At most `connections` GETs run at once and at most `prefetch_bytes` of fetched but unread
         chunks are kept (oldest dropped), so a reader that wanders off costs little.
         """
-        if self._pool is None:
-            with self._chunk_lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
-                        max_workers=max(self.settings.connections, 1),
-                        thread_name_prefix="snapfs-s3",
-                    )
         for digest in digests:
             with self._chunk_lock:
                 if digest in self._ready:
                     continue
-            self._flights.start(digest, partial(self._fetch_ahead, digest), self._pool)
+            self._fetch_ahead.start(digest, partial(self._get_and_park, digest))
 
     # -- LIST ------------------------------------------------------------------------------------
 
@@ -283,8 +276,7 @@ class S3Backend(S3Requests):
         )
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._fetch_ahead.close()
 
 
 def _is_group_path(parts: list[str]) -> bool:
