@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
+from snapfs.linux.mountinfo import mounts
 from snapfs.progress import Progress
 from snapfs.restore.report import RestoreReport
 from snapfs.store.pipeline import ordered
@@ -53,22 +54,6 @@ def _zeros(n: int, _cache: dict[int, bytes] = {}) -> bytes:  # noqa: B006 - a de
 def _is_zero(data: bytes) -> bool:
     # bytes == bytes is a memcmp; comparing memoryviews element by element is 30x slower.
     return data == _zeros(len(data))
-
-
-def _mounted_devices() -> set[int]:
-    """st_rdev of every block device mounted anywhere (from /proc/self/mountinfo)."""
-    found: set[int] = set()
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 2 and ":" in fields[2]:
-                    major, _, minor = fields[2].partition(":")
-                    if major.isdigit() and minor.isdigit():
-                        found.add(os.makedev(int(major), int(minor)))
-    except OSError:
-        pass
-    return found
 
 
 def _partitions(rdev: int) -> set[int]:
@@ -107,7 +92,7 @@ def open_image_target(
     if target.device:
         if st is None or not stat.S_ISBLK(st.st_mode):
             raise UsageError(f"{path}: --target-device given, but it is not a block device")
-        busy = _mounted_devices()
+        busy = {mount.device for mount in mounts()}
         if st.st_rdev in busy or _partitions(st.st_rdev) & busy:
             raise UsageError(
                 f"{path}: is mounted (or one of its partitions is); refusing to write to it"

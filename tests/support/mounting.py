@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from snapfs.linux.mountinfo import mount_at
 
 SNAPFS = [sys.executable, "-m", "snapfs"]
 
@@ -20,9 +21,7 @@ def snapfs(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
 
 
 def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
+    return mount_at(str(path)) is not None
 
 
 @contextlib.contextmanager
