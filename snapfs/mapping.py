@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
+from snapfs.format.archive_names import FileType, short_name
 from snapfs.keysource import KeyOptions, read_password
 from snapfs.linux.mountinfo import mount_at, mounts
 from snapfs.store.cache import DEFAULT_CACHE_SIZE
@@ -162,8 +163,7 @@ def _run(cmd: list[str], what: str) -> str:
 
 def image_path_in_mount(mountpoint: str, snapshot, filename: str) -> str:
     """Where the mount shows an archive: ns/<a>/ns/<b>/<type>/<id>/<time>/<name without .fidx>."""
-    shown = filename.removesuffix(".fidx").removesuffix(".didx")
-    return os.path.join(mountpoint, snapshot.path, shown)
+    return os.path.join(mountpoint, snapshot.path, short_name(filename))
 
 
 def map_image(
@@ -178,7 +178,7 @@ def map_image(
     snapshot = parse_snapshot(request.snapshot, ns)
     datastore = request.source.open()
     file = datastore.resolve_archive(snapshot, request.image)
-    if file.archive_type != "fidx":
+    if file.archive_type is not FileType.FIXED_INDEX:
         raise UsageError(f"{snapshot}/{file.filename} is not a disk image (.img.fidx)")
     crypt = request.key.crypt_config()
     datastore.check_key(snapshot, crypt)  # a wrong key fails here, not inside the mount
@@ -201,7 +201,7 @@ def map_image(
             device,
             request.source.source,
             str(snapshot),
-            file.filename.removesuffix(".fidx"),
+            short_name(file.filename),
             request.ns,
             image,
             str(mnt),
