@@ -19,8 +19,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from functools import partial
 
-from snapfs.errors import MissingChunkError, NotFoundError, SnapfsError, UsageError
-from snapfs.store.backend import DirListing, chunk_path
+from snapfs.errors import NotFoundError, SnapfsError, UsageError
+from snapfs.store.backend import Backend, DirListing, chunk_path
 from snapfs.store.readahead import Readahead
 from snapfs.store.s3_requests import S3Requests, S3Settings
 from snapfs.store.singleflight import SingleFlight
@@ -44,8 +44,8 @@ def parse_s3_source(source: str) -> tuple[str, str]:
     return bucket, store
 
 
-class S3Backend(S3Requests):
-    """The Backend protocol over `s3://bucket/store`."""
+class S3Backend(S3Requests, Backend):
+    """A Backend over `s3://bucket/store`."""
 
     def __init__(
         self,
@@ -73,10 +73,7 @@ class S3Backend(S3Requests):
             self.check_store()
 
     def _key(self, path: str) -> str:
-        parts = [p for p in path.split("/") if p]
-        if any(p in (".", "..") for p in parts):
-            raise NotFoundError(f"{self.name}: invalid path {path!r}")
-        return "/".join((self.store, ".cnt", *parts))
+        return "/".join((self.store, ".cnt", *self._parts(path)))
 
     # -- GET -------------------------------------------------------------------------------------
 
@@ -128,11 +125,10 @@ class S3Backend(S3Requests):
         return data
 
     def _get_chunk(self, digest: bytes) -> bytes:
-        hexdigest = digest.hex()
         data, _ = self._get(
             f"{self.store}/{chunk_path(digest)}",
-            f"chunk {hexdigest}",
-            lambda: MissingChunkError(f"chunk {hexdigest} is missing from {self.name}"),
+            f"chunk {digest.hex()}",
+            lambda: self._missing_chunk(digest),
         )
         return data
 
