@@ -142,36 +142,24 @@ def restores_as_pxar_tree(name: str) -> bool:
 
 @dataclass(frozen=True)
 class PxarNames:
-    """The manifest files pxar archive `<base>.pxar` may be stored as: unified, or a split pair."""
+    """The names of pxar archive `<base>.pxar` and of the manifest files it may be stored as:
+    one unified stream, or a split metadata + payload pair."""
 
-    base: str  # "root"
+    name: str  # what users and the mount call it, however it is stored: `root.pxar`
+    unified: str  # `root.pxar.didx`
+    meta: str  # `root.mpxar.didx`
+    payload: str  # `root.ppxar.didx`
 
     @classmethod
     def of(cls, name: str) -> PxarNames:
         """From any name of the archive or of one of its streams, short or full: `root.pxar`,
         `root.mpxar.didx`, `root.ppxar`, ... (a name with no pxar extension is the base itself)."""
-        stream = name.removesuffix(FileType.DYNAMIC_INDEX.suffix)
+        base = name.removesuffix(FileType.DYNAMIC_INDEX.suffix)
         for extension in (".mpxar", ".ppxar", ".pxar"):
-            if stream.endswith(extension):
-                return cls(stream.removesuffix(extension))
-        return cls(stream)
-
-    @property
-    def name(self) -> str:
-        """What users and the mount call it: `root.pxar`, however it is stored."""
-        return f"{self.base}.pxar"
-
-    @property
-    def unified(self) -> str:
-        return f"{self.base}.pxar.didx"
-
-    @property
-    def meta(self) -> str:
-        return f"{self.base}.mpxar.didx"
-
-    @property
-    def payload(self) -> str:
-        return f"{self.base}.ppxar.didx"
+            if base.endswith(extension):
+                base = base.removesuffix(extension)
+                break
+        return cls(f"{base}.pxar", f"{base}.pxar.didx", f"{base}.mpxar.didx", f"{base}.ppxar.didx")
 
     @property
     def files(self) -> tuple[str, str, str]:

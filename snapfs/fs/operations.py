@@ -128,6 +128,13 @@ class SnapfsOperations(pyfuse3.Operations):
         except SnapfsError as exc:
             raise self._fail(exc, where, quiet_enoent) from None
 
+    async def _cached_or_run(self, node: Node, cached, blocking):
+        """`cached()` if the node can answer without blocking, else `blocking()` in a thread."""
+        found = self._inline(node.path, cached)
+        if found is None:
+            found = await self._run(node.path, blocking)
+        return found
+
     def _fail(
         self, exc: BaseException, where: str, quiet_enoent: bool = False
     ) -> pyfuse3.FUSEError:
@@ -189,9 +196,7 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def opendir(self, inode, ctx=None):
         node = self._node(inode)
-        handle = self._inline(node.path, node.cached_opendir)
-        if handle is None:
-            handle = await self._run(node.path, node.opendir)
+        handle = await self._cached_or_run(node, node.cached_opendir, node.opendir)
         fh = next(self._fhs)
         self._dirs[fh] = handle
         return fh
@@ -223,9 +228,7 @@ class SnapfsOperations(pyfuse3.Operations):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self._node(inode)
-        content = self._inline(node.path, node.cached_open)
-        if content is None:
-            content = await self._run(node.path, node.open)
+        content = await self._cached_or_run(node, node.cached_open, node.open)
         fh = next(self._fhs)
         self._files[fh] = content
         live = node.live  # new content on every open: bypass the page cache

@@ -203,7 +203,7 @@ class DiskCache(Backend):
             self._entries[rel] = size
             self._bytes += size
 
-    # -- Backend protocol ------------------------------------------------------------------------
+    # -- Backend ---------------------------------------------------------------------------------
 
     def list_dir(self, path: str) -> DirListing:
         return self.backend.list_dir(path)

@@ -55,9 +55,8 @@ def test_the_split_pair_is_one_archive_by_its_unified_name() -> None:
         "root.ppxar.didx",
         "root",
     ):
-        names = PxarNames.of(name)
-        assert names == PxarNames("root"), name
-    names = PxarNames("root")
+        assert PxarNames.of(name) == PxarNames.of("root.pxar"), name
+    names = PxarNames.of("root.pxar")
     assert names.name == "root.pxar"
     assert (names.unified, names.meta, names.payload) == (
         "root.pxar.didx",
@@ -65,7 +64,7 @@ def test_the_split_pair_is_one_archive_by_its_unified_name() -> None:
         "root.ppxar.didx",
     )
     assert names.files == (names.unified, names.meta, names.payload)
-    assert PxarNames.of("my.data.pxar").base == "my.data"  # dots inside a name are kept
+    assert PxarNames.of("my.data.pxar").unified == "my.data.pxar.didx"  # inner dots are kept
 
 
 def test_file_types_by_suffix() -> None:
