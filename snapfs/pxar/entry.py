@@ -107,21 +107,10 @@ class Entry:
             **absent,
         )
 
-    @property
-    def is_dir(self) -> bool:
-        return self.kind is EntryKind.DIRECTORY
-
-    @property
-    def is_file(self) -> bool:
-        return self.kind is EntryKind.FILE
-
-    @property
-    def is_symlink(self) -> bool:
-        return self.kind is EntryKind.SYMLINK
-
-    @property
-    def is_hardlink(self) -> bool:
-        return self.kind is EntryKind.HARDLINK
+    is_dir = property(lambda self: self.kind is EntryKind.DIRECTORY)
+    is_file = property(lambda self: self.kind is EntryKind.FILE)
+    is_symlink = property(lambda self: self.kind is EntryKind.SYMLINK)
+    is_hardlink = property(lambda self: self.kind is EntryKind.HARDLINK)
 
     @property
     def mtime(self) -> tuple[int, int]:

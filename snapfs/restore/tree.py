@@ -25,7 +25,7 @@ import os
 import queue
 import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from snapfs.errors import SnapfsError, UsageError
@@ -84,24 +84,17 @@ class _Frame:
     apply_meta: bool = True
 
 
+@dataclass
 class _PxarRestore:
-    def __init__(
-        self,
-        accessor: Accessor,
-        target: str,
-        options: RestoreOptions,
-        report: RestoreReport,
-        progress: Progress,
-    ) -> None:
-        self.accessor = accessor
-        self.target = target
-        self.opts = options
-        self.report = report
-        self.progress = progress
-        self.is_root = os.geteuid() == 0
-        self.links: dict[int, tuple[bytes, ...]] = {}  # target entry_offset -> restored rel path
-        self.target_fd: int | None = None  # TARGET, when restoring a directory
-        self.created = False  # whether this restore created TARGET
+    accessor: Accessor
+    target: str
+    opts: RestoreOptions
+    report: RestoreReport
+    progress: Progress
+    is_root: bool = field(default_factory=lambda: os.geteuid() == 0)
+    links: dict[int, tuple[bytes, ...]] = field(default_factory=dict)  # entry_offset -> rel path
+    target_fd: int | None = None  # TARGET, when restoring a directory
+    created: bool = False  # whether this restore created TARGET
 
     # -- entry points
 
