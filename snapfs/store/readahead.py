@@ -2,11 +2,17 @@
 
 One mechanism for every reader that knows its future: the mount and the NBD server after a
 sequential read (`SequentialWindow` names the chunks that come next), NBD_CMD_CACHE and the pxar
-restore's walker (the chunks of a byte range), and S3Backend's fetch-ahead of raw chunks. A few
-background threads do the work and each key is fetched at most once at a time (`SingleFlight`),
-so a hint repeated while its fetch is queued or running costs nothing. A hint is never an error:
-a fetch that fails is left for the reader who needs that chunk, which fetches it again and
-reports the failure with the file it belongs to.
+restore's walker (the chunks of a byte range), and S3Backend's fetch-ahead. A few background
+threads do the work and each key is fetched at most once at a time (`SingleFlight`), so a hint
+repeated while its fetch is queued or running costs nothing. A hint is never an error: a fetch
+that fails is left for the reader who needs that chunk, which fetches it again and reports the
+failure with the file it belongs to.
+
+The first three decode chunks into the shared ChunkCache (`warm`), and their readers fetch for
+themselves rather than wait behind a queued hint. S3's fetch-ahead works one layer down: for a
+streaming reader (IndexStream.iter_range, `snapfs cat`), whose decoded cache may be too small to
+hold anything ahead, it GETs raw chunks and parks them until read, and its readers join a GET
+already started (S3Backend passes its own table of GETs as `flights`).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ class SingleFlight(Generic[K, V]):
         self._lock = threading.Lock()
 
     def run(self, key: K, compute: Callable[[], V]) -> V:
-        """`compute()`'s result for `key`, computed in this thread unless a call for it is under way
-        (then that call's result, or its exception, is returned instead)."""
+        """`compute()`'s value for `key`, computed in this thread; or, if a call for `key` is under
+        way, that call's value (or its exception, raised here)."""
         future, owner = self._join(key)
         if owner:
             self._settle(key, future, compute)
