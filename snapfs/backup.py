@@ -17,6 +17,14 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from snapfs.errors import SnapfsError, UsageError
+from snapfs.format.archive_names import (
+    CATALOG_NAME,
+    MANIFEST_NAME,
+    ArchiveKind,
+    PxarNames,
+    archive_kind,
+    manifest_name,
+)
 from snapfs.format.blob import encode_blob, encode_chunk
 from snapfs.format.catalog import CatalogWriter
 from snapfs.format.chunker import split_stream
@@ -41,14 +49,12 @@ class BackupSource:
     path: str
 
     @property
-    def kind(self) -> str:
-        ext = self.archive.rsplit(".", 1)[-1]
-        if ext == "img":
-            return "image"
-        if ext == "pxar":
-            return "pxar"
-        if ext in ("conf", "log", "json", "key"):
-            return "blob"
+    def kind(self) -> ArchiveKind:
+        """IMAGE, PXAR or BLOB, by the archive's extension as PBS reads it."""
+        full = manifest_name(self.archive)
+        kind = archive_kind(full) if full is not None else None
+        if kind in (ArchiveKind.IMAGE, ArchiveKind.PXAR, ArchiveKind.BLOB):
+            return kind
         raise UsageError(
             f"archive {self.archive!r}: unknown type (use NAME.img, NAME.pxar or NAME.conf)"
         )
@@ -136,18 +142,18 @@ def backup(
     job = _Backup(writer, crypt)
     for source in sources:
         kind = source.kind
-        if kind == "image":
+        if kind is ArchiveKind.IMAGE:
             index, size = job.image(source.path)
-            filename = f"{source.archive}.fidx"
+            filename = manifest_name(source.archive)
             _add_index(writer, result, snapshot, filename, index, job.crypt_mode)
-        elif kind == "blob":
+        elif kind is ArchiveKind.BLOB:
             try:
                 with open(source.path, "rb") as f:
                     payload = f.read()
             except OSError as exc:
                 raise SnapfsError(f"{source.path}: cannot read: {exc.strerror}") from None
             raw = encode_blob(payload, crypt, compress=True)
-            filename = f"{source.archive}.blob"
+            filename = manifest_name(source.archive)
             writer.write_snapshot_file(snapshot, filename, raw)
             result.files.append(
                 ManifestFile(filename, job.crypt_mode, len(raw), hashlib.sha256(raw).digest())
@@ -181,7 +187,7 @@ def backup_pxar_stream(
     snapshot = Snapshot(Group(ns, backup_type, backup_id), backup_time or int(time.time()))
     result = BackupResult(snapshot)
     job = _Backup(writer, crypt)
-    _store_pxar_stream(job, writer, result, snapshot, f"{archive}.didx", stream)
+    _store_pxar_stream(job, writer, result, snapshot, PxarNames.of(archive).unified, stream)
     _finish_snapshot(writer, result, crypt)
     return result
 
@@ -201,7 +207,7 @@ def _finish_snapshot(
         unknown_fields={},
     )
     writer.write_snapshot_file(
-        snapshot, "index.json.blob", encode_blob(manifest.to_json(crypt), None, compress=True)
+        snapshot, MANIFEST_NAME, encode_blob(manifest.to_json(crypt), None, compress=True)
     )
     result.chunks_written = writer.chunks_written
     result.chunks_reused = writer.chunks_reused
@@ -221,7 +227,7 @@ def _backup_tree(
     The archive is encoded to a temporary file first: the encoder wants a seekable-free stream
     but the chunker reads at its own pace, and a file keeps memory flat whatever the tree's size.
     """
-    base = source.archive.removesuffix(".pxar")
+    pxar = PxarNames.of(source.archive)
     catalog = None if split else CatalogWriter()
     problems = result.problems
 
@@ -242,7 +248,7 @@ def _backup_tree(
             _CATALOG_ADDERS[kind](catalog, event.name)
 
     if catalog is not None:
-        catalog.start_directory(f"{base}.pxar.didx".encode())
+        catalog.start_directory(pxar.unified.encode())
     with tempfile.TemporaryFile() as meta, tempfile.TemporaryFile() as payload:
         try:
             encode_tree(
@@ -250,18 +256,14 @@ def _backup_tree(
             )
         except OSError as exc:
             raise SnapfsError(f"{source.path}: cannot back up: {exc.strerror or exc}") from None
-        streams = (
-            [(f"{base}.mpxar.didx", meta), (f"{base}.ppxar.didx", payload)]
-            if split
-            else [(f"{base}.pxar.didx", meta)]
-        )
+        streams = [(pxar.meta, meta), (pxar.payload, payload)] if split else [(pxar.unified, meta)]
         for filename, f in streams:
             f.seek(0)
             _store_pxar_stream(job, writer, result, snapshot, filename, f)
     if catalog is not None:
         catalog.end_directory()
         index, _ = job.dynamic(split_stream(io.BytesIO(catalog.finish()), CATALOG_AVG_CHUNK_SIZE))
-        _add_index(writer, result, snapshot, "catalog.pcat1.didx", index, job.crypt_mode)
+        _add_index(writer, result, snapshot, CATALOG_NAME, index, job.crypt_mode)
 
 
 def _store_pxar_stream(

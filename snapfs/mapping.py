@@ -30,7 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
+from snapfs.format.archive_names import FileType, short_name
 from snapfs.keysource import KeyOptions, read_password
+from snapfs.linux.mountinfo import mount_at, mounts
 from snapfs.store.cache import DEFAULT_CACHE_SIZE
 from snapfs.store.sources import SourceOptions, source_option_argv
 
@@ -114,10 +116,12 @@ def mount_alive(m: Mapping) -> bool:
         os.statvfs(m.mountpoint)
     except OSError as exc:
         return exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENOENT)
-    from snapfs.fs.mount import find_mount
+    return _fuse_mounted(m.mountpoint)
 
-    fstype = find_mount(m.mountpoint)
-    return fstype is not None and fstype.startswith("fuse")
+
+def _fuse_mounted(path: str) -> bool:
+    mount = mount_at(path)
+    return mount is not None and mount.fs_type.startswith("fuse")
 
 
 def _loop_name(device: str) -> str:
@@ -144,18 +148,6 @@ def loop_partitions(device: str) -> list[str]:
         return []
 
 
-def _mounted_devices() -> dict[str, str]:
-    """mount source -> mount point, from /proc/self/mountinfo."""
-    out = {}
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            if len(fields) >= 5 and len(rfields) >= 2:
-                out[rfields[1]] = fields[4]
-    return out
-
-
 def _run(cmd: list[str], what: str) -> str:
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -171,8 +163,7 @@ def _run(cmd: list[str], what: str) -> str:
 
 def image_path_in_mount(mountpoint: str, snapshot, filename: str) -> str:
     """Where the mount shows an archive: ns/<a>/ns/<b>/<type>/<id>/<time>/<name without .fidx>."""
-    shown = filename.removesuffix(".fidx").removesuffix(".didx")
-    return os.path.join(mountpoint, snapshot.path, shown)
+    return os.path.join(mountpoint, snapshot.path, short_name(filename))
 
 
 def map_image(
@@ -187,7 +178,7 @@ def map_image(
     snapshot = parse_snapshot(request.snapshot, ns)
     datastore = request.source.open()
     file = datastore.resolve_archive(snapshot, request.image)
-    if file.archive_type != "fidx":
+    if file.archive_type is not FileType.FIXED_INDEX:
         raise UsageError(f"{snapshot}/{file.filename} is not a disk image (.img.fidx)")
     crypt = request.key.crypt_config()
     datastore.check_key(snapshot, crypt)  # a wrong key fails here, not inside the mount
@@ -210,7 +201,7 @@ def map_image(
             device,
             request.source.source,
             str(snapshot),
-            file.filename.removesuffix(".fidx"),
+            short_name(file.filename),
             request.ns,
             image,
             str(mnt),
@@ -278,16 +269,13 @@ def _start_mount(
 
 def _wait_ready(proc: subprocess.Popen, mnt: str, image: str, log: Path, timeout: float) -> None:
     """Until the image file inside the fresh mount answers a stat (or the mount process died)."""
-    from snapfs.fs.mount import find_mount
-
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
         code = proc.poll()
         if code is not None:
             raise MapError(f"the mount of {mnt} failed (exit {code}): {_last_error(log)}")
-        fstype = find_mount(mnt)
-        if fstype is not None and fstype.startswith("fuse"):
+        if _fuse_mounted(mnt):
             try:
                 os.stat(image)
                 return
@@ -363,7 +351,7 @@ def find_mapping(name: str) -> Mapping:
 
 def unmap(m: Mapping) -> None:
     """Detach the loop device, stop the mount process, unmount, remove the runtime folder."""
-    mounted = _mounted_devices()
+    mounted = {mount.source: mount.mount_point for mount in mounts()}
     for dev in [m.device, *loop_partitions(m.device)]:
         if dev in mounted:
             raise MapError(f"{dev} is mounted on {mounted[dev]}; unmount it first")
@@ -401,9 +389,9 @@ def _stop_process(pid: int, start: str | None) -> None:
 
 
 def _unmount(mountpoint: str) -> None:
-    from snapfs.fs.mount import MountError, find_mount, umount
+    from snapfs.linux.mounts import MountError, umount
 
-    if find_mount(mountpoint) is not None:
+    if mount_at(mountpoint) is not None:
         with contextlib.suppress(MountError):
             umount(mountpoint)
 

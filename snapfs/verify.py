@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +30,17 @@ from snapfs.errors import (
     UsageError,
     WrongKeyError,
 )
+from snapfs.format.archive_names import FileType, PxarNames, archive_kind, short_name
 from snapfs.format.blob import decode_blob, decode_chunk
 from snapfs.format.crypt import CryptConfig, format_fingerprint
 from snapfs.format.index import DynamicIndex, FixedIndex
 from snapfs.store.datastore import BACKUP_TYPES, Datastore, Group, Snapshot, parse_snapshot
+from snapfs.store.pipeline import ordered
 
 DEFAULT_WORKERS = 8
+#: Chunk checks under way per worker: enough that one slow GET does not idle the others, few
+#: enough that millions of chunks never stand in memory as futures at once.
+CHECKS_PER_WORKER = 8
 
 # Chunk states. CRC_ONLY: an encrypted chunk checked without its key (magic and CRC only).
 OK, CRC_ONLY, MISSING, CORRUPT = "ok", "crc-only", "missing", "corrupt"
@@ -201,15 +205,19 @@ class Verifier:
             report.snapshots.append(result)
             jobs += self._check_snapshot_files(result)
         digests = {d for job in jobs for d in _digests(job.index)} - self.chunk_status.keys()
-        with ThreadPoolExecutor(
-            max_workers=self.workers, thread_name_prefix="snapfs-verify"
-        ) as pool:
-            for digest, status in zip(digests, pool.map(self._check_chunk, digests), strict=True):
-                self.chunk_status[digest] = status
-                report.chunks_checked += 1
-                report.bytes_checked += status.size or 0
-                if self.on_chunk is not None:
-                    self.on_chunk(status.size or 0)
+        for digest, future in ordered(
+            digests,
+            self._check_chunk,
+            workers=self.workers,
+            window=CHECKS_PER_WORKER * self.workers,
+            thread_name="snapfs-verify",
+        ):
+            status = future.result()
+            self.chunk_status[digest] = status
+            report.chunks_checked += 1
+            report.bytes_checked += status.size or 0
+            if self.on_chunk is not None:
+                self.on_chunk(status.size or 0)
         for job in jobs:
             self._collect_bad(job)
         report.elapsed = time.monotonic() - started
@@ -251,7 +259,7 @@ class Verifier:
                 result.content_verified = False
             path = f"{snapshot.path}/{file.filename}"
             try:
-                if file.archive_type == "blob":
+                if file.archive_type is FileType.BLOB:
                     raw = ds.read_snapshot_file(snapshot, file)
                     # Without the key, magic and CRC are still checked before the key is needed.
                     with contextlib.suppress(KeyRequiredError):
@@ -311,7 +319,8 @@ class Verifier:
     def _affected(self, job: _IndexJob, bad: list[BadChunk]) -> None:
         """Name what each bad chunk breaks: files of a pxar archive, else the byte range."""
         name = job.filename
-        if name.endswith((".pxar.didx", ".mpxar.didx", ".ppxar.didx")):
+        kind = archive_kind(name)
+        if kind is not None and kind.is_pxar:
             try:
                 self._affected_files(job, bad)
                 return
@@ -319,7 +328,7 @@ class Verifier:
                 for b in bad:
                     b.affected.append(f"{name}: files unknown ({exc})")
                 return
-        archive = name.rsplit(".", 1)[0]
+        archive = short_name(name)
         for b in bad:
             b.affected += [f"{archive} bytes {a}-{z}" for a, z in b.ranges]
 
@@ -331,13 +340,11 @@ class Verifier:
         ds, snapshot = self.datastore, job.result.snapshot
         if job.encrypted and self.crypt is None:
             raise KeyRequiredError("archive is encrypted and no key was given")
-        base = job.filename.removesuffix(".didx")
-        for suffix in (".pxar", ".mpxar", ".ppxar"):
-            base = base.removesuffix(suffix)
+        pxar = PxarNames.of(job.filename)
         names = {f.filename for f in ds.manifest(snapshot).files}
         reader = ChunkReader(ds.backend, self.crypt)
-        split = f"{base}.mpxar.didx" in names
-        meta_name = f"{base}.mpxar.didx" if split else f"{base}.pxar.didx"
+        split = pxar.meta in names
+        meta_name = pxar.meta if split else pxar.unified
 
         def stream(filename: str) -> IndexStream:
             return IndexStream(
@@ -347,9 +354,9 @@ class Verifier:
             )
 
         # Metadata-only: entries carry their payload offsets, and the payload may be the damage.
-        accessor = Accessor(stream(meta_name), None, name=f"{snapshot}/{base}.pxar")
+        label = pxar.name
+        accessor = Accessor(stream(meta_name), None, name=f"{snapshot}/{label}")
         content_in_job = job.filename != meta_name or not split
-        label = f"{base}.pxar"
         walk_errors: list[SnapfsError] = []
         for entry in accessor.walk(on_error=walk_errors.append):
             if not content_in_job or not entry.is_file or entry.content_offset is None:

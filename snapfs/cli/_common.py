@@ -103,6 +103,22 @@ def add_source(parser: argparse.ArgumentParser) -> None:
     add_source_options(parser)
 
 
+def add_archive_arguments(
+    parser: argparse.ArgumentParser,
+    archive_help: str,
+    *,
+    dest: str = "archive",
+    metavar: str = "ARCHIVE",
+) -> None:
+    """SOURCE (with its options), SNAPSHOT and the archive in it that the command reads: how
+    cat, ls, find, restore and map begin."""
+    add_source(parser)
+    parser.add_argument(
+        "snapshot", metavar="SNAPSHOT", help="TYPE/ID/TIME, e.g. vm/100/2024-06-01T10:00:00Z"
+    )
+    parser.add_argument(dest, metavar=metavar, help=archive_help)
+
+
 def add_source_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source", metavar="SOURCE", help="datastore directory, or s3://BUCKET/STORE"

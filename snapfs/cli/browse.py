@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from snapfs.cli._common import (
+    add_archive_arguments,
     add_json_option,
     add_key_options,
     add_source,
@@ -43,20 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "cat", help="write an archive's decoded content (or a file inside a pxar archive) to stdout"
     )
-    add_source(p)
-    p.add_argument("snapshot", metavar="SNAPSHOT", help="e.g. vm/100/2024-06-01T10:00:00Z")
-    p.add_argument(
-        "archive",
-        metavar="ARCHIVE",
-        help="e.g. drive-scsi0.img, qemu-server.conf, index.json, root.pxar/etc/hosts",
+    add_archive_arguments(
+        p, "e.g. drive-scsi0.img, qemu-server.conf, index.json, root.pxar/etc/hosts"
     )
     add_key_options(p)
     p.set_defaults(func=cmd_cat)
 
     p = sub.add_parser("ls", help="list a directory inside a pxar archive")
-    add_source(p)
-    p.add_argument("snapshot", metavar="SNAPSHOT")
-    p.add_argument("archive", metavar="ARCHIVE", help="e.g. root.pxar")
+    add_archive_arguments(p, "e.g. root.pxar")
     p.add_argument("path", metavar="PATH", nargs="?", default="/")
     p.add_argument(
         "-l", "--long", action="store_true", help="mode, owner, size, mtime, link target"
@@ -66,9 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("find", help="find paths in a pxar archive by a glob on their name")
-    add_source(p)
-    p.add_argument("snapshot", metavar="SNAPSHOT")
-    p.add_argument("archive", metavar="ARCHIVE", help="e.g. root.pxar")
+    add_archive_arguments(p, "e.g. root.pxar")
     p.add_argument(
         "pattern", metavar="PATTERN", help="glob matched against each name, e.g. '*.conf'"
     )

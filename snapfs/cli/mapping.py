@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from snapfs.cli._common import (
+    add_archive_arguments,
     add_cache_size_option,
     add_key_options,
-    add_source,
     key_options,
     source_options,
 )
@@ -23,9 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "map", help="attach a disk image read-only as a loop device (/dev/loopNpM partitions)"
     )
-    add_source(p)
-    p.add_argument("snapshot", metavar="SNAPSHOT", help="e.g. vm/100/2024-06-01T10:00:00Z")
-    p.add_argument("image", metavar="IMAGE", help="e.g. drive-scsi0.img")
+    add_archive_arguments(p, "e.g. drive-scsi0.img", dest="image", metavar="IMAGE")
     add_key_options(p)
     add_cache_size_option(p)
     p.set_defaults(func=cmd_map)

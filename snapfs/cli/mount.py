@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_timeout(p: argparse.ArgumentParser, help_text: str) -> None:
-    from snapfs.fs.mount import DEFAULT_TIMEOUT
+    from snapfs.linux.mounts import DEFAULT_TIMEOUT
 
     p.add_argument(
         "--timeout",
@@ -120,7 +120,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from snapfs.fs.mount import umount
+    from snapfs.linux.mounts import umount
 
     umount(args.mountpoint, args.timeout)
     return 0

@@ -7,9 +7,9 @@ import sys
 
 from snapfs.cli._common import (
     EXIT_ERROR,
+    add_archive_arguments,
     add_json_option,
     add_key_options,
-    add_source,
     key_options,
     print_json,
     source_options,
@@ -28,12 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "restore", help="restore a pxar archive (or a path in it), an image or a blob"
     )
-    add_source(p)
-    p.add_argument("snapshot", metavar="SNAPSHOT", help="e.g. host/web1/2024-06-01T10:00:00Z")
-    p.add_argument(
-        "archive",
+    add_archive_arguments(
+        p,
+        "e.g. root.pxar, root.pxar/etc, drive-scsi0.img, qemu-server.conf",
         metavar="ARCHIVE[/PATH]",
-        help="e.g. root.pxar, root.pxar/etc, drive-scsi0.img, qemu-server.conf",
     )
     p.add_argument(
         "target",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partialmethod
 
 from snapfs.errors import BadMagicError, CorruptDataError, NotFoundError, TruncatedDataError
 
@@ -170,36 +171,29 @@ class CatalogReader:
 
 def _read_u64(data: bytes, pos: int, end: int, name: str) -> tuple[int, int]:
     """LEB128 u64, at most 10 bytes (upstream catalog_decode_u64)."""
-    value = 0
-    for i in range(10):
-        if pos + i >= end:
-            raise CorruptDataError(f"{name}: varint at offset {pos} runs past its table")
-        byte = data[pos + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if byte < 0x80:
-            if value > _U64_MAX:
-                raise CorruptDataError(f"{name}: varint at offset {pos} exceeds 64 bits")
-            return value, pos + i + 1
-    raise CorruptDataError(f"{name}: varint at offset {pos} has no end within 10 bytes")
+    return _read_varint(data, pos, end, name, signed=False)
 
 
 def _read_i64(data: bytes, pos: int, end: int, name: str) -> tuple[int, int]:
-    """Signed varint: |v| with every byte flagged and a 0x00 terminator when negative."""
+    """Signed varint: |v| with every byte flagged and a 0x00 terminator when negative, at most
+    11 bytes (upstream catalog_decode_i64)."""
+    return _read_varint(data, pos, end, name, signed=True)
+
+
+def _read_varint(data: bytes, pos: int, end: int, name: str, *, signed: bool) -> tuple[int, int]:
+    what, most, limit = ("signed varint", 11, _I64_MAX) if signed else ("varint", 10, _U64_MAX)
     value = 0
-    for i in range(11):
+    for i in range(most):
         if pos + i >= end:
             raise CorruptDataError(f"{name}: varint at offset {pos} runs past its table")
         byte = data[pos + i]
-        if byte == 0:
-            if value > _I64_MAX + 1:
-                raise CorruptDataError(f"{name}: signed varint at offset {pos} exceeds 64 bits")
-            return -value, pos + i + 1
+        negative = signed and byte == 0  # a 0x00 after the magnitude: the value is negative
         value |= (byte & 0x7F) << (7 * i)
-        if byte < 0x80:
-            if value > _I64_MAX:
-                raise CorruptDataError(f"{name}: signed varint at offset {pos} exceeds 64 bits")
-            return value, pos + i + 1
-    raise CorruptDataError(f"{name}: signed varint at offset {pos} has no end within 11 bytes")
+        if negative or byte < 0x80:
+            if value > limit + negative:  # -(2**63) is the one magnitude past the i64 maximum
+                raise CorruptDataError(f"{name}: {what} at offset {pos} exceeds 64 bits")
+            return (-value if negative else value), pos + i + 1
+    raise CorruptDataError(f"{name}: {what} at offset {pos} has no end within {most} bytes")
 
 
 def encode_u64(value: int) -> bytes:
@@ -258,23 +252,16 @@ class CatalogWriter:
     def add_file(self, name: bytes, size: int, mtime: int) -> None:
         self._current().append(_head(b"f", name) + encode_u64(size) + encode_i64(mtime))
 
-    def add_symlink(self, name: bytes) -> None:
-        self._current().append(_head(b"l", name))
+    def _add_named(self, kind: bytes, name: bytes) -> None:
+        """An entry that is its kind and name only: all but directories and files."""
+        self._current().append(_head(kind, name))
 
-    def add_hardlink(self, name: bytes) -> None:
-        self._current().append(_head(b"h", name))
-
-    def add_block_device(self, name: bytes) -> None:
-        self._current().append(_head(b"b", name))
-
-    def add_char_device(self, name: bytes) -> None:
-        self._current().append(_head(b"c", name))
-
-    def add_fifo(self, name: bytes) -> None:
-        self._current().append(_head(b"p", name))
-
-    def add_socket(self, name: bytes) -> None:
-        self._current().append(_head(b"s", name))
+    add_symlink = partialmethod(_add_named, b"l")
+    add_hardlink = partialmethod(_add_named, b"h")
+    add_block_device = partialmethod(_add_named, b"b")
+    add_char_device = partialmethod(_add_named, b"c")
+    add_fifo = partialmethod(_add_named, b"p")
+    add_socket = partialmethod(_add_named, b"s")
 
     def finish(self) -> bytes:
         """Write the root table and its offset; the writer is spent afterwards."""

@@ -18,7 +18,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 from itertools import islice
 from operator import ge
-from typing import Self
+from typing import ClassVar, Self
 
 from snapfs.errors import (
     BadMagicError,
@@ -49,7 +49,11 @@ def _view(data: Buffer) -> memoryview:
     return view.toreadonly()
 
 
-def _read_header(view: memoryview, magic: bytes, kind: str, name: str) -> tuple[bytes, int, bytes]:
+#: (uuid, ctime, index_csum): what the header holds after the magic.
+_Header = tuple[bytes, int, bytes]
+
+
+def _read_header(view: memoryview, magic: bytes, kind: str, name: str) -> _Header:
     if len(view) < 8:
         raise TruncatedDataError(f"{name}: {len(view)} bytes is too short for a {kind} header")
     if view[:8] != magic:
@@ -62,45 +66,50 @@ def _read_header(view: memoryview, magic: bytes, kind: str, name: str) -> tuple[
     return uuid, ctime, csum
 
 
-class FixedIndex:
-    """A `.fidx`: `size` bytes cut in `chunk_size` pieces, one digest each, only the last short."""
+class _Index:
+    """What both index kinds have: the header's fields, and the stream's size in chunks and bytes."""
 
-    __slots__ = (
-        "name",
-        "uuid",
-        "ctime",
-        "index_csum",
-        "size",
-        "chunk_size",
-        "chunk_count",
-        "_digests",
-    )
+    __slots__ = ("name", "uuid", "ctime", "index_csum", "size", "chunk_count")
+    _MAGIC: ClassVar[bytes]
+    _KIND: ClassVar[str]
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        uuid: bytes,
-        ctime: int,
-        index_csum: bytes,
-        size: int,
-        chunk_size: int,
-        digests: memoryview,
-    ) -> None:
+    def __init__(self, name: str, header: _Header, size: int, chunk_count: int) -> None:
         self.name = name
-        self.uuid = uuid
-        self.ctime = ctime
-        self.index_csum = index_csum
+        self.uuid, self.ctime, self.index_csum = header
         self.size = size
-        self.chunk_size = chunk_size
-        self.chunk_count = len(digests) // DIGEST_SIZE
-        self._digests = digests
+        self.chunk_count = chunk_count
 
     @classmethod
     def parse(cls, data: Buffer, *, name: str) -> Self:
-        """Parse and check a whole `.fidx` file: magic, geometry against file size, index_csum."""
+        """Parse and check a whole index file: magic, header, entries, and index_csum."""
         view = _view(data)
-        uuid, ctime, csum = _read_header(view, FIXED_INDEX_MAGIC, "fixed index", name)
+        header = _read_header(view, cls._MAGIC, cls._KIND, name)
+        index = cls._from_entries(view, header, name)
+        _check_csum(index, name)
+        return index
+
+    @classmethod
+    def _from_entries(cls, view: memoryview, header: _Header, name: str) -> Self:
+        raise NotImplementedError
+
+
+class FixedIndex(_Index):
+    """A `.fidx`: `size` bytes cut in `chunk_size` pieces, one digest each, only the last short."""
+
+    __slots__ = ("chunk_size", "_digests")
+    _MAGIC = FIXED_INDEX_MAGIC
+    _KIND = "fixed index"
+
+    def __init__(
+        self, name: str, header: _Header, size: int, chunk_size: int, digests: memoryview
+    ) -> None:
+        super().__init__(name, header, size, len(digests) // DIGEST_SIZE)
+        self.chunk_size = chunk_size
+        self._digests = digests
+
+    @classmethod
+    def _from_entries(cls, view: memoryview, header: _Header, name: str) -> Self:
+        """The geometry in the header against the file's size, then one digest per chunk."""
         size, chunk_size = _FIXED_SIZES.unpack_from(view, _COMMON_HEADER.size)
         if chunk_size == 0 or chunk_size & (chunk_size - 1):
             raise CorruptDataError(
@@ -114,17 +123,7 @@ class FixedIndex:
                 f"{name}: file is {len(view)} bytes, but size {size} / chunk size {chunk_size} "
                 f"needs {count} digests ({expected} bytes)"
             )
-        index = cls(
-            name=name,
-            uuid=uuid,
-            ctime=ctime,
-            index_csum=csum,
-            size=size,
-            chunk_size=chunk_size,
-            digests=view[HEADER_SIZE:],
-        )
-        _check_csum(index, name)
-        return index
+        return cls(name, header, size, chunk_size, view[HEADER_SIZE:])
 
     def digest(self, i: int) -> bytes:
         if not 0 <= i < self.chunk_count:
@@ -164,35 +163,21 @@ class FixedIndex:
         return f"FixedIndex({self.name!r}, size={self.size}, chunk_size={self.chunk_size}, chunks={self.chunk_count})"
 
 
-class DynamicIndex:
+class DynamicIndex(_Index):
     """A `.didx`: (exclusive end offset, digest) entries with strictly increasing ends."""
 
-    __slots__ = ("name", "uuid", "ctime", "index_csum", "size", "chunk_count", "_entries", "_ends")
+    __slots__ = ("_entries", "_ends")
+    _MAGIC = DYNAMIC_INDEX_MAGIC
+    _KIND = "dynamic index"
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        uuid: bytes,
-        ctime: int,
-        index_csum: bytes,
-        entries: memoryview,
-        ends: array,
-    ) -> None:
-        self.name = name
-        self.uuid = uuid
-        self.ctime = ctime
-        self.index_csum = index_csum
-        self.chunk_count = len(ends)
-        self.size = ends[-1] if ends else 0
+    def __init__(self, name: str, header: _Header, entries: memoryview, ends: array) -> None:
+        super().__init__(name, header, ends[-1] if ends else 0, len(ends))
         self._entries = entries
         self._ends = ends
 
     @classmethod
-    def parse(cls, data: Buffer, *, name: str) -> Self:
-        """Parse and check a whole `.didx` file: magic, entry area, monotonic ends, index_csum."""
-        view = _view(data)
-        uuid, ctime, csum = _read_header(view, DYNAMIC_INDEX_MAGIC, "dynamic index", name)
+    def _from_entries(cls, view: memoryview, header: _Header, name: str) -> Self:
+        """(end, digest) records filling the rest of the file, with strictly rising ends."""
         entries = view[HEADER_SIZE:]
         count, rest = divmod(len(entries), DYNAMIC_ENTRY_SIZE)
         if rest:
@@ -202,9 +187,7 @@ class DynamicIndex:
             )
         ends = _gather_ends(entries, count)
         _check_monotonic(ends, name)
-        index = cls(name=name, uuid=uuid, ctime=ctime, index_csum=csum, entries=entries, ends=ends)
-        _check_csum(index, name)
-        return index
+        return cls(name, header, entries, ends)
 
     def digest(self, i: int) -> bytes:
         if not 0 <= i < self.chunk_count:

@@ -22,6 +22,7 @@ from snapfs.errors import (
     UnsupportedFormatError,
     WrongKeyError,
 )
+from snapfs.format.archive_names import FileType, file_type
 from snapfs.format.crypt import format_fingerprint, parse_fingerprint
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ _KNOWN_FIELDS = ("backup-type", "backup-id", "backup-time", "files", "unprotecte
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _I64 = (-(1 << 63), (1 << 63) - 1)
 _U64 = (0, (1 << 64) - 1)
-_ARCHIVE_TYPES = {".blob": "blob", ".fidx": "fidx", ".didx": "didx"}
 
 
 @dataclass
@@ -45,11 +45,11 @@ class ManifestFile:
     csum: bytes
 
     @property
-    def archive_type(self) -> str:
-        for suffix, kind in _ARCHIVE_TYPES.items():
-            if self.filename.endswith(suffix):
-                return kind
-        raise UnsupportedFormatError(f"{self.filename}: not a .blob, .fidx or .didx archive")
+    def archive_type(self) -> FileType:
+        kind = file_type(self.filename)
+        if kind is None:
+            raise UnsupportedFormatError(f"{self.filename}: not a .blob, .fidx or .didx archive")
+        return kind
 
     def to_value(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from snapfs.errors import SnapfsError, TruncatedDataError, UnsupportedFormatError
+from snapfs.format.archive_names import PxarNames
 from snapfs.fs.content import Content
 from snapfs.fs.listing import CachedListingHandle, DecodingHandle, DirHandle, Listing
 from snapfs.fs.node import DOT_NAMES, Attr, DatastoreNode, Node
@@ -62,8 +63,7 @@ class ArchiveNode(DatastoreNode):
             with self._lock:
                 if self.archive is None:
                     state = self.snapshot_node.state()
-                    base = self.name.removesuffix(".pxar")
-                    parts = {f"{base}.pxar.didx", f"{base}.mpxar.didx", f"{base}.ppxar.didx"}
+                    parts = PxarNames.of(self.name).files
                     for f in state.reader.manifest.files:
                         if f.filename in parts:
                             state.require_key(f)

@@ -8,11 +8,9 @@ next.
 
 from __future__ import annotations
 
+from snapfs.store.readahead import SequentialWindow
 from snapfs.store.stream import IndexStream
 
-#: Readahead target: bytes decoded ahead of a sequential reader (at least two chunks).
-READAHEAD_BYTES = 16 * 1024 * 1024
-MIN_READAHEAD_CHUNKS = 2
 SEQUENTIAL_SLACK = 4 * 1024 * 1024
 
 
@@ -23,7 +21,7 @@ class Content:
     shared), and after a sequential read names the chunks to decode next (readahead).
     """
 
-    __slots__ = ("stream", "base", "size", "name", "_cur", "_next", "ahead")
+    __slots__ = ("stream", "base", "size", "name", "_cur", "_next", "_window")
 
     def __init__(self, stream: IndexStream, base: int, size: int, name: str) -> None:
         self.stream = stream
@@ -32,7 +30,7 @@ class Content:
         self.name = name
         self._cur: tuple[int, int, memoryview] | None = None  # (start, stop, data) of one chunk
         self._next = 0  # where a sequential reader continues
-        self.ahead = -1  # last chunk index handed out for readahead
+        self._window = SequentialWindow()
 
     def read(self, offset: int, size: int, block: bool = True) -> memoryview | bytes | None:
         """File bytes at [offset, offset+size); None if not block and a chunk is not decoded yet."""
@@ -56,25 +54,10 @@ class Content:
 
     def readahead(self, offset: int, size: int) -> list[bytes]:
         """Digests to decode ahead of a sequential reader that just read [offset, offset+size)."""
-        index = self.stream.index
-        end = self.base + min(offset + size, self.size)
-        if end >= self.base + self.size or end <= 0:
-            return []
-        current = index.chunk_at(end - 1)
-        last_byte = min(self.base + self.size, end + READAHEAD_BYTES) - 1
-        last = max(
-            index.chunk_at(last_byte),
-            min(current + MIN_READAHEAD_CHUNKS, index.chunk_at(self.base + self.size - 1)),
+        limit = self.base + self.size  # never past this file (or partition) into the next
+        return self._window.after(
+            self.stream.index, self.base + min(offset + size, self.size), limit
         )
-        first = current + 1
-        if first <= self.ahead <= last:
-            first = self.ahead + 1  # the ones before were handed out by an earlier read
-        if first > last:
-            return []
-        self.ahead = last
-        cache = self.stream.chunks.cache
-        wanted = dict.fromkeys(index.digest(i) for i in range(first, last + 1))  # dedup, in order
-        return [d for d in wanted if d not in cache]
 
     def is_sequential(self, offset: int) -> bool:
         # The kernel's readahead keeps several requests in flight, so they may arrive a little

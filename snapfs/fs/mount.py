@@ -15,53 +15,47 @@ whose process hangs is detached lazily, not waited for.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
-import re
 import select
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 from snapfs import logs
 from snapfs.errors import SnapfsError, UsageError
 from snapfs.format.crypt import CryptConfig
+from snapfs.linux.mounts import (
+    CLEANUP_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    PROBE_TIMEOUT,
+    MountError,
+    NoAnswer,
+    answer,
+    clear_mount,
+    find_mount,
+    mount_state,
+    still_mounted,
+)
 from snapfs.store.cache import DEFAULT_CACHE_SIZE, ChunkCache
 from snapfs.store.datastore import Datastore
 
 log = logging.getLogger("snapfs.fs")
-T = TypeVar("T")
 
 DEFAULT_READ_AHEAD_KB = 1024
 #: Seconds before namespace/group/snapshot listings are re-read. A local datastore is cheap to
 #: list; every S3 re-list is a paid LIST request, so remote sources wait longer.
 DEFAULT_REFRESH_LOCAL = 10.0
 DEFAULT_REFRESH_REMOTE = 60.0
-#: Seconds a mount may take to start (or an unmount to finish) before it is given up.
-DEFAULT_TIMEOUT = 60.0
-#: Seconds an existing mount may take to answer statfs before it counts as hung. Its process
-#: answers statfs from memory, so no answer in this time means it is stuck, not busy.
-PROBE_TIMEOUT = 5.0
-#: Bound of the clean-up after a failed start: SIGKILL ends even a wait on FUSE at once, and a
-#: lazy unmount never waits for the mount's process; this only bounds the unexpected.
-CLEANUP_TIMEOUT = 10.0
 _STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 #: Held while pyfuse3.init mounts: a foreground mount's watchdog takes it before it clears the
 #: mount point and exits, so no mount can appear between its look and its exit.
 _mounting = threading.Lock()
-
-
-class MountError(SnapfsError):
-    """The mount could not be set up or taken down (message names the mount point)."""
 
 
 @dataclass
@@ -170,14 +164,14 @@ def _check_mountpoint(mnt: str, timeout: float) -> None:
         return fstype, fstype is None and os.path.isdir(mnt)
 
     try:
-        fstype, is_dir = _answer(timeout, look)
-    except _NoAnswer:
+        fstype, is_dir = answer(timeout, look)
+    except NoAnswer:
         raise MountError(
             f"mount point {mnt} does not answer (no stat reply in {timeout:g} s)"
         ) from None
     if fstype is not None:
         probe = min(PROBE_TIMEOUT, timeout)
-        state = _mount_state(mnt, probe)
+        state = mount_state(mnt, probe)
         if state == "dead":
             raise MountError(
                 f"{mnt}: a dead snapfs mount is still there; run `snapfs umount {mnt}` first"
@@ -258,8 +252,8 @@ def _give_up(exc: MountError, mountpoint: str) -> NoReturn:
         sys.stderr.write(f"snapfs: error: {logs.redact(str(exc))}\n")
         sys.stderr.flush()
     log.error("mount: failed: %s", exc, extra={"file_only": True})
-    if _still_mounted(mountpoint):
-        _clear(mountpoint)
+    if still_mounted(mountpoint):
+        clear_mount(mountpoint)
     os._exit(1)
 
 
@@ -336,8 +330,8 @@ def _abandon(pid: int, mountpoint: str) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     _reap(pid)
-    if _still_mounted(mountpoint):
-        _clear(mountpoint)
+    if still_mounted(mountpoint):
+        clear_mount(mountpoint)
 
 
 def _reap(pid: int) -> None:
@@ -404,7 +398,7 @@ def _serve(
             trio.run(_main, opts, startup)
             unmounted = True
         finally:
-            pyfuse3.close(unmount=not unmounted or _still_mounted(opts.mountpoint))
+            pyfuse3.close(unmount=not unmounted or still_mounted(opts.mountpoint))
             _report_stats(model, opts)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
@@ -514,136 +508,3 @@ def _setup_logging(opts: MountOptions, background: bool) -> None:
     """
     logs.configure("debug" if opts.debug else "info", opts.log_file, background=background)
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if opts.debug else logging.WARNING)
-
-
-# --- unmounting -----------------------------------------------------------------------------------
-
-
-def find_mount(mountpoint: str) -> str | None:
-    """The filesystem type mounted at `mountpoint` (from /proc/self/mountinfo), or None.
-
-    The path as given is looked up first, touching no filesystem: resolving it (realpath stats
-    every component, the mount's root too) would hang on a mount whose process hangs. Only a
-    path not found so (a symbolic link) is resolved.
-    """
-    mounts = _mount_table()
-    found = mounts.get(os.path.abspath(mountpoint))
-    return found if found is not None else mounts.get(os.path.realpath(mountpoint))
-
-
-def _mount_table() -> dict[str, str]:
-    """Mount point -> filesystem type; for stacked mounts, the top one."""
-    table = {}
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                left, _, right = line.partition(b" - ")
-                fields = left.split()
-                if len(fields) >= 5 and right:
-                    table[_unescape(fields[4])] = right.split()[0].decode()
-    except OSError:
-        return {}
-    return table
-
-
-def _unescape(field: bytes) -> str:
-    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
-
-
-def _mount_state(mountpoint: str, timeout: float) -> str:
-    """`alive`, `dead` (its process is gone) or `hung` (no statfs answer within `timeout` s).
-
-    statfs always reaches the mount's process (a stat may come from the kernel's cache).
-    """
-    try:
-        _answer(timeout, os.statvfs, mountpoint)
-    except _NoAnswer:
-        return "hung"
-    except OSError as exc:
-        return "dead" if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED) else "alive"
-    return "alive"
-
-
-class _NoAnswer(Exception):
-    pass
-
-
-def _answer(timeout: float, call: Callable[..., T], *args: object) -> T:
-    """`call(*args)`'s result (or exception), or _NoAnswer after `timeout` seconds.
-
-    For calls on a filesystem that may hang: the call runs in a daemon thread, which a hung
-    filesystem keeps forever, but which neither we nor the interpreter's exit wait for.
-    """
-    future: Future[T] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(call(*args))
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    thread = threading.Thread(target=run, name="snapfs-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)  # to its very end: a mount process is forked after this
-    if thread.is_alive():
-        raise _NoAnswer
-    return future.result()
-
-
-def _still_mounted(mountpoint: str) -> bool:
-    fstype = find_mount(mountpoint)
-    return fstype is not None and fstype.startswith("fuse")
-
-
-def umount(mountpoint: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Unmount a snapfs mount within `timeout` seconds; a mount whose process died or hangs is
-    detached lazily (that never waits for the process)."""
-    deadline = time.monotonic() + timeout
-    probe = min(PROBE_TIMEOUT, timeout / 3)  # each look; the unmount itself needs the rest
-    try:
-        fstype = _answer(probe, find_mount, mountpoint)
-    except _NoAnswer:
-        raise MountError(f"{mountpoint} does not answer (no stat reply in {probe:g} s)") from None
-    if fstype is None:
-        raise MountError(f"{mountpoint} is not mounted")
-    if not fstype.startswith("fuse"):
-        raise MountError(f"{mountpoint} is a {fstype} mount, not snapfs")
-    lazy = _mount_state(mountpoint, probe) != "alive"
-    try:
-        _unmount(mountpoint, lazy, deadline - time.monotonic())
-    except subprocess.TimeoutExpired as exc:
-        raise MountError(
-            f"{mountpoint} not unmounted after {timeout:g} s: waiting for {' '.join(exc.cmd)}"
-        ) from None
-
-
-def _clear(mountpoint: str) -> None:
-    """Detach what a failed start left mounted; lazily, so it never waits for a process."""
-    try:
-        _unmount(mountpoint, lazy=True, timeout=CLEANUP_TIMEOUT)
-    except (SnapfsError, subprocess.TimeoutExpired) as exc:
-        log.warning("%s: cannot clear the mount point: %s", mountpoint, exc)
-
-
-def _unmount(mountpoint: str, lazy: bool, timeout: float) -> None:
-    """fusermount3, then umount (as root), until the mount is gone. Raises MountError with the
-    last complaint, subprocess.TimeoutExpired if the commands take longer than `timeout` s."""
-    fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
-    commands = []
-    if fusermount:
-        commands.append([fusermount, "-u", *(["-z"] if lazy else []), mountpoint])
-    if os.geteuid() == 0:
-        commands.append(["umount", *(["-l"] if lazy else []), mountpoint])
-    deadline = time.monotonic() + timeout
-    errors = []
-    for cmd in commands:
-        left = max(deadline - time.monotonic(), 0)
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=left)
-        if result.returncode == 0 and not _still_mounted(mountpoint):
-            return
-        errors.append(
-            (result.stderr or result.stdout).strip() or f"{cmd[0]} exited {result.returncode}"
-        )
-    raise MountError(
-        f"cannot unmount {mountpoint}: {errors[-1] if errors else 'no fusermount3 or umount found'}"
-    )

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from snapfs.format.archive_names import MANIFEST_NAME
 from snapfs.fs.control import CONTROL_DIR, ControlDirNode
 from snapfs.fs.node import LINK_MODE, Attr, DatastoreDir, DatastoreNode
 from snapfs.fs.snapshot import SnapshotNode
-from snapfs.store.datastore import BACKUP_TYPES, MANIFEST_NAME, Group
+from snapfs.store.datastore import BACKUP_TYPES, Group
 
 if TYPE_CHECKING:
     from snapfs.fs.model import FsModel

@@ -6,7 +6,7 @@ All handlers run as trio tasks in one thread. Anything that may touch storage or
 runs in a worker thread (`trio.to_thread`), so requests overlap and zstd/AES/SHA-256 (which
 release the GIL) use both cores; reads whose chunk is already decoded are answered inline, as a
 memoryview of the cached chunk (no copy). After a sequential read the next chunks of that file
-are decoded in the background (readahead), at most two at a time.
+are decoded in the background (`Readahead`, snapfs.store.readahead), at most two at a time.
 
 Failure semantics: a corrupt or missing chunk fails only the reads that need it (EIO, logged once
 per file and message); a missing or wrong key fails the encrypted archives (EACCES); everything
@@ -41,6 +41,7 @@ from snapfs.fs.content import BytesContent, Content
 from snapfs.fs.listing import DirHandle
 from snapfs.fs.model import FsModel
 from snapfs.fs.node import Attr, Node
+from snapfs.store.readahead import Readahead
 
 log = logging.getLogger("snapfs.fs")
 
@@ -102,11 +103,14 @@ class SnapfsOperations(pyfuse3.Operations):
         super().__init__()
         self.model = model
         self._limiter = trio.CapacityLimiter(workers)
-        self._readahead_limiter = trio.CapacityLimiter(readahead_workers)
+        self._readahead = Readahead(readahead_workers, "snapfs-readahead")
         self._fhs = itertools.count(1)
         self._files: dict[int, Content | BytesContent] = {}
         self._dirs: dict[int, DirHandle] = {}
-        self._prefetching: set[bytes] = set()
+
+    def close(self) -> None:
+        """Stop the readahead threads; for the mount, once the FUSE main loop has returned."""
+        self._readahead.close()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -123,6 +127,13 @@ class SnapfsOperations(pyfuse3.Operations):
             return func(*args)
         except SnapfsError as exc:
             raise self._fail(exc, where, quiet_enoent) from None
+
+    async def _cached_or_run(self, node: Node, cached, blocking):
+        """`cached()` if the node can answer without blocking, else `blocking()` in a thread."""
+        found = self._inline(node.path, cached)
+        if found is None:
+            found = await self._run(node.path, blocking)
+        return found
 
     def _fail(
         self, exc: BaseException, where: str, quiet_enoent: bool = False
@@ -185,9 +196,7 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def opendir(self, inode, ctx=None):
         node = self._node(inode)
-        handle = self._inline(node.path, node.cached_opendir)
-        if handle is None:
-            handle = await self._run(node.path, node.opendir)
+        handle = await self._cached_or_run(node, node.cached_opendir, node.opendir)
         fh = next(self._fhs)
         self._dirs[fh] = handle
         return fh
@@ -219,9 +228,7 @@ class SnapfsOperations(pyfuse3.Operations):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self._node(inode)
-        content = self._inline(node.path, node.cached_open)
-        if content is None:
-            content = await self._run(node.path, node.open)
+        content = await self._cached_or_run(node, node.cached_open, node.open)
         fh = next(self._fhs)
         self._files[fh] = content
         live = node.live  # new content on every open: bypass the page cache
@@ -236,7 +243,7 @@ class SnapfsOperations(pyfuse3.Operations):
             data = content.read(off, size, block=False)
             if data is None:
                 if sequential:  # start the chunks after this one while we wait for it
-                    self._readahead(content, off, size)
+                    self._read_ahead(content, off, size)
                 data = await trio.to_thread.run_sync(content.read, off, size, limiter=self._limiter)
         except SnapfsError as exc:
             raise self._fail(exc, content.name) from None
@@ -244,26 +251,11 @@ class SnapfsOperations(pyfuse3.Operations):
             log.exception("%s: reading %d bytes at %d", content.name, size, off)
             raise self._fail(exc, content.name) from None
         if sequential:
-            self._readahead(content, off, size)
+            self._read_ahead(content, off, size)
         return data
 
-    def _readahead(self, content: Content, off: int, size: int) -> None:
-        chunks = content.stream.chunks
-        for digest in content.readahead(off, size):
-            if digest in self._prefetching:
-                continue
-            self._prefetching.add(digest)
-            trio.lowlevel.spawn_system_task(self._prefetch, chunks, digest)
-
-    async def _prefetch(self, chunks, digest: bytes) -> None:
-        try:
-            await trio.to_thread.run_sync(
-                chunks.read_chunk, digest, limiter=self._readahead_limiter
-            )
-        except Exception:
-            pass  # the read that needs this chunk reports the error itself
-        finally:
-            self._prefetching.discard(digest)
+    def _read_ahead(self, content: Content, off: int, size: int) -> None:
+        self._readahead.warm(content.stream.chunks, content.readahead(off, size))
 
     async def release(self, fh):
         self._files.pop(fh, None)

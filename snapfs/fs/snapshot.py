@@ -12,12 +12,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from snapfs.errors import CryptKeyError, SnapfsError
+from snapfs.format.archive_names import (
+    MANIFEST_NAME,
+    ArchiveKind,
+    PxarNames,
+    archive_kind,
+    short_name,
+)
 from snapfs.format.manifest import ManifestFile
 from snapfs.fs.archive import ArchiveNode
 from snapfs.fs.content import BytesContent
 from snapfs.fs.image import PartsNode, StreamNode
 from snapfs.fs.node import Attr, DatastoreDir, DatastoreFile, DatastoreNode
-from snapfs.store.datastore import MANIFEST_NAME, Snapshot
+from snapfs.store.datastore import Snapshot
 from snapfs.views.archives import SnapshotReader
 
 if TYPE_CHECKING:
@@ -52,28 +59,25 @@ class SnapshotNode(DatastoreDir):
         names = {f.filename for f in manifest.files}
         images: list[StreamNode] = []
         for f in manifest.files:
-            name = f.filename
+            kind = archive_kind(f.filename)
+            shown = short_name(f.filename)
             node: DatastoreNode | None = None
-            if name.endswith(".blob"):
-                shown = name.removesuffix(".blob")
+            if kind is ArchiveKind.BLOB:
                 node = BlobNode(self.model, self._child_path(shown), self, f)
-            elif name.endswith(".fidx"):
-                shown = name.removesuffix(".fidx")
+            elif kind is ArchiveKind.IMAGE:
                 node = StreamNode(self.model, self._child_path(shown), self, f)
                 images.append(node)
-            elif name.endswith(".pxar.didx"):
-                shown = name.removesuffix(".didx")
+            elif kind is ArchiveKind.PXAR:
                 node = ArchiveNode(self.model, self._child_path(shown), self, shown)
-            elif name.endswith(".mpxar.didx"):
-                shown = name.removesuffix(".mpxar.didx") + ".pxar"
-                if shown + ".didx" in names:
+            elif kind is ArchiveKind.PXAR_META:
+                pxar = PxarNames.of(f.filename)
+                if pxar.unified in names:
                     continue  # a v1 archive of the same name wins; should not happen
+                shown = pxar.name
                 node = ArchiveNode(self.model, self._child_path(shown), self, shown)
-            elif name.endswith(".ppxar.didx"):
-                continue  # the payload half of a split archive, served through its .mpxar
-            elif name.endswith(".didx"):
-                shown = name.removesuffix(".didx")
+            elif kind is ArchiveKind.STREAM:
                 node = StreamNode(self.model, self._child_path(shown), self, f)
+            # else the payload half of a split archive (served through its .mpxar), or unknown
             if node is not None and shown and shown.encode() not in out:
                 out[shown.encode()] = node
         for image in images:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
+from snapfs.format.archive_names import FileType, short_name
 from snapfs.format.source import ByteSource
 from snapfs.nbd import protocol as P
 from snapfs.nbd.overlay import Overlay
@@ -137,11 +138,11 @@ def datastore_exports(
                         f"snapshot {snapshot}: {info.problem or 'incomplete (no manifest)'}"
                     )
                 continue
-            files = [f for f in info.manifest.files if f.archive_type == "fidx"]
+            files = [f for f in info.manifest.files if f.archive_type is FileType.FIXED_INDEX]
         for file in files:
-            if file.archive_type == "blob":
+            if file.archive_type is FileType.BLOB:
                 raise UsageError(f"{snapshot}/{file.filename} is a blob, not a disk image")
-            image = file.filename.removesuffix(".fidx").removesuffix(".didx")
+            image = short_name(file.filename)
 
             def opener(snapshot=snapshot, filename=file.filename) -> ByteSource:
                 return reader_for(snapshot).stream(filename)

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from snapfs.errors import SnapfsError
 from snapfs.nbd import protocol as P
 from snapfs.nbd.exports import Export
+from snapfs.store.readahead import Readahead, SequentialWindow
 from snapfs.store.stream import IndexStream
 
 __all__ = ["DEFAULT_WORKERS", "NbdServer", "reply_error"]
@@ -34,7 +35,7 @@ __all__ = ["DEFAULT_WORKERS", "NbdServer", "reply_error"]
 log = logging.getLogger("snapfs.nbd")
 
 DEFAULT_WORKERS = 8  # blocking chunk fetches in flight (S3 latency hides behind them)
-READAHEAD_BYTES = 16 * 1024 * 1024
+READAHEAD_WORKERS = 2
 MAX_OPTION_LENGTH = 64 * 1024
 ZERO_BLOCK = bytes(1024 * 1024)
 
@@ -59,43 +60,6 @@ def reply_error(exc: BaseException) -> int:
     return P.EIO
 
 
-class Readahead:
-    """Decodes the chunks after a sequential reader's position before it asks for them."""
-
-    def __init__(self, pool: ThreadPoolExecutor, window: int = READAHEAD_BYTES) -> None:
-        self.pool = pool
-        self.window = window
-
-    def after(self, export: Export, end: int, state: dict) -> None:
-        """A read ended at `end` and continued the previous one: fetch what comes next."""
-        source = export.opened
-        if not isinstance(source, IndexStream) or end >= source.size:
-            return
-        self.prefetch(source, end, min(source.size, end + self.window), state)
-
-    def prefetch(self, stream: IndexStream, offset: int, end: int, state: dict | None) -> None:
-        index = stream.index
-        first, last = index.chunk_at(offset), index.chunk_at(end - 1)
-        if state is not None:
-            ahead = state.get(id(stream), -1)
-            if first <= ahead:
-                first = ahead + 1  # handed out by an earlier read already
-            if first > last:
-                return
-            state[id(stream)] = last
-        cache = stream.chunks.cache
-        for digest in dict.fromkeys(index.digest(i) for i in range(first, last + 1)):
-            if digest not in cache:
-                self.pool.submit(_quiet_fetch, stream, digest)
-
-
-def _quiet_fetch(stream: IndexStream, digest: bytes) -> None:
-    try:
-        stream.chunks.read_chunk(digest)
-    except SnapfsError:
-        pass  # the reader that needs it will fetch again and report the error
-
-
 class NbdServer:
     """Serves `exports` on listening sockets until `shutdown()`."""
 
@@ -104,7 +68,6 @@ class NbdServer:
         exports: Iterable[Export],
         *,
         workers: int = DEFAULT_WORKERS,
-        readahead_bytes: int = READAHEAD_BYTES,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.exports = list(exports)
@@ -118,10 +81,7 @@ class NbdServer:
             self.by_name.setdefault("", self.exports[0])
         self.tls = tls
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapfs-nbd")
-        self.readahead = Readahead(
-            ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapfs-nbd-ahead"),
-            readahead_bytes,
-        )
+        self.readahead = Readahead(READAHEAD_WORKERS, "snapfs-nbd-ahead")
         self._listeners: list[socket.socket] = []
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -175,7 +135,7 @@ class NbdServer:
                 with contextlib.suppress(OSError):
                     sock.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self.readahead.pool.shutdown(wait=True, cancel_futures=True)
+        self.readahead.close(wait=True)
         for export in self.exports:
             export.close()
 
@@ -196,7 +156,7 @@ class _Connection:
         self.pending = 0
         self.idle = threading.Condition()
         self.next_offset = -1
-        self.ahead_state: dict = {}
+        self.window = SequentialWindow()  # a connection reads one export
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -370,7 +330,7 @@ class _Connection:
                     else:
                         self.start(self.read_job, export, cookie, offset, length)
                     if offset == self.next_offset:
-                        server.readahead.after(export, offset + length, self.ahead_state)
+                        self.read_ahead(export, offset + length)
                     self.next_offset = offset + length
                 elif cmd in (P.CMD_WRITE, P.CMD_WRITE_ZEROES):
                     if cmd == P.CMD_WRITE and length > P.MAX_PAYLOAD:
@@ -386,7 +346,7 @@ class _Connection:
                     error = self.check_range(offset, length, size, limit=False)
                     source = export.source()
                     if not error and length and isinstance(source, IndexStream):
-                        server.readahead.prefetch(source, offset, offset + length, None)
+                        server.readahead.warm_range(source, offset, offset + length)
                     self.reply(cookie, error)
                 elif cmd == P.CMD_DISC:
                     return
@@ -394,6 +354,13 @@ class _Connection:
                     self.reply(cookie, P.EINVAL)
         finally:
             self.wait_idle()
+
+    def read_ahead(self, export: Export, end: int) -> None:
+        """A read ended at `end` and continued the previous one: decode what comes next."""
+        source = export.opened
+        if isinstance(source, IndexStream):
+            chunks = self.window.after(source.index, end, source.size)
+            self.server.readahead.warm(source.chunks, chunks)
 
     @staticmethod
     def check_range(offset: int, length: int, size: int, limit: bool = True) -> int:

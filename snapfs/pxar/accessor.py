@@ -61,6 +61,14 @@ class ReadStats:
     payload_bytes: int = 0
 
 
+def _read_at(source: ByteSource, name: str, pos: int, size: int) -> bytes:
+    """`source.read_at`, a failing read (a bad offset, a dead disk) reported as corrupt data."""
+    try:
+        return source.read_at(pos, size)
+    except (ValueError, OSError) as exc:
+        raise CorruptDataError(f"{name}: cannot read {size} bytes at offset {pos}: {exc}") from exc
+
+
 def _payload_name(name: str) -> str:
     head, sep, tail = name.rpartition("mpxar")
     return f"{head}ppxar{tail}" if sep else f"{name} (payload stream)"
@@ -248,39 +256,30 @@ class Accessor:
         """
         start = self._root if directory is None else directory
         yield start
-        if not start.is_dir:
-            return
+        opening = start if start.is_dir else None  # the directory to descend into next
         stack: list[Iterator[Entry]] = []
-        try:
-            stack.append(self.listdir(start, on_error=on_error))
-        except SnapfsError as exc:
-            if on_error is None:
-                raise
-            on_error(exc)
-            return
-        while stack:
-            child = next(stack[-1], None)
-            if child is None:
-                stack.pop()
-                continue
-            yield child
-            if child.is_dir:
+        while True:
+            if opening is not None:
                 try:
-                    stack.append(self.listdir(child, on_error=on_error))
+                    stack.append(self.listdir(opening, on_error=on_error))
                 except SnapfsError as exc:
                     if on_error is None:
                         raise
                     on_error(exc)
+            if not stack:
+                return
+            child = next(stack[-1], None)
+            if child is None:
+                stack.pop()
+                opening = None
+                continue
+            yield child
+            opening = child if child.is_dir else None
 
     # --- reading ------------------------------------------------------------------------------
 
     def _read(self, pos: int, size: int) -> bytes:
-        try:
-            data = self.archive.read_at(pos, size)
-        except (ValueError, OSError) as exc:
-            raise CorruptDataError(
-                f"{self.name}: cannot read {size} bytes at offset {pos}: {exc}"
-            ) from exc
+        data = _read_at(self.archive, self.name, pos, size)
         self.stats.reads += 1
         self.stats.bytes += len(data)
         return data
@@ -326,11 +325,9 @@ class Accessor:
         return version, prelude, pos
 
     def _decode_root(self, root_start: int) -> Entry:
-        root_stub = Entry(
-            path=b"/", name=b"", kind=EntryKind.DIRECTORY, mode=fmt.S_IFDIR, uid=0, gid=0, mtime_ns=0, flags=0,
-            size=0, xattrs=(), acl=None, fcaps=None, quota_project_id=None, link_target=None, device=None,
-            entry_offset=0, entry_end=self.archive.size, content_offset=None,
-        )  # fmt: skip
+        root_stub = Entry.without_metadata(
+            b"/", b"", EntryKind.DIRECTORY, 0, self.archive.size, mode=fmt.S_IFDIR
+        )
         d = self._open_dir(root_stub)
         cur = self._cursor(d.goodbye_start, _ENTRY_WINDOW)
         entry = decode_entry(
@@ -474,12 +471,7 @@ class Accessor:
         return self.payload
 
     def _read_payload(self, source: ByteSource, pos: int, size: int) -> bytes:
-        try:
-            data = source.read_at(pos, size)
-        except (ValueError, OSError) as exc:
-            raise CorruptDataError(
-                f"{self.payload_name}: cannot read {size} bytes at offset {pos}: {exc}"
-            ) from exc
+        data = _read_at(source, self.payload_name, pos, size)
         self.stats.payload_reads += 1
         self.stats.payload_bytes += len(data)
         return data

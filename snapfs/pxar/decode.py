@@ -201,7 +201,7 @@ def decode_entry(
         raw = bytes(cur.content(pos, hdr))
         if len(raw) <= 8 or raw[-1] != 0:
             raise CorruptDataError(f"{where}: malformed HARDLINK at offset {pos}")
-        return _plain_entry(
+        return Entry.without_metadata(
             path,
             name,
             EntryKind.HARDLINK,
@@ -309,35 +309,4 @@ def decode_entry(
         entry_offset=entry_offset,
         entry_end=end,
         content_offset=content_offset,
-    )
-
-
-def _plain_entry(
-    path: bytes,
-    name: bytes,
-    kind: EntryKind,
-    entry_offset: int,
-    entry_end: int,
-    *,
-    link_target: bytes,
-) -> Entry:
-    return Entry(
-        path=path,
-        name=name,
-        kind=kind,
-        mode=0,
-        uid=0,
-        gid=0,
-        mtime_ns=0,
-        flags=0,
-        size=0,
-        xattrs=(),
-        acl=None,
-        fcaps=None,
-        quota_project_id=None,
-        link_target=link_target,
-        device=None,
-        entry_offset=entry_offset,
-        entry_end=entry_end,
-        content_offset=None,
     )

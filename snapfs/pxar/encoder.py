@@ -150,6 +150,11 @@ def goodbye_layout(n: int) -> list[int]:
     return out
 
 
+def _acl_entries(htype: int, records: tuple[tuple[int, int], ...]) -> list[bytes]:
+    """The items of one ACL list (users, groups, default users or groups): (id, permissions)."""
+    return [_HEADER_PACK(htype, HEADER_SIZE + 16) + ACL_USER.pack(i, p) for i, p in records]
+
+
 class _Sink:
     """One output stream: counts its position and turns many small items into few writes."""
 
@@ -455,14 +460,8 @@ class Encoder:
             parts += (xname, b"\x00", value)
         acl = meta.acl
         if acl is not None:
-            for htype, records in (
-                (PXAR_ACL_USER, acl.users),
-                (PXAR_ACL_GROUP, acl.groups),
-            ):
-                for ident, perms in records:
-                    parts.append(
-                        _HEADER_PACK(htype, HEADER_SIZE + 16) + ACL_USER.pack(ident, perms)
-                    )
+            parts += _acl_entries(PXAR_ACL_USER, acl.users)
+            parts += _acl_entries(PXAR_ACL_GROUP, acl.groups)
             if acl.group_obj is not None:
                 parts.append(
                     _HEADER_PACK(PXAR_ACL_GROUP_OBJ, HEADER_SIZE + 8) + U64.pack(acl.group_obj)
@@ -472,14 +471,8 @@ class Encoder:
                     _HEADER_PACK(PXAR_ACL_DEFAULT, HEADER_SIZE + 32)
                     + ACL_DEFAULT.pack(*acl.default)
                 )
-            for htype, records in (
-                (PXAR_ACL_DEFAULT_USER, acl.default_users),
-                (PXAR_ACL_DEFAULT_GROUP, acl.default_groups),
-            ):
-                for ident, perms in records:
-                    parts.append(
-                        _HEADER_PACK(htype, HEADER_SIZE + 16) + ACL_USER.pack(ident, perms)
-                    )
+            parts += _acl_entries(PXAR_ACL_DEFAULT_USER, acl.default_users)
+            parts += _acl_entries(PXAR_ACL_DEFAULT_GROUP, acl.default_groups)
         if meta.fcaps is not None:
             parts.append(_HEADER_PACK(PXAR_FCAPS, HEADER_SIZE + len(meta.fcaps)))
             parts.append(meta.fcaps)

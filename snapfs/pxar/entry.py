@@ -78,21 +78,39 @@ class Entry:
     entry_end: int
     content_offset: int | None
 
-    @property
-    def is_dir(self) -> bool:
-        return self.kind is EntryKind.DIRECTORY
+    @classmethod
+    def without_metadata(
+        cls,
+        path: bytes,
+        name: bytes,
+        kind: EntryKind,
+        entry_offset: int,
+        entry_end: int,
+        *,
+        mode: int = 0,
+        link_target: bytes | None = None,
+    ) -> Entry:
+        """An entry with no ENTRY item of its own: a hardlink (it is the entry it points at), or
+        the root before its items are read. Every other field is zero or absent."""
+        zeros = dict.fromkeys(("uid", "gid", "mtime_ns", "flags", "size"), 0)
+        absent = dict.fromkeys(("acl", "fcaps", "quota_project_id", "device", "content_offset"))
+        return cls(
+            path=path,
+            name=name,
+            kind=kind,
+            mode=mode,
+            xattrs=(),
+            link_target=link_target,
+            entry_offset=entry_offset,
+            entry_end=entry_end,
+            **zeros,
+            **absent,
+        )
 
-    @property
-    def is_file(self) -> bool:
-        return self.kind is EntryKind.FILE
-
-    @property
-    def is_symlink(self) -> bool:
-        return self.kind is EntryKind.SYMLINK
-
-    @property
-    def is_hardlink(self) -> bool:
-        return self.kind is EntryKind.HARDLINK
+    is_dir = property(lambda self: self.kind is EntryKind.DIRECTORY)
+    is_file = property(lambda self: self.kind is EntryKind.FILE)
+    is_symlink = property(lambda self: self.kind is EntryKind.SYMLINK)
+    is_hardlink = property(lambda self: self.kind is EntryKind.HARDLINK)
 
     @property
     def mtime(self) -> tuple[int, int]:

@@ -92,28 +92,6 @@ MAX_XATTR_LEN = 255 + 64 * 1024
 #: Upper bound on a PRELUDE we are willing to load; upstream has none, but it is read whole.
 MAX_PRELUDE_LEN = 16 * 1024 * 1024
 
-#: Largest content size upstream accepts per htype (§11.1). Types absent here are unbounded.
-MAX_CONTENT_SIZE: dict[int, int] = {
-    PXAR_FILENAME: MAX_FILENAME_LEN + 1,
-    PXAR_SYMLINK: MAX_PATH_LEN + 1,
-    PXAR_HARDLINK: 8 + MAX_PATH_LEN + 1,
-    PXAR_DEVICE: DEVICE_SIZE,
-    PXAR_XATTR: MAX_XATTR_LEN,
-    PXAR_FCAPS: MAX_XATTR_LEN,
-    PXAR_ACL_USER: 16,
-    PXAR_ACL_DEFAULT_USER: 16,
-    PXAR_ACL_GROUP: 16,
-    PXAR_ACL_DEFAULT_GROUP: 16,
-    PXAR_ACL_DEFAULT: 32,
-    PXAR_ACL_GROUP_OBJ: 8,
-    PXAR_QUOTA_PROJID: 8,
-    PXAR_ENTRY: STAT_V2_SIZE,
-    PXAR_ENTRY_V1: STAT_V1_SIZE,
-    PXAR_PAYLOAD_REF: PAYLOAD_REF_SIZE,
-    PXAR_PAYLOAD_TAIL_MARKER: HEADER_SIZE,
-    PXAR_PRELUDE: MAX_PRELUDE_LEN,
-}
-
 #: Exact content sizes for the fixed records; anything else is corrupt.
 EXACT_CONTENT_SIZE: dict[int, int] = {
     PXAR_ENTRY: STAT_V2_SIZE,
@@ -128,6 +106,19 @@ EXACT_CONTENT_SIZE: dict[int, int] = {
     PXAR_ACL_GROUP_OBJ: 8,
     PXAR_QUOTA_PROJID: 8,
     PXAR_FORMAT_VERSION: 8,
+}
+
+#: Largest content size upstream accepts per htype (§11.1): every fixed record but FORMAT_VERSION
+#: at its size, and these. Types absent here are unbounded.
+MAX_CONTENT_SIZE: dict[int, int] = {
+    **{htype: size for htype, size in EXACT_CONTENT_SIZE.items() if htype != PXAR_FORMAT_VERSION},
+    PXAR_FILENAME: MAX_FILENAME_LEN + 1,
+    PXAR_SYMLINK: MAX_PATH_LEN + 1,
+    PXAR_HARDLINK: 8 + MAX_PATH_LEN + 1,
+    PXAR_XATTR: MAX_XATTR_LEN,
+    PXAR_FCAPS: MAX_XATTR_LEN,
+    PXAR_PAYLOAD_TAIL_MARKER: HEADER_SIZE,
+    PXAR_PRELUDE: MAX_PRELUDE_LEN,
 }
 
 # --- mode bits (§11.4) ------------------------------------------------------------------------
@@ -218,9 +209,15 @@ def siphash24(data: bytes, k0: int = PXAR_HASH_KEY_1, k1: int = PXAR_HASH_KEY_2)
     tail = ((n & 0xFF) << 56) | int.from_bytes(data[full:], "little")
     words = [_U64_UNPACK(data, i)[0] for i in range(0, full, 8)]
     words.append(tail)
-    for m in words:
+    last = len(words)
+    # Two rounds per word, then the finalization: v2 ^= 0xff and four rounds. One loop does both,
+    # the finalization as one more word, 0, whose xor in and out changes nothing.
+    words.append(0)
+    for i, m in enumerate(words):
         v3 ^= m
-        for _ in range(2):
+        if i == last:
+            v2 ^= 0xFF
+        for _ in range(4 if i == last else 2):
             v0 = (v0 + v1) & m64
             v1 = ((v1 << 13) | (v1 >> 51)) & m64
             v1 ^= v0
@@ -236,22 +233,6 @@ def siphash24(data: bytes, k0: int = PXAR_HASH_KEY_1, k1: int = PXAR_HASH_KEY_2)
             v1 ^= v2
             v2 = ((v2 << 32) | (v2 >> 32)) & m64
         v0 ^= m
-    v2 ^= 0xFF
-    for _ in range(4):
-        v0 = (v0 + v1) & m64
-        v1 = ((v1 << 13) | (v1 >> 51)) & m64
-        v1 ^= v0
-        v0 = ((v0 << 32) | (v0 >> 32)) & m64
-        v2 = (v2 + v3) & m64
-        v3 = ((v3 << 16) | (v3 >> 48)) & m64
-        v3 ^= v2
-        v0 = (v0 + v3) & m64
-        v3 = ((v3 << 21) | (v3 >> 43)) & m64
-        v3 ^= v0
-        v2 = (v2 + v1) & m64
-        v1 = ((v1 << 17) | (v1 >> 47)) & m64
-        v1 ^= v2
-        v2 = ((v2 << 32) | (v2 >> 32)) & m64
     return v0 ^ v1 ^ v2 ^ v3
 
 

@@ -209,22 +209,16 @@ class _Frame:
     path: bytes
 
 
+@dataclass
 class _Walker:
-    def __init__(
-        self,
-        encoder: Encoder,
-        stats: EncodeStats,
-        on_error: ErrorCallback | None,
-        one_file_system: bool,
-    ) -> None:
-        self.encoder = encoder
-        self.stats = stats
-        self.on_error = on_error
-        self.one_file_system = one_file_system
-        self.hardlinks: dict[tuple[int, int], tuple[bytes, int]] = {}
-        self.fs_magic = _FsMagic()
-        self.stack: list[_Frame] = []
-        self.root_dev = 0
+    encoder: Encoder
+    stats: EncodeStats
+    on_error: ErrorCallback | None
+    one_file_system: bool
+    hardlinks: dict[tuple[int, int], tuple[bytes, int]] = field(default_factory=dict)
+    fs_magic: _FsMagic = field(default_factory=_FsMagic)
+    stack: list[_Frame] = field(default_factory=list)
+    root_dev: int = 0
 
     def report(self, path: bytes, exc: OSError) -> None:
         text = os.fsdecode(path)

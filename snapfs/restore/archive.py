@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from snapfs.errors import UsageError
+from snapfs.format.archive_names import FileType, file_type, restores_as_pxar_tree
 from snapfs.progress import Progress
 from snapfs.restore.image import ImageTarget, restore_blob, restore_image
 from snapfs.restore.report import RestoreReport
@@ -38,15 +39,15 @@ def restore_archive(
     """
     reader = SnapshotReader(datastore, snapshot, crypt, ChunkCache(RESTORE_CACHE_SIZE))
     archive, inner = split_archive_path(archive_path)
-    is_pxar = archive.endswith((".pxar", ".mpxar", ".ppxar", ".pxar.didx", ".mpxar.didx"))
+    is_pxar = restores_as_pxar_tree(archive)
     if inner is not None and not is_pxar:
         raise UsageError(f"{archive}: only pxar archives have paths inside them")
     if is_pxar:
         return restore_pxar(reader.pxar(archive), inner, target, options, progress)
-    if target_device and archive.endswith(".blob"):
+    if target_device and file_type(archive) is FileType.BLOB:
         raise UsageError("--target-device is for images")
     file = datastore.resolve_archive(snapshot, archive)
-    if file.archive_type == "blob":
+    if file.archive_type is FileType.BLOB:
         return restore_blob(
             reader.blob(archive),
             target,

@@ -20,14 +20,13 @@ import hashlib
 import os
 import stat
 import sys
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from snapfs.errors import CorruptDataError, NotFoundError, SnapfsError, UsageError
+from snapfs.errors import NotFoundError, SnapfsError, UsageError
+from snapfs.linux.mountinfo import mounts
 from snapfs.progress import Progress
 from snapfs.restore.report import RestoreReport
+from snapfs.store.pipeline import ordered
 from snapfs.store.stream import IndexStream
 
 DEFAULT_WORKERS = 4
@@ -55,22 +54,6 @@ def _zeros(n: int, _cache: dict[int, bytes] = {}) -> bytes:  # noqa: B006 - a de
 def _is_zero(data: bytes) -> bool:
     # bytes == bytes is a memcmp; comparing memoryviews element by element is 30x slower.
     return data == _zeros(len(data))
-
-
-def _mounted_devices() -> set[int]:
-    """st_rdev of every block device mounted anywhere (from /proc/self/mountinfo)."""
-    found: set[int] = set()
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 2 and ":" in fields[2]:
-                    major, _, minor = fields[2].partition(":")
-                    if major.isdigit() and minor.isdigit():
-                        found.add(os.makedev(int(major), int(minor)))
-    except OSError:
-        pass
-    return found
 
 
 def _partitions(rdev: int) -> set[int]:
@@ -109,7 +92,7 @@ def open_image_target(
     if target.device:
         if st is None or not stat.S_ISBLK(st.st_mode):
             raise UsageError(f"{path}: --target-device given, but it is not a block device")
-        busy = _mounted_devices()
+        busy = {mount.device for mount in mounts()}
         if st.st_rdev in busy or _partitions(st.st_rdev) & busy:
             raise UsageError(
                 f"{path}: is mounted (or one of its partitions is); refusing to write to it"
@@ -163,29 +146,6 @@ def _chunk_matches(fd: int, start: int, stop: int, digest: bytes, id_key: bytes 
     return False
 
 
-def _pipeline(items: Iterable, fn, workers: int, window: int) -> Iterator[tuple[object, Future]]:
-    """Run fn over items in a pool, at most `window` ahead, yielding (item, future) in order."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapfs-restore") as pool:
-        pending: deque = deque()
-        it = iter(items)
-        try:
-            exhausted = False
-            while True:
-                while not exhausted and len(pending) < window:
-                    try:
-                        item = next(it)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    pending.append((item, pool.submit(fn, item)))
-                if not pending:
-                    return
-                yield pending.popleft()
-        finally:
-            for _, future in pending:
-                future.cancel()
-
-
 def restore_image(
     stream: IndexStream,
     target: ImageTarget,
@@ -219,7 +179,9 @@ def restore_image(
                 return _chunk_matches(fd, *index.chunk_range(i), index.digest(i), id_key)
 
             todo = []
-            for i, future in _pipeline(range(count), check, workers, window):
+            for i, future in ordered(
+                range(count), check, workers=workers, window=window, thread_name="snapfs-restore"
+            ):
                 start, stop = index.chunk_range(i)
                 if future.result():
                     report.bytes_reused += stop - start
@@ -227,17 +189,9 @@ def restore_image(
                 else:
                     todo.append(i)
 
-        def load(i: int) -> bytes:
-            data = stream.chunks.read_chunk(index.digest(i))
-            start, stop = index.chunk_range(i)
-            if len(data) != stop - start:
-                raise CorruptDataError(
-                    f"{stream.name}: chunk {index.digest(i).hex()} at offset {start} decodes to "
-                    f"{len(data)} bytes, the index says {stop - start}"
-                )
-            return data
-
-        for i, future in _pipeline(todo, load, workers, window):
+        for i, future in ordered(
+            todo, stream.chunk_data, workers=workers, window=window, thread_name="snapfs-restore"
+        ):
             start, stop = index.chunk_range(i)
             try:
                 data = future.result()

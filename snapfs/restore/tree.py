@@ -25,7 +25,8 @@ import os
 import queue
 import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 from snapfs.errors import SnapfsError, UsageError
 from snapfs.progress import Progress
@@ -35,7 +36,9 @@ from snapfs.pxar.entry import Entry, EntryKind
 from snapfs.restore.filters import OVERWRITE_POLICIES, PathFilter, check_name
 from snapfs.restore.metadata import apply_fd_metadata, apply_path_metadata
 from snapfs.restore.report import RestoreReport
-from snapfs.restore.walker import WALK_DONE, ByteBudget, Prefetcher, walk_ahead
+from snapfs.restore.walker import WALK_DONE, ByteBudget, walk_ahead
+from snapfs.store.readahead import Readahead
+from snapfs.store.stream import IndexStream
 
 __all__ = ["RestoreOptions", "restore_pxar"]
 
@@ -66,6 +69,10 @@ class RestoreOptions:
             )
 
 
+def _nothing_to_warm(start: int, end: int) -> None:
+    """What the walker announces content to when no chunk can be decoded ahead."""
+
+
 @dataclass
 class _Frame:
     """A directory on the way down: its archive path, and its fd once it exists on disk."""
@@ -77,24 +84,17 @@ class _Frame:
     apply_meta: bool = True
 
 
+@dataclass
 class _PxarRestore:
-    def __init__(
-        self,
-        accessor: Accessor,
-        target: str,
-        options: RestoreOptions,
-        report: RestoreReport,
-        progress: Progress,
-    ) -> None:
-        self.accessor = accessor
-        self.target = target
-        self.opts = options
-        self.report = report
-        self.progress = progress
-        self.is_root = os.geteuid() == 0
-        self.links: dict[int, tuple[bytes, ...]] = {}  # target entry_offset -> restored rel path
-        self.target_fd: int | None = None  # TARGET, when restoring a directory
-        self.created = False  # whether this restore created TARGET
+    accessor: Accessor
+    target: str
+    opts: RestoreOptions
+    report: RestoreReport
+    progress: Progress
+    is_root: bool = field(default_factory=lambda: os.geteuid() == 0)
+    links: dict[int, tuple[bytes, ...]] = field(default_factory=dict)  # entry_offset -> rel path
+    target_fd: int | None = None  # TARGET, when restoring a directory
+    created: bool = False  # whether this restore created TARGET
 
     # -- entry points
 
@@ -138,12 +138,17 @@ class _PxarRestore:
         content_source = (
             self.accessor.payload if self.accessor.format_version == 2 else self.accessor.archive
         )
-        prefetch = Prefetcher(content_source, self.opts.workers if not self.opts.dry_run else 0)
+        readahead = None
+        warm = _nothing_to_warm
+        # Only an IndexStream has chunks to warm; a plain file or bytes source needs nothing.
+        if isinstance(content_source, IndexStream) and self.opts.workers and not self.opts.dry_run:
+            readahead = Readahead(self.opts.workers, "snapfs-prefetch")
+            warm = partial(readahead.warm_range, content_source)
         budget = ByteBudget(self.opts.prefetch_bytes)
         items: queue.Queue = queue.Queue(maxsize=4096)
         walker = threading.Thread(
             target=walk_ahead,
-            args=(walk_acc, root, filt, items, budget, prefetch),
+            args=(walk_acc, root, filt, items, budget, warm),
             name="snapfs-walk",
             daemon=True,
         )
@@ -213,7 +218,8 @@ class _PxarRestore:
                 self._leave(stack.pop())
         finally:
             budget.stop()
-            prefetch.close()
+            if readahead is not None:
+                readahead.close()
             # Drain so a walker blocked on a full queue can see the stop and end.
             while walker.is_alive():
                 with contextlib.suppress(queue.Empty):

@@ -1,17 +1,15 @@
-"""The walker thread of a pxar restore, and the chunk prefetch it drives.
+"""The walker thread of a pxar restore, which drives the readahead of file content.
 
 The walker runs ahead of the writer with its own Accessor: it filters entries, and for every file
-it passes on it asks worker threads to fetch and decode the chunks that hold the content, bounded
-by a byte budget, so the writer mostly finds chunks already in the cache.
+it passes on it announces the byte range of its content (`warm`: a Readahead decoding the chunks
+that hold it), bounded by a byte budget, so the writer mostly finds chunks already in the cache.
 """
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from snapfs.errors import SnapfsError
@@ -19,7 +17,7 @@ from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.entry import Entry
 from snapfs.restore.filters import PathFilter
 
-__all__ = ["WALK_DONE", "ByteBudget", "Prefetcher", "walk_ahead"]
+__all__ = ["WALK_DONE", "ByteBudget", "walk_ahead"]
 
 
 class ByteBudget:
@@ -51,46 +49,6 @@ class ByteBudget:
             self.cond.notify_all()
 
 
-class Prefetcher:
-    """Warms the chunk cache with the chunks holding the content of files about to be written."""
-
-    def __init__(self, source: object, workers: int) -> None:
-        # Only an IndexStream has chunks to warm; a plain file or bytes source needs nothing.
-        self.index = getattr(source, "index", None)
-        self.chunks = getattr(source, "chunks", None)
-        self.enabled = self.index is not None and self.chunks is not None and workers > 0
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, workers), thread_name_prefix="snapfs-prefetch"
-        )
-        self._recent: deque[bytes] = deque(maxlen=4096)
-        self._recent_set: set[bytes] = set()
-
-    def schedule(self, start: int, end: int) -> None:
-        if not self.enabled or end <= start:
-            return
-        try:
-            first, last = self.index.chunk_at(start), self.index.chunk_at(end - 1)
-        except SnapfsError:
-            return  # the writer's own read will report it
-        for i in range(first, last + 1):
-            digest = self.index.digest(i)
-            if digest in self._recent_set:
-                continue
-            if len(self._recent) == self._recent.maxlen:
-                self._recent_set.discard(self._recent[0])
-            self._recent.append(digest)
-            self._recent_set.add(digest)
-            self._pool.submit(self._load, digest)
-
-    def _load(self, digest: bytes) -> None:
-        # A failure here is reported, with the file it belongs to, when the writer reads it.
-        with contextlib.suppress(SnapfsError):
-            self.chunks.read_chunk(digest)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 WALK_DONE = object()
 
 
@@ -106,9 +64,9 @@ def walk_ahead(
     filt: PathFilter,
     out: queue.Queue,
     budget: ByteBudget,
-    prefetch: Prefetcher,
+    warm: Callable[[int, int], None],
 ) -> None:
-    """Walk ahead of the writer: filter, announce content to the prefetcher, hand entries on."""
+    """Walk ahead of the writer: filter, announce content to `warm(start, end)`, hand entries on."""
     errors: list[SnapfsError] = []
     try:
         skip_prefix: bytes | None = None
@@ -141,7 +99,7 @@ def walk_ahead(
             if selected and entry.is_file and entry.size > 0 and entry.content_offset is not None:
                 if not budget.acquire(entry.size):
                     return
-                prefetch.schedule(entry.content_offset, entry.content_offset + entry.size)
+                warm(entry.content_offset, entry.content_offset + entry.size)
             out.put(_Item(entry, selected))
         while errors:
             out.put(errors.pop(0))

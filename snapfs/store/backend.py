@@ -4,14 +4,16 @@ A `Backend` answers three questions about a datastore and nothing else: what is 
 what are the bytes of this file, what are the raw bytes of this chunk. It has no write method on
 purpose: nothing built on a Backend (mount, restore, verify) can change a datastore. Paths are
 '/'-separated and relative to the datastore root ("vm/100/2024-06-01T10:00:00Z/index.json.blob").
+`LocalBackend` is here; `S3Backend` (s3.py) and the `DiskCache` wrapper (diskcache.py) derive from
+the same base.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from snapfs.errors import MissingChunkError, NotFoundError, SnapfsError
 
@@ -24,20 +26,37 @@ class DirListing:
     files: list[str] = field(default_factory=list)
 
 
-class Backend(Protocol):
-    name: str
+class Backend(ABC):
+    """A datastore, read-only, wherever it is kept.
 
+    Optional, used when a backend has them: `prefetch(digests)` (a hint: chunks a reader will want
+    next), `refresh()` (forget cached listings), `stats()` (request counters and cost), `close()`.
+    """
+
+    name: str  # the datastore as the user gave it: a path, `s3://bucket/store`
+
+    @abstractmethod
     def list_dir(self, path: str) -> DirListing:
         """The folder's entries; a missing folder is an empty listing (S3 has no empty folders)."""
-        ...
 
+    @abstractmethod
     def read_file(self, path: str) -> bytes:
         """A whole snapshot or group file; NotFoundError if it does not exist."""
-        ...
 
+    @abstractmethod
     def read_chunk(self, digest: bytes) -> bytes:
         """The raw DataBlob bytes of a chunk; MissingChunkError if the store lacks it."""
-        ...
+
+    def _parts(self, path: str) -> list[str]:
+        """The components of a datastore path. Paths come from our own model, but a listing may
+        hold any name: never let one climb out of the datastore."""
+        parts = [p for p in path.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise NotFoundError(f"{self.name}: invalid path {path!r}")
+        return parts
+
+    def _missing_chunk(self, digest: bytes) -> MissingChunkError:
+        return MissingChunkError(f"chunk {digest.hex()} is missing from {self.name}")
 
 
 def chunk_path(digest: bytes) -> str:
@@ -46,7 +65,7 @@ def chunk_path(digest: bytes) -> str:
     return f".chunks/{hexdigest[:4]}/{hexdigest}"
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """A datastore directory on a local (or network) filesystem, opened read-only."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -58,11 +77,7 @@ class LocalBackend:
             raise NotFoundError(f"datastore {self.root}: no .chunks folder, not a PBS datastore")
 
     def _abs(self, path: str) -> str:
-        # Paths come from our own model, but never let one climb out of the datastore.
-        parts = [p for p in path.split("/") if p]
-        if any(p in (".", "..") for p in parts):
-            raise NotFoundError(f"{self.root}: invalid path {path!r}")
-        return os.path.join(self.root, *parts)
+        return os.path.join(self.root, *self._parts(path))
 
     def list_dir(self, path: str) -> DirListing:
         dirs: list[str] = []
@@ -103,7 +118,7 @@ class LocalBackend:
             with open(full, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            raise MissingChunkError(f"chunk {digest.hex()} is missing from {self.root}") from None
+            raise self._missing_chunk(digest) from None
         except OSError as exc:
             if exc.errno == errno.EISDIR:
                 raise MissingChunkError(f"chunk {digest.hex()}: {full} is not a file") from None

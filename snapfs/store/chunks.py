@@ -1,21 +1,19 @@
 """ChunkReader: digest in, verified plaintext out, through the shared ChunkCache.
 
 fetch (Backend) -> decode + verify (format.blob) -> cache. Exactly one fetch per digest is in
-flight however many threads want it: latecomers wait for the first fetch's result instead of
-issuing their own, which matters when 16 readers or a readahead hit the same chunk, and much more
-when each fetch is an S3 GET.
+flight however many threads want it (SingleFlight): latecomers wait for the first fetch's result
+instead of issuing their own, which matters when 16 readers or a readahead hit the same chunk, and
+much more when each fetch is an S3 GET.
 """
 
 from __future__ import annotations
-
-import threading
-from concurrent.futures import Future
 
 from snapfs.errors import SnapfsError
 from snapfs.format.blob import decode_chunk
 from snapfs.format.crypt import CryptConfig
 from snapfs.store.backend import Backend
 from snapfs.store.cache import ChunkCache
+from snapfs.store.singleflight import SingleFlight
 
 
 class ChunkReader:
@@ -25,8 +23,7 @@ class ChunkReader:
         self.backend = backend
         self.crypt = crypt
         self.cache = cache if cache is not None else ChunkCache()
-        self._inflight: dict[bytes, Future[bytes]] = {}
-        self._lock = threading.Lock()
+        self._flights: SingleFlight[bytes, bytes] = SingleFlight()
         self.fetches = 0
 
     def read_chunk(self, digest: bytes) -> bytes:
@@ -34,26 +31,7 @@ class ChunkReader:
         data = self.cache.get(digest)
         if data is not None:
             return data
-        with self._lock:
-            future = self._inflight.get(digest)
-            owner = future is None
-            if owner:
-                future = Future()
-                self._inflight[digest] = future
-        if not owner:
-            return future.result()
-        try:
-            data = self._fetch(digest)
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
-        else:
-            self.cache.put(digest, data)
-            future.set_result(data)
-            return data
-        finally:
-            with self._lock:
-                del self._inflight[digest]
+        return self._flights.run(digest, lambda: self._fetch(digest))
 
     def prefetch(self, digests: list[bytes]) -> None:
         """Tell a backend that can fetch ahead (S3) which chunks a reader will want next.
@@ -68,11 +46,14 @@ class ChunkReader:
             backend_prefetch(wanted)
 
     def _fetch(self, digest: bytes) -> bytes:
+        """Fetch, decode and cache one chunk; its result is published only once it is cached."""
         self.fetches += 1
         raw = self.backend.read_chunk(digest)
         try:
-            return decode_chunk(raw, digest, self.crypt, name=f"chunk {digest.hex()}")
+            data = decode_chunk(raw, digest, self.crypt, name=f"chunk {digest.hex()}")
         except SnapfsError:
             raise
         except Exception as exc:  # a decoder bug must still name the chunk, never pass bytes on
             raise SnapfsError(f"chunk {digest.hex()}: cannot decode: {exc}") from exc
+        self.cache.put(digest, data)
+        return data

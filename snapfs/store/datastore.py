@@ -27,6 +27,7 @@ from snapfs.errors import (
     UsageError,
     WrongKeyError,
 )
+from snapfs.format.archive_names import MANIFEST_NAME, FileType, manifest_candidates
 from snapfs.format.blob import decode_blob
 from snapfs.format.crypt import CryptConfig, format_fingerprint
 from snapfs.format.index import DynamicIndex, FixedIndex, parse_index
@@ -35,11 +36,9 @@ from snapfs.store.backend import Backend
 
 BACKUP_TYPES = ("vm", "ct", "host")
 MAX_NAMESPACE_DEPTH = 7
-MANIFEST_NAME = "index.json.blob"
 MANIFEST_CACHE_ENTRIES = 4096
 _SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._\-]*\Z")
 _TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
-_ARCHIVE_SUFFIXES = (".blob", ".fidx", ".didx")
 
 
 def format_backup_time(epoch: int) -> str:
@@ -269,10 +268,7 @@ class Datastore:
         """A manifest entry by the name users type: with or without .blob/.fidx/.didx."""
         manifest = self.manifest(snapshot)
         names = [f.filename for f in manifest.files]
-        candidates = (
-            [name] if name.endswith(_ARCHIVE_SUFFIXES) else [name + s for s in _ARCHIVE_SUFFIXES]
-        )
-        for candidate in candidates:
+        for candidate in manifest_candidates(name):
             if candidate in names:
                 return manifest.file(candidate)
         raise NotFoundError(
@@ -283,7 +279,7 @@ class Datastore:
         """The raw bytes of a blob or index, checked against the manifest for blobs."""
         path = f"{snapshot.path}/{file.filename}"
         raw = self.backend.read_file(path)
-        if file.archive_type == "blob" and (
+        if file.archive_type is FileType.BLOB and (
             len(raw) != file.size or hashlib.sha256(raw).digest() != file.csum
         ):
             raise ChecksumMismatchError(
@@ -298,7 +294,7 @@ class Datastore:
 
     def open_index(self, snapshot: Snapshot, file: ManifestFile) -> FixedIndex | DynamicIndex:
         path = f"{snapshot.path}/{file.filename}"
-        if file.archive_type not in ("fidx", "didx"):
+        if file.archive_type is FileType.BLOB:
             raise UnsupportedFormatError(f"{path}: not an index file")
         index = parse_index(self.read_snapshot_file(snapshot, file), name=path)
         if index.index_csum != file.csum or index.size != file.size:

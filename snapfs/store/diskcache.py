@@ -41,7 +41,7 @@ def _cache_key(source_name: str) -> str:
     return hashlib.sha256(source_name.encode()).hexdigest()[:24]
 
 
-class DiskCache:
+class DiskCache(Backend):
     """Wraps any Backend; `read_chunk` and (where the backend can say versions) `read_file` cached."""
 
     def __init__(
@@ -203,7 +203,7 @@ class DiskCache:
             self._entries[rel] = size
             self._bytes += size
 
-    # -- Backend protocol ------------------------------------------------------------------------
+    # -- Backend ---------------------------------------------------------------------------------
 
     def list_dir(self, path: str) -> DirListing:
         return self.backend.list_dir(path)

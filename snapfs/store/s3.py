@@ -17,11 +17,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 
-from snapfs.errors import MissingChunkError, NotFoundError, SnapfsError, UsageError
-from snapfs.store.backend import DirListing, chunk_path
+from snapfs.errors import NotFoundError, SnapfsError, UsageError
+from snapfs.store.backend import Backend, DirListing, chunk_path
+from snapfs.store.readahead import Readahead
 from snapfs.store.s3_requests import S3Requests, S3Settings
+from snapfs.store.singleflight import SingleFlight
 from snapfs.store.stats import build_report
 
 __all__ = ["S3Backend", "parse_s3_source"]
@@ -42,8 +44,8 @@ def parse_s3_source(source: str) -> tuple[str, str]:
     return bucket, store
 
 
-class S3Backend(S3Requests):
-    """The Backend protocol over `s3://bucket/store`."""
+class S3Backend(S3Requests, Backend):
+    """A Backend over `s3://bucket/store`."""
 
     def __init__(
         self,
@@ -58,20 +60,20 @@ class S3Backend(S3Requests):
         self._listings: dict[str, tuple[float, DirListing]] = {}
         self._etags: dict[str, str] = {}
         self._list_lock = threading.Lock()
-        self._inflight: dict[bytes, Future[bytes]] = {}
+        self._flights: SingleFlight[bytes, bytes] = SingleFlight()
         self._ready: OrderedDict[bytes, bytes] = OrderedDict()
         self._ready_bytes = 0
         self._chunk_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        # Readers join the GETs it starts (one table of GETs in flight), never start their own.
+        self._fetch_ahead = Readahead(
+            max(self.settings.connections, 1), "snapfs-s3", flights=self._flights
+        )
         self.memory_cache = None  # set by whoever owns the ChunkCache, for stats()
         if check:
             self.check_store()
 
     def _key(self, path: str) -> str:
-        parts = [p for p in path.split("/") if p]
-        if any(p in (".", "..") for p in parts):
-            raise NotFoundError(f"{self.name}: invalid path {path!r}")
-        return "/".join((self.store, ".cnt", *parts))
+        return "/".join((self.store, ".cnt", *self._parts(path)))
 
     # -- GET -------------------------------------------------------------------------------------
 
@@ -105,59 +107,56 @@ class S3Backend(S3Requests):
             return self._etags.get(path)
 
     def read_chunk(self, digest: bytes) -> bytes:
-        with self._chunk_lock:
-            data = self._ready.pop(digest, None)
-            if data is not None:
-                self._ready_bytes -= len(data)
-                return data
-            future = self._inflight.get(digest)
-            owner = future is None
-            if owner:
-                future = Future()
-                self._inflight[digest] = future
-        if not owner:
-            data = future.result()
-            self._take_ready(digest)  # a prefetch we joined: its parked copy is not needed again
+        data = self._take_parked(digest)
+        if data is not None:
             return data
-        self._fetch_into(digest, future)
-        return future.result()
+        joined = True
 
-    def _fetch_into(self, digest: bytes, future: Future, *, park: bool = False) -> None:
-        try:
-            key = f"{self.store}/{chunk_path(digest)}"
-            hexdigest = digest.hex()
-            data, _ = self._get(
-                key,
-                f"chunk {hexdigest}",
-                lambda: MissingChunkError(f"chunk {hexdigest} is missing from {self.name}"),
-            )
-        except BaseException as exc:
-            future.set_exception(exc)
-            with self._chunk_lock:
-                self._inflight.pop(digest, None)
-            return
-        if park:
-            with self._chunk_lock:
-                # Parked before the result is published, so a reader that comes later finds it
-                # here and one that waited on the future removes it: nothing lingers unread.
-                self._inflight.pop(digest, None)
-                self._ready[digest] = data
-                self._ready_bytes += len(data)
-                while self._ready_bytes > self.settings.prefetch_bytes and self._ready:
-                    _, old = self._ready.popitem(last=False)
-                    self._ready_bytes -= len(old)
-            future.set_result(data)
-            return
-        # Published before leaving the in-flight table: a reader arriving in between still joins.
-        future.set_result(data)
+        def fetch() -> bytes:
+            nonlocal joined
+            joined = False
+            # A fetch-ahead may have parked it since the look above.
+            parked = self._take_parked(digest)
+            return parked if parked is not None else self._get_chunk(digest)
+
+        data = self._flights.run(digest, fetch)
+        if joined:  # a fetch-ahead: its parked copy is not needed again
+            self._take_parked(digest)
+        return data
+
+    def _get_chunk(self, digest: bytes) -> bytes:
+        data, _ = self._get(
+            f"{self.store}/{chunk_path(digest)}",
+            f"chunk {digest.hex()}",
+            lambda: self._missing_chunk(digest),
+        )
+        return data
+
+    def _get_and_park(self, digest: bytes) -> bytes:
+        """GET a chunk for a reader to come and park it until that reader takes it.
+
+        Parked before the result is published, so a reader that comes later finds it parked and
+        one that waited on the fetch removes it: nothing lingers unread.
+        """
         with self._chunk_lock:
-            self._inflight.pop(digest, None)
+            data = self._ready.get(digest)
+        if data is not None:
+            return data  # parked by a fetch-ahead that ended since prefetch looked
+        data = self._get_chunk(digest)
+        with self._chunk_lock:  # not parked meanwhile: no other fetch of it runs (SingleFlight)
+            self._ready[digest] = data
+            self._ready_bytes += len(data)
+            while self._ready_bytes > self.settings.prefetch_bytes and self._ready:
+                _, dropped = self._ready.popitem(last=False)
+                self._ready_bytes -= len(dropped)
+        return data
 
-    def _take_ready(self, digest: bytes) -> None:
+    def _take_parked(self, digest: bytes) -> bytes | None:
         with self._chunk_lock:
             data = self._ready.pop(digest, None)
             if data is not None:
                 self._ready_bytes -= len(data)
+            return data
 
     def prefetch(self, digests: Iterable[bytes]) -> None:
         """Start GETs for chunks a sequential reader will want next; read_chunk picks them up.
@@ -165,20 +164,11 @@ class S3Backend(S3Requests):
         At most `connections` GETs run at once and at most `prefetch_bytes` of fetched but unread
         chunks are kept (oldest dropped), so a reader that wanders off costs little.
         """
-        if self._pool is None:
-            with self._chunk_lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
-                        max_workers=max(self.settings.connections, 1),
-                        thread_name_prefix="snapfs-s3",
-                    )
         for digest in digests:
             with self._chunk_lock:
-                if digest in self._inflight or digest in self._ready:
+                if digest in self._ready:
                     continue
-                future: Future[bytes] = Future()
-                self._inflight[digest] = future
-            self._pool.submit(self._fetch_into, digest, future, park=True)
+            self._fetch_ahead.start(digest, partial(self._get_and_park, digest))
 
     # -- LIST ------------------------------------------------------------------------------------
 
@@ -282,8 +272,7 @@ class S3Backend(S3Requests):
         )
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._fetch_ahead.close()
 
 
 def _is_group_path(parts: list[str]) -> bool:

@@ -8,13 +8,12 @@ SHA-256 release the GIL and a lone reader would otherwise leave the second core 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 from snapfs.errors import CorruptDataError
 from snapfs.format.index import DynamicIndex, FixedIndex
 from snapfs.store.chunks import ChunkReader
+from snapfs.store.pipeline import ordered
 
 DEFAULT_WORKERS = 2
 DEFAULT_WINDOW = 4
@@ -86,32 +85,33 @@ class IndexStream:
             return
         first = self.index.chunk_at(offset)
         last = self.index.chunk_at(end - 1)
+        for i, future in ordered(
+            self._hinting(first, last),
+            self.chunk_data,
+            workers=workers,
+            window=window,
+            thread_name="snapfs-decode",
+        ):
+            data = future.result()
+            start, stop = self.index.chunk_range(i)
+            yield memoryview(data)[max(offset, start) - start : min(end, stop) - start]
 
-        def load(i: int) -> bytes:
-            data = self.chunks.read_chunk(self.index.digest(i))
-            self._check_length(i, *self.index.chunk_range(i), data)
-            return data
+    def chunk_data(self, i: int) -> bytes:
+        """Chunk i's decoded bytes, checked against the length the index gives it."""
+        data = self.chunks.read_chunk(self.index.digest(i))
+        self._check_length(i, *self.index.chunk_range(i), data)
+        return data
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapfs-decode") as pool:
-            pending: deque = deque()
-            next_i = first
-            hinted = first  # chunks below this were already named to the backend's prefetch
-            try:
-                while next_i <= last or pending:
-                    if hinted <= last and hinted < next_i + PREFETCH_CHUNKS // 2:
-                        stop = min(last + 1, next_i + PREFETCH_CHUNKS)
-                        self.chunks.prefetch([self.index.digest(i) for i in range(hinted, stop)])
-                        hinted = stop
-                    while next_i <= last and len(pending) < window:
-                        pending.append((next_i, pool.submit(load, next_i)))
-                        next_i += 1
-                    i, future = pending.popleft()
-                    data = future.result()
-                    start, stop = self.index.chunk_range(i)
-                    yield memoryview(data)[max(offset, start) - start : min(end, stop) - start]
-            finally:
-                for _, future in pending:
-                    future.cancel()
+    def _hinting(self, first: int, last: int) -> Iterator[int]:
+        """Chunks first..last in order; on the way, a backend that fetches ahead (S3) is told
+        which chunks come next, PREFETCH_CHUNKS at a time, half of them before they are due."""
+        hinted = first  # chunks below this were already named to the backend's prefetch
+        for i in range(first, last + 1):
+            if hinted <= last and hinted < i + PREFETCH_CHUNKS // 2:
+                stop = min(last + 1, i + PREFETCH_CHUNKS)
+                self.chunks.prefetch([self.index.digest(j) for j in range(hinted, stop)])
+                hinted = stop
+            yield i
 
     def _check_length(self, i: int, start: int, stop: int, data: bytes) -> None:
         if len(data) != stop - start:

@@ -1,8 +1,8 @@
 """Open what a user names in a snapshot: a blob, an image, a pxar archive, or a file inside one.
 
-One place that knows PBS's naming habits (archive names typed with or without their .blob/.fidx/
-.didx suffix, `root.pxar` meaning either a v1 archive or a split .mpxar/.ppxar pair, `index.json`
-meaning the manifest), shared by `snapfs cat`, `ls`, `find`, the mount and restore.
+Shared by `snapfs cat`, `ls`, `find`, the mount and restore. What the names mean (typed with or
+without their .blob/.fidx/.didx suffix, `root.pxar` for a v1 archive or a split .mpxar/.ppxar
+pair, `index.json` for the manifest) is snapfs.format.archive_names'.
 """
 
 from __future__ import annotations
@@ -12,16 +12,22 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from snapfs.errors import NotFoundError, UnsupportedFormatError
+from snapfs.format.archive_names import (
+    MANIFEST_ALIASES,
+    MANIFEST_NAME,
+    FileType,
+    PxarNames,
+    is_pxar_tree_name,
+    short_name,
+)
 from snapfs.format.blob import decode_blob
 from snapfs.format.crypt import CryptConfig
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.entry import Entry, EntryKind
 from snapfs.store.cache import ChunkCache
 from snapfs.store.chunks import ChunkReader
-from snapfs.store.datastore import MANIFEST_NAME, Datastore, Snapshot
+from snapfs.store.datastore import Datastore, Snapshot
 from snapfs.store.stream import IndexStream
-
-MANIFEST_ALIASES = ("index.json", MANIFEST_NAME)
 
 
 @dataclass
@@ -64,7 +70,7 @@ class SnapshotReader:
 
     def blob(self, name: str) -> bytes:
         file = self.datastore.resolve_archive(self.snapshot, name)
-        if file.archive_type != "blob":
+        if file.archive_type is not FileType.BLOB:
             raise UnsupportedFormatError(f"{self.snapshot}: {file.filename} is not a blob")
         return self.datastore.open_blob(self.snapshot, file, self.crypt)
 
@@ -76,20 +82,14 @@ class SnapshotReader:
 
     def pxar(self, name: str) -> Accessor:
         """`root.pxar` (or `root.pxar.didx`, `root.mpxar.didx`) as an Accessor."""
-        base = name.removesuffix(".didx")
-        for suffix in (".mpxar", ".ppxar", ".pxar"):
-            if base.endswith(suffix):
-                base = base.removesuffix(suffix)
-                break
+        names = PxarNames.of(name)
         filenames = {f.filename for f in self.manifest.files}
-        if f"{base}.pxar.didx" in filenames:
-            return Accessor(self.stream(f"{base}.pxar.didx"), name=f"{self.snapshot}/{base}.pxar")
-        if f"{base}.mpxar.didx" in filenames:
-            payload = None
-            if f"{base}.ppxar.didx" in filenames:
-                payload = self.stream(f"{base}.ppxar.didx")
+        if names.unified in filenames:
+            return Accessor(self.stream(names.unified), name=f"{self.snapshot}/{names.name}")
+        if names.meta in filenames:
+            payload = self.stream(names.payload) if names.payload in filenames else None
             return Accessor(
-                self.stream(f"{base}.mpxar.didx"), payload, name=f"{self.snapshot}/{base}.mpxar"
+                self.stream(names.meta), payload, name=f"{self.snapshot}/{short_name(names.meta)}"
             )
         raise NotFoundError(f"snapshot {self.snapshot} has no pxar archive {name!r}")
 
@@ -109,7 +109,7 @@ def open_snapshot_file(
     if archive in MANIFEST_ALIASES and inner is None:
         return reader.manifest_text()
     # `root.pxar.didx` typed in full means the raw stream; `root.pxar[/path]` means the tree.
-    if inner is not None or archive.endswith((".pxar", ".mpxar")):
+    if inner is not None or is_pxar_tree_name(archive):
         accessor = reader.pxar(archive)
         entry = accessor.lookup(inner or "/")
         if entry.kind is EntryKind.HARDLINK:
@@ -120,7 +120,7 @@ def open_snapshot_file(
             )
         return PxarFile(accessor, entry)
     file = datastore.resolve_archive(snapshot, archive)
-    if file.archive_type == "blob":
+    if file.archive_type is FileType.BLOB:
         return reader.blob(archive)
     return reader.stream(archive)
 

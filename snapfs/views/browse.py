@@ -7,6 +7,7 @@ import stat
 import time
 from collections.abc import Iterator
 
+from snapfs.format.archive_names import CATALOG_NAME, PxarNames
 from snapfs.format.catalog import CatalogReader
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.entry import Entry, EntryKind
@@ -76,14 +77,14 @@ def find_paths(reader: SnapshotReader, archive: str, pattern: str) -> Iterator[s
     The catalog is a few KiB where the archive may be GiBs, so it answers without touching the
     archive's chunks. Split archives have no catalog: the archive's metadata stream is walked.
     """
-    base = archive.removesuffix(".didx").removesuffix(".pxar").removesuffix(".mpxar")
-    catalog_root = f"/{base}.pxar.didx".encode()
+    unified = PxarNames.of(archive).unified
+    catalog_root = f"/{unified}".encode()
     filenames = {f.filename for f in reader.manifest.files}
     pat = pattern.encode("utf-8", "surrogateescape")
-    if "catalog.pcat1.didx" in filenames and f"{base}.pxar.didx" in filenames:
-        stream = reader.stream("catalog.pcat1.didx")
+    if CATALOG_NAME in filenames and unified in filenames:
+        stream = reader.stream(CATALOG_NAME)
         catalog = CatalogReader(
-            stream.read_at(0, stream.size), name=f"{reader.snapshot}/catalog.pcat1.didx"
+            stream.read_at(0, stream.size), name=f"{reader.snapshot}/{CATALOG_NAME}"
         )
         for path, entry in catalog.walk():
             if path.startswith(catalog_root + b"/") and fnmatch.fnmatchcase(entry.name, pat):

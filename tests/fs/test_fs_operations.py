@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import shutil
+import time
 
 import pyfuse3
 import pytest
@@ -117,6 +118,30 @@ def test_missing_chunk_is_eio_and_logged_once(vectors, tmp_path, caplog):
     trio.run(main)
     lines = [r.getMessage() for r in caplog.records if digest in r.getMessage()]
     assert len(lines) == 1 and "drive-scsi0.img" in lines[0]
+
+
+def test_a_sequential_read_decodes_the_next_chunks_in_the_background(vectors):
+    ops = ops_for(vectors / "datastore")
+
+    async def main():
+        image = await resolve(ops, "vm/100/2024-06-01T10:00:00Z/drive-scsi0.img")
+        fi = await ops.open(image.st_ino, os.O_RDONLY)
+        assert len(await ops.read(fi.fh, 0, 4096)) == 4096
+        return fi.fh
+
+    fh = trio.run(main)
+    stream = ops._files[fh].stream
+    ahead = [stream.index.digest(i) for i in range(1, stream.index.chunk_count)]
+    deadline = time.monotonic() + 30
+    while not all(d in stream.chunks.cache for d in ahead) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert all(d in stream.chunks.cache for d in ahead)
+    ops.close()  # the mount's end: the readahead threads stop, reads still work without them
+
+    async def read_on():
+        assert len(await ops.read(fh, 4096, 4096)) == 4096
+
+    trio.run(read_on)
 
 
 def test_mount_options_always_read_only_with_kernel_permission_checks():

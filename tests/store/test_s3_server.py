@@ -292,13 +292,13 @@ class _CountingDict(dict):
 def test_sixteen_readers_of_one_chunk_make_one_get(s3server, s3_vectors):
     remote = reader_backend(s3server)
     arrived = threading.Condition()
-    remote._inflight = _CountingDict(arrived)
+    remote._flights._calls = _CountingDict(arrived)
     release = threading.Event()
 
     def hold(**_kwargs):
         # Keep the one GET in flight until all 16 readers have looked for it.
         with arrived:
-            arrived.wait_for(lambda: remote._inflight.lookups >= 16, timeout=30)
+            arrived.wait_for(lambda: remote._flights._calls.lookups >= 16, timeout=30)
         release.set()
 
     remote._client.meta.events.register("before-send.s3.GetObject", hold)

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from snapfs.linux.mountinfo import mount_at
+
 SNAPFS = [sys.executable, "-m", "snapfs"]
 
 
@@ -20,11 +22,9 @@ def snapfs(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
 
 
 def is_mounted(path: Path) -> bool:
-    """Whether /proc/self/mountinfo lists `path` (as given: resolving it would stat it, and a
-    stat under a hung mount never returns)."""
-    target = os.path.abspath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
+    """Whether /proc/self/mountinfo lists `path` (looked up as given first: a stat under a hung
+    mount never returns)."""
+    return mount_at(str(path)) is not None
 
 
 def mount_pids(mnt: Path) -> list[int]:

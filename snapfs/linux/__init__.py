@@ -1,0 +1,1 @@
+"""Linux interfaces more than one package reads (mountinfo)."""

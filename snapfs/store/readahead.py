@@ -1,0 +1,110 @@
+"""Readahead: fetch, before a reader asks, what it will want next.
+
+One mechanism for every reader that knows its future: the mount and the NBD server after a
+sequential read (`SequentialWindow` names the chunks that come next), NBD_CMD_CACHE and the pxar
+restore's walker (the chunks of a byte range), and S3Backend's fetch-ahead. A few background
+threads do the work and each key is fetched at most once at a time (`SingleFlight`), so a hint
+repeated while its fetch is queued or running costs nothing. A hint is never an error: a fetch
+that fails is left for the reader who needs that chunk, which fetches it again and reports the
+failure with the file it belongs to.
+
+The first three decode chunks into the shared ChunkCache (`warm`), and their readers fetch for
+themselves rather than wait behind a queued hint. S3's fetch-ahead works one layer down: for a
+streaming reader (IndexStream.iter_range, `snapfs cat`), whose decoded cache may be too small to
+hold anything ahead, it GETs raw chunks and parks them until read, and its readers join a GET
+already started (S3Backend passes its own table of GETs as `flights`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING
+
+from snapfs.errors import SnapfsError
+from snapfs.store.singleflight import SingleFlight
+
+if TYPE_CHECKING:
+    from snapfs.format.index import DynamicIndex, FixedIndex
+    from snapfs.store.chunks import ChunkReader
+    from snapfs.store.stream import IndexStream
+
+__all__ = ["READAHEAD_BYTES", "Readahead", "SequentialWindow", "chunk_digests"]
+
+#: How far ahead of a sequential reader chunks are decoded (but always at least two chunks).
+READAHEAD_BYTES = 16 * 1024 * 1024
+MIN_READAHEAD_CHUNKS = 2
+
+
+class Readahead:
+    """Background threads that fetch keys before they are asked for, each once at a time."""
+
+    def __init__(self, workers: int, thread_name: str, flights: SingleFlight | None = None) -> None:
+        """`flights`: the table the readers join, when they should wait for a fetch started here
+        rather than start their own (S3Backend's GETs); by default one of its own, so that the
+        readers fetch for themselves and only repeated hints are dropped."""
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name)
+        self._flights = flights if flights is not None else SingleFlight()
+
+    def start(self, key: Hashable, fetch: Callable[[], object]) -> None:
+        """Run `fetch` in the background unless a fetch of `key` is queued or running already."""
+        with contextlib.suppress(RuntimeError):  # closed: a hint is dropped, never an error
+            self._flights.start(key, fetch, self._pool)
+
+    def warm(self, chunks: ChunkReader, digests: Iterable[bytes]) -> None:
+        """Decode these chunks into `chunks`' cache, those not in it already."""
+        cache = chunks.cache
+        for digest in digests:
+            if digest not in cache:
+                self.start(digest, partial(chunks.read_chunk, digest))
+
+    def warm_range(self, stream: IndexStream, start: int, end: int) -> None:
+        """Decode the chunks that hold bytes [start, end) of `stream`."""
+        if end <= start:
+            return
+        try:
+            digests = chunk_digests(
+                stream.index, stream.index.chunk_at(start), stream.index.chunk_at(end - 1)
+            )
+        except SnapfsError:
+            return  # a range the index does not cover: the reader's own read reports it
+        self.warm(stream.chunks, digests)
+
+    def close(self, *, wait: bool = False) -> None:
+        """Drop the fetches not started yet; with `wait`, also wait for the ones running."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+class SequentialWindow:
+    """Which chunks to decode next for one sequential reader of one stream, each named once."""
+
+    __slots__ = ("ahead",)
+
+    def __init__(self) -> None:
+        self.ahead = -1  # the last chunk named by an earlier call
+
+    def after(self, index: FixedIndex | DynamicIndex, end: int, limit: int) -> list[bytes]:
+        """The chunks after a read that ended at stream offset `end`, up to READAHEAD_BYTES (at
+        least MIN_READAHEAD_CHUNKS chunks) further and never past `limit`, less those an earlier
+        call named already."""
+        if end >= limit or end <= 0:
+            return []
+        current = index.chunk_at(end - 1)
+        last = max(
+            index.chunk_at(min(limit, end + READAHEAD_BYTES) - 1),
+            min(current + MIN_READAHEAD_CHUNKS, index.chunk_at(limit - 1)),
+        )
+        first = current + 1
+        if first <= self.ahead <= last:
+            first = self.ahead + 1
+        if first > last:
+            return []
+        self.ahead = last
+        return chunk_digests(index, first, last)
+
+
+def chunk_digests(index: FixedIndex | DynamicIndex, first: int, last: int) -> list[bytes]:
+    """The digests of chunks first..last, in order, each once (a zero chunk repeats a lot)."""
+    return list(dict.fromkeys(index.digest(i) for i in range(first, last + 1)))

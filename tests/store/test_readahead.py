@@ -1,0 +1,182 @@
+"""Readahead: which chunks a sequential reader gets decoded ahead, and the threads that do it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from snapfs.errors import MissingChunkError
+from snapfs.format.blob import encode_chunk
+from snapfs.format.index import build_fixed_index, parse_index
+from snapfs.store.backend import DirListing
+from snapfs.store.cache import ChunkCache
+from snapfs.store.chunks import ChunkReader
+from snapfs.store.readahead import READAHEAD_BYTES, Readahead, SequentialWindow, chunk_digests
+from snapfs.store.singleflight import SingleFlight
+from snapfs.store.stream import IndexStream
+
+MiB = 1024 * 1024
+
+
+class ChunkStore:
+    """A backend of encoded chunks that counts fetches and can hold them at a gate."""
+
+    name = "memory://readahead"
+
+    def __init__(self, contents: list[bytes]) -> None:
+        self.blobs = dict(encode_chunk(c, None, compress=False) for c in contents)
+        self.fetched: list[bytes] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.lock = threading.Lock()
+
+    def list_dir(self, path: str) -> DirListing:
+        return DirListing()
+
+    def read_file(self, path: str) -> bytes:
+        raise MissingChunkError(path)
+
+    def read_chunk(self, digest: bytes) -> bytes:
+        self.gate.wait(timeout=30)
+        with self.lock:
+            self.fetched.append(digest)
+        if digest not in self.blobs:
+            raise MissingChunkError(f"chunk {digest.hex()} is missing")
+        return self.blobs[digest]
+
+
+def image(chunk_count: int, chunk_size: int = 4 * MiB, zero_at: tuple[int, ...] = ()):
+    """An IndexStream over chunks 0..n-1 (each its own bytes; those in zero_at all zeros)."""
+    contents = [
+        bytes(chunk_size) if i in zero_at else (i + 1).to_bytes(4, "big") * (chunk_size // 4)
+        for i in range(chunk_count)
+    ]
+    store = ChunkStore(contents)
+    digests = [encode_chunk(c, None, compress=False)[0] for c in contents]
+    index = parse_index(
+        build_fixed_index(digests, chunk_count * chunk_size, chunk_size), name="image.fidx"
+    )
+    return IndexStream(index, ChunkReader(store, None, ChunkCache(1 << 30)), "image"), store
+
+
+def test_a_sequential_reader_gets_the_next_16_mib_each_chunk_once() -> None:
+    stream, _ = image(12)
+    index, size = stream.index, stream.size
+    window = SequentialWindow()
+    ahead = READAHEAD_BYTES // (4 * MiB)  # chunks of 4 MiB in the window
+    # A read in chunk 0 names the chunks after it, up to 16 MiB past the read's end.
+    assert window.after(index, 4096, size) == [index.digest(i) for i in range(1, ahead + 1)]
+    # Reading on: only what the window newly covers.
+    assert window.after(index, 4 * MiB + 4096, size) == [index.digest(ahead + 1)]
+    assert window.after(index, 4 * MiB + 8192, size) == []  # nothing new yet
+    # Never past the limit (the end of a file or partition inside the stream).
+    assert window.after(index, 10 * 4 * MiB, size) == [index.digest(10), index.digest(11)]
+    assert window.after(index, size, size) == []
+    assert window.after(index, 0, size) == []
+
+
+def test_after_a_jump_back_the_window_is_named_again() -> None:
+    stream, _ = image(12)
+    index, size = stream.index, stream.size
+    window = SequentialWindow()
+    window.after(index, 8 * 4 * MiB, size)  # named chunks up to 11
+    assert window.after(index, 4096, size) == [index.digest(i) for i in (1, 2, 3, 4)]
+
+
+def test_at_least_two_chunks_ahead_when_chunks_are_larger_than_the_window() -> None:
+    stream, _ = image(5, chunk_size=16 * MiB)
+    window = SequentialWindow()
+    got = window.after(stream.index, 4096, stream.size)
+    assert got == [stream.index.digest(1), stream.index.digest(2)]
+    # ... but never past the limit: the last byte in chunk 1.
+    window = SequentialWindow()
+    assert window.after(stream.index, 4096, 16 * MiB + 1) == [stream.index.digest(1)]
+
+
+def test_a_repeated_chunk_is_named_once_in_order() -> None:
+    stream, _ = image(6, zero_at=(1, 3, 4))
+    index = stream.index
+    assert chunk_digests(index, 0, 5) == [
+        index.digest(0),
+        index.digest(1),
+        index.digest(2),
+        index.digest(5),
+    ]
+
+
+def test_warm_decodes_into_the_cache_and_skips_what_is_there_or_under_way() -> None:
+    stream, store = image(6)
+    chunks = stream.chunks
+    chunks.read_chunk(stream.index.digest(0))
+    store.gate.clear()  # hold the background fetches until every hint is given
+    readahead = Readahead(2, "test-readahead")
+    try:
+        wanted = chunk_digests(stream.index, 0, 5)
+        readahead.warm(chunks, wanted)
+        readahead.warm(chunks, wanted)  # again while they are queued or running: nothing new
+        store.gate.set()
+        for digest in wanted:
+            assert chunks.read_chunk(digest) == stream.read_at(
+                stream.index.chunk_range(wanted.index(digest))[0], 4 * MiB
+            )
+    finally:
+        readahead.close(wait=True)
+    assert sorted(store.fetched) == sorted(wanted)  # each chunk fetched once, chunk 0 not again
+
+
+def test_warm_range_decodes_the_chunks_holding_the_bytes() -> None:
+    stream, store = image(6)
+    readahead = Readahead(2, "test-readahead")
+    readahead.warm_range(stream, 4 * MiB - 1, 8 * MiB + 1)  # the last byte of 0 to the first of 2
+    readahead.warm_range(stream, 5, 5)  # empty: nothing
+    readahead.warm_range(stream, 100 * MiB, 101 * MiB)  # past the end: left to the reader
+    wanted = [stream.index.digest(i) for i in range(3)]
+    deadline = time.monotonic() + 30
+    while not all(d in stream.chunks.cache for d in wanted) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    readahead.close(wait=True)
+    assert sorted(store.fetched) == sorted(wanted)
+
+
+def test_a_failed_fetch_is_silent_and_a_closed_readahead_drops_hints() -> None:
+    stream, store = image(3)
+    missing = bytes(32)
+    readahead = Readahead(1, "test-readahead")
+    readahead.warm(stream.chunks, [missing])  # the reader who needs it reports it, not the hint
+    readahead.close(wait=True)
+    readahead.warm(stream.chunks, [stream.index.digest(0)])  # closed: dropped, not an error
+    assert store.fetched == [missing]
+
+
+class _Lookups(dict):
+    """A SingleFlight table that says when a key has been looked up n times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def get(self, key, default=None):
+        with self.changed:
+            self.count += 1
+            self.changed.notify_all()
+        return super().get(key, default)
+
+
+def test_readers_join_what_a_shared_table_started() -> None:
+    """S3Backend's way: its readers wait for a fetch-ahead GET instead of issuing their own."""
+    flights: SingleFlight[str, str] = SingleFlight()
+    flights._calls = lookups = _Lookups()
+    calls: list[str] = []
+
+    def fetch() -> str:
+        calls.append("ahead")
+        with lookups.changed:  # the hint's lookup, then the reader's: it has joined
+            assert lookups.changed.wait_for(lambda: lookups.count >= 2, timeout=30)
+        return "fetched ahead"
+
+    readahead = Readahead(1, "test-readahead", flights=flights)
+    readahead.start("k", fetch)
+    assert flights.run("k", lambda: "own") == "fetched ahead"
+    readahead.close(wait=True)
+    assert calls == ["ahead"]
