@@ -399,6 +399,7 @@ def _serve(
             unmounted = True
         finally:
             pyfuse3.close(unmount=not unmounted or still_mounted(opts.mountpoint))
+            ops.close()  # the readahead threads: nothing reads any more
             _report_stats(model, opts)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
