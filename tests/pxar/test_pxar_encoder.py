@@ -10,13 +10,13 @@ import os
 import re
 import socket
 import stat
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.vectors import extract_source_tree
 
 from snapfs.errors import CorruptDataError, NotFoundError
 from snapfs.format.source import BytesSource, FileSource
@@ -43,20 +43,7 @@ SOCKET_MTIME_NS = 1_601_900_800_716_049_358
 
 def _build_source_tree(vectors: Path, dest: Path) -> Path:
     dest.mkdir()
-    subprocess.run(
-        [
-            "tar",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--acls",
-            "--numeric-owner",
-            "-xpf",
-            str(vectors / "source-tree.tar"),
-            "-C",
-            str(dest),
-        ],
-        check=True,
-    )
+    extract_source_tree(vectors, dest)
     sock_path = dest / "unix_socket"
     sock = socket.socket(socket.AF_UNIX)
     try:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from support.restore_listing import expected_listing, fs_listing
+from support.vectors import extract_source_tree
 
 from snapfs.cli import main
 from snapfs.errors import UsageError
@@ -52,20 +52,7 @@ def test_golden_archive_restores_to_expected_listing(vectors, tmp_path, capsys, 
 def test_restore_matches_tar_extraction_of_source_tree(vectors, tmp_path):
     ours, theirs = tmp_path / "ours", tmp_path / "tar"
     theirs.mkdir()
-    subprocess.run(
-        [
-            "tar",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--acls",
-            "--numeric-owner",
-            "-xpf",
-            str(vectors / "source-tree.tar"),
-            "-C",
-            str(theirs),
-        ],
-        check=True,
-    )
+    extract_source_tree(vectors, theirs)
     accessor = Accessor(FileSource(vectors / "pxar" / "archive-v1.pxar"), name="archive-v1.pxar")
     assert restore_pxar(accessor, None, str(ours)).ok
     tar_root = theirs if (theirs / "dir_a").exists() else next(theirs.iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -11,3 +12,22 @@ VECTORS = Path(os.environ.get("SNAPFS_VECTORS", REPO / "tests" / "vectors"))
 VECTOR_PASSWORD = b"pbs-vector-password"
 #: sha256 of the disk image both VM snapshots of the golden datastore hold (vectors README).
 IMAGE_SHA256 = "20259dee8fdd06b33fdd05354483fc27183eb16538fe8365705d78ce72501c44"
+
+
+def extract_source_tree(vectors: Path, dest: Path) -> None:
+    """`source-tree.tar` (the tree the pxar vectors hold, less its socket) extracted into `dest`
+    with every bit of metadata, as root."""
+    subprocess.run(
+        [
+            "tar",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--acls",
+            "--numeric-owner",
+            "-xpf",
+            str(vectors / "source-tree.tar"),
+            "-C",
+            str(dest),
+        ],
+        check=True,
+    )
