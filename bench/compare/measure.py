@@ -4,30 +4,39 @@ Interleaved: every benchmark runs for every tool before the next benchmark start
 phase of the machine hits all tools alike. "Cold" = the tool's persistent caches emptied, a
 fresh mount (its in-memory caches empty) and the page cache dropped right before the timed
 operation; "warm" = the same operation again at once, nothing dropped (what a user sees the
-second time, page cache included).
+second time, page cache included). The groups `limits` and `s3` measure snapfs alone, as lines
+(lines.py) beside the comparison: limits.py and s3.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from . import limits, s3
 from .data import BIGDIR, IMAGE_NAME, Manifest, Sizes
+from .lines import LineSample, summarize
+from .probes import (
+    drop_caches,
+    log,
+    peak_rss_mib,
+    read_random,
+    read_sequential,
+    start_profiler,
+    stop_profiler,
+    wait_listing,
+)
 from .tools import Mount, Restic, Tool, ToolError, is_mounted
 from .verify import check_ls_l, check_tar_stream, check_tree, check_walk
 
 MiB = 1024 * 1024
-READY_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,11 @@ BENCHMARKS = [
     Benchmark("restore-image", "restore of the image (to disk, synced)", "s", "lower", "restore"),
 ]
 BY_ID = {b.id: b for b in BENCHMARKS}
-GROUPS = ["mount", "walk", "lsl", "seq", "random", "tar", "restore"]
+# The groups of lines measured for snapfs alone (no peer): this machine's limits, and S3.
+LINES = [*limits.LINES, *s3.LINES]
+LINE_BY_ID = {line.id: line for line in LINES}
+SNAPFS_ONLY = ("limits", "s3")
+GROUPS = ["mount", "walk", "lsl", "seq", "random", "tar", "restore", *SNAPFS_ONLY]
 
 
 @dataclass
@@ -87,7 +100,9 @@ class Runner:
     profile_dir: str | None = None
     samples: dict[tuple[str, str], list[Sample]] = field(default_factory=dict)
     rss: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)
+    lines: dict[str, list[LineSample]] = field(default_factory=dict)
     _mounts: int = 0
+    _s3: s3.S3Lines | None = None
 
     # --- bookkeeping -----------------------------------------------------------------------------
 
@@ -97,6 +112,33 @@ class Runner:
         shown = "n/a" if value is None else f"{value:.4g} {BY_ID[bench].unit}"
         flag = "ok" if problem is None else f"NOT VERIFIED: {problem}"
         log(f"  {bench:18} {tool.name:7} {shown:>16}  {flag}")
+
+    def record_line(self, line: str, value: float | None, problem: str | None, **extra) -> None:
+        """A figure of a line measured for snapfs alone (lines.py); `extra`: what it counted."""
+        self.lines.setdefault(line, []).append(
+            LineSample(value, problem is None, problem or "", extra)
+        )
+        shown = "n/a" if value is None else f"{value:.4g} {LINE_BY_ID[line].unit}"
+        flag = "ok" if problem is None else f"NOT VERIFIED: {problem}"
+        log(f"  {line:22} {shown:>18}  {flag}")
+
+    def attempt(self, lines: list[str], measure, *args) -> None:
+        """Runs measure(*args); if it fails, each of `lines` it did not record this time fails
+        with it, and the next measurement goes on."""
+        before = {line: len(self.lines.get(line, ())) for line in lines}
+        try:
+            measure(*args)
+        except Exception as e:  # a failed line is reported as such; the run goes on
+            for line in lines:
+                if len(self.lines.get(line, ())) == before[line]:
+                    self.record_line(line, None, f"failed: {type(e).__name__}: {e}")
+
+    def line_results(self, group: str) -> list[dict]:
+        return [
+            summarize(line, self.lines[line.id])
+            for line in LINES
+            if line.group == group and line.id in self.lines
+        ]
 
     def results(self) -> list[dict]:
         out = []
@@ -183,6 +225,10 @@ class Runner:
     # --- the benchmarks -----------------------------------------------------------------------
 
     def run_group(self, group: str, tool: Tool) -> None:
+        if group in SNAPFS_ONLY:
+            ids = [line.id for line in LINES if line.group == group]
+            self.attempt(ids, getattr(self, f"bench_{group}"), tool)
+            return
         try:
             getattr(self, f"bench_{group}")(tool)
         except (ToolError, OSError, subprocess.SubprocessError, TimeoutError) as e:
@@ -329,116 +375,25 @@ class Runner:
             return "restored image differs from the source"
         return None
 
+    def bench_limits(self, tool: Tool) -> None:
+        limits.measure(self, tool)
+
+    def bench_s3(self, tool: Tool) -> None:
+        if self._s3 is None:  # one server and one upload for every round
+            self._s3 = s3.S3Lines.start(self.work, tool.repo)
+        self._s3.measure(self, tool)
+
     def run(self, groups: list[str], repeat: int) -> None:
+        snapfs_only = [t for t in self.tools if t.name == "snapfs"]
         for rep in range(repeat):
             order = self.tools[rep % len(self.tools) :] + self.tools[: rep % len(self.tools)]
             for group in groups:
                 log(f"[{group}] round {rep + 1}/{repeat}")
-                for tool in order:
+                for tool in snapfs_only if group in SNAPFS_ONLY else order:
                     self.run_group(group, tool)
 
-
-# --- measuring primitives ------------------------------------------------------------------------
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def peak_rss_mib(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def wait_listing(mount: Mount, path: str) -> list[str]:
-    """Polls until `path` lists (the mount answers); sorted names. Raises if the server died."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        try:
-            return sorted(os.listdir(path))
-        except OSError:
-            if mount.proc is not None and mount.proc.poll() is not None:
-                raise ToolError(f"{mount.tool.name} mount exited {mount.proc.returncode}") from None
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{path} did not appear within {READY_TIMEOUT:.0f} s") from None
-            time.sleep(0.002)
-
-
-def read_sequential(path: str) -> tuple[float, str, int]:
-    """One pass in 1 MiB reads into a reused buffer, hashed as it goes: (bytes/s, sha256, size)."""
-    buf = bytearray(MiB)
-    view = memoryview(buf)
-    h = hashlib.sha256()
-    total = 0
-    fd = os.open(path, os.O_RDONLY)
-    start = time.perf_counter()
-    try:
-        while n := os.readv(fd, [buf]):
-            h.update(view[:n])
-            total += n
-    finally:
-        os.close(fd)
-    return total / (time.perf_counter() - start), h.hexdigest(), total
-
-
-def read_random(path: str, offsets: list[int], expected: list[bytes]) -> tuple[float, int]:
-    """4 KiB preads at the given offsets: (reads/s, how many differ from the source)."""
-    fd = os.open(path, os.O_RDONLY)
-    bad = 0
-    start = time.perf_counter()
-    try:
-        for off, want in zip(offsets, expected, strict=True):
-            if os.pread(fd, 4096, off) != want:
-                bad += 1
-    finally:
-        os.close(fd)
-    return len(offsets) / (time.perf_counter() - start), bad
-
-
-# --- profiling (--profile): py-spy attached to the snapfs mount process ----------------------------
-
-
-def start_profiler(pid: int, out: str) -> subprocess.Popen | None:
-    py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
-    if not os.path.exists(py_spy):
-        log("  (py-spy not found: no profile)")
-        return None
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    return subprocess.Popen(
-        [
-            py_spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--format",
-            "raw",
-            "--rate",
-            "200",
-            "--nonblocking",
-            "-o",
-            out,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def stop_profiler(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    def close(self) -> None:
+        """Stops what the lines started (the S3 server)."""
+        if self._s3 is not None:
+            self._s3.close()
+            self._s3 = None

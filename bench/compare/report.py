@@ -14,6 +14,7 @@ import subprocess
 from collections import Counter
 
 from .measure import BENCHMARKS, BY_ID
+from .s3 import OPERATIONS
 
 PEERS = ("restic", "borg")
 # The issue's goals: >= 2x on metadata walks and sequential reads, first listing <= 1 s, less RSS.
@@ -80,7 +81,7 @@ def goals(
 def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "failed"
-    if unit in ("MB/s", "IOPS", "MiB"):
+    if unit in ("MB/s", "IOPS", "MiB", "chunks/s", "entries/s"):
         return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
     return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
 
@@ -105,6 +106,73 @@ def markdown_table(results: list[dict], rat: dict[str, float], tools: list[str])
         for p in peers:
             x = rat.get(f"{bench.id}/{p}")
             cells.append("-" if x is None else (f"**{x:.2f}x**" if x >= 1 else f"{x:.2f}x"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _line_value(line: dict | None) -> str:
+    if line is None:
+        return "-"
+    return _fmt(line["value"], line["unit"]) + ("" if line["verified"] else " (NOT VERIFIED)")
+
+
+def limits_table(section: dict) -> str:
+    """The limits, each with the snapfs figures held against it and their share of it."""
+    lines = [
+        "| limit | unit | value | snapfs figure held against it | snapfs | snapfs / limit |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = {}
+    for c in section["compared"]:
+        rows.setdefault(c["limit"], []).append(c)
+    for limit in section["results"]:
+        against = rows.get(limit["line"]) or [None]
+        for i, c in enumerate(against):
+            head = [limit["title"], limit["unit"], _line_value(limit)] if i == 0 else ["", "", ""]
+            if c is None:
+                tail = ["(not measured in this run)", "-", "-"]
+            else:
+                tail = [
+                    BY_ID[c["benchmark"]].title,
+                    _fmt(c["snapfs"], limit["unit"]),
+                    _ratio(c["ratio"]),
+                ]
+            lines.append("| " + " | ".join(head + tail) + " |")
+    return "\n".join(lines)
+
+
+def s3_table(section: dict) -> str:
+    """Each S3 operation at each added round trip, the throughput kept, and GETs per chunk."""
+    lo, hi = section["rtt_ms"][0], section["rtt_ms"][-1]
+    by = {line["line"]: line for line in section["results"]}
+    rtts = " | ".join(f"{rtt} ms" for rtt in section["rtt_ms"])
+    lines = [
+        f"| snapfs over S3 | unit | {rtts} | {hi} ms / {lo} ms | chunk GETs per distinct chunk |",
+        "|---|---|" + "---|" * len(section["rtt_ms"]) + "---|---|",
+    ]
+    for op, title in OPERATIONS.items():
+        got = [by.get(f"{op}-{rtt}ms") for rtt in section["rtt_ms"]]
+        if not any(got):
+            continue
+        cells = [title, "MB/s"]
+        for line in got:
+            cell = _line_value(line)
+            if line and line.get("seconds"):
+                cell += f" ({line['seconds']:.2f} s)"
+            cells.append(cell)
+        cells.append(_ratio(section["ratios"].get(f"{op}/{hi}ms-vs-{lo}ms")))
+        cells.append(
+            " / ".join(
+                "-"
+                if not line or "gets_per_unique_chunk" not in line
+                else f"{line['gets_per_unique_chunk']:.2f}"
+                for line in got
+            )
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -213,13 +281,50 @@ def markdown(doc: dict, png_name: str | None, notes: str | None) -> str:
     out += ["", "## Results", "", markdown_table(doc["results"], doc["ratios"], tools), ""]
     if png_name and peers:
         out += [f"![snapfs / peer ratios]({png_name})", ""]
+    if doc.get("limits"):
+        out += [
+            "## This machine's limits",
+            "",
+            "Measured in the same run. Decode: the image read in process through snapfs's own"
+            " `IndexStream.iter_range` with 2 workers, no FUSE, page cache dropped. Chunk decode:"
+            " the image's distinct chunks fetched and decoded (CRC, zstd, SHA-256) on 2 threads,"
+            " cold; each cold random read decodes one chunk (reads that land in a chunk decoded"
+            " already do not, so with few distinct chunks the ratio can pass 1). Null FUSE FS:"
+            " `bench/nullfs.py`, pyfuse3 + trio serving a file of the image's size and a"
+            f" directory of {doc['limits']['entries']:,} entries (readdirplus) from memory, read"
+            " with the same reader and `find` as above: the most a Python FUSE filesystem"
+            " reaches here.",
+            "",
+            limits_table(doc["limits"]),
+            "",
+        ]
+    if doc.get("s3"):
+        out += [
+            "## snapfs over S3",
+            "",
+            "An S3 copy of the snapfs datastore's image snapshot in SeaweedFS (`weed mini`) on this"
+            " machine, reached through a delaying TCP proxy (`tests/support/delayproxy.py`) with"
+            f" {' and '.join(f'{r} ms' for r in doc['s3']['rtt_ms'])} added to every round trip"
+            " (latency, not a bandwidth cap); cold: fresh process, page cache dropped. GETs as"
+            " the proxy saw them; 1.00 per distinct chunk = every chunk fetched once.",
+            "",
+            s3_table(doc["s3"]),
+            "",
+        ]
     if notes:
         out += [notes.strip(), ""]
     out += [
         "<details><summary>The same results as JSON (`scripts/bench --json`)</summary>",
         "",
         "```json",
-        json.dumps({"results": doc["results"], "ratios": doc["ratios"]}, indent=1),
+        json.dumps(
+            {
+                "results": doc["results"],
+                "ratios": doc["ratios"],
+                **{k: doc[k] for k in ("limits", "s3") if doc.get(k)},
+            },
+            indent=1,
+        ),
         "```",
         "",
         "</details>",
@@ -263,9 +368,11 @@ __all__ = [
     "BY_ID",
     "chart",
     "goals",
+    "limits_table",
     "machine",
     "markdown",
     "markdown_table",
     "ratios",
+    "s3_table",
     "summarize_profile",
 ]

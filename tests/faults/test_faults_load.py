@@ -3,8 +3,9 @@ packet loss, for ~2 minutes: no mismatch, no error, bounded memory, no leaked th
 
 The network is made here, not simulated in snapfs: the mount process runs in a network namespace
 of its own (only its network: the FUSE mount is in ours), reaching SeaweedFS through a veth pair
-and a delaying TCP proxy in this process; inside the namespace, iptables drops 1% of the packets
-the mount receives. SNAPFS_LOAD_SECONDS and SNAPFS_LOAD_READERS make the run longer or wider.
+and a delaying TCP proxy in this process (support/delayproxy.py); inside the namespace, iptables
+drops 1% of the packets the mount receives. SNAPFS_LOAD_SECONDS and SNAPFS_LOAD_READERS make the
+run longer or wider.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.delayproxy import DelayProxy
 from support.mounting import is_mounted, mount_pids, snapfs
 from support.s3server import BUCKET, upload_datastore
 
@@ -27,49 +28,11 @@ from snapfs.backup import backup, parse_backup_source
 
 DURATION = float(os.environ.get("SNAPFS_LOAD_SECONDS", "120"))
 READERS = int(os.environ.get("SNAPFS_LOAD_READERS", "64"))
-DELAY = 0.004  # seconds added to every forwarded block, each way
+DELAY = 0.004  # seconds added to every forwarded block, each way (support/delayproxy.py)
 LOSS = 0.01
 CACHE = 32 * 1024 * 1024
 IMAGE_SIZE = 40 * 1024 * 1024
 SNAPSHOT = "vm/900/2024-06-01T10:00:00Z"
-
-
-class DelayProxy:
-    """TCP forwarder: listen on (host, 0), forward to `upstream`, sleeping DELAY per block."""
-
-    def __init__(self, host: str, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.sock = socket.create_server((host, 0))
-        self.port = self.sock.getsockname()[1]
-        self.stopped = threading.Event()
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            self.conns += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                time.sleep(DELAY)
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.sock.close()
-        for c in self.conns:
-            with contextlib.suppress(OSError):
-                c.close()
 
 
 @contextlib.contextmanager
@@ -133,7 +96,7 @@ def test_64_readers_over_a_slow_lossy_s3_link(s3server, tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     with lossy_namespace() as (netns, ours, _theirs):
-        proxy = DelayProxy(ours, ("127.0.0.1", s3_port))
+        proxy = DelayProxy(ours, ("127.0.0.1", s3_port), delay=DELAY)
         env = s3server.reader_env()
         env["AWS_ENDPOINT_URL"] = f"http://{ours}:{proxy.port}"
         try:

@@ -1,0 +1,234 @@
+"""This machine's limits for what snapfs does, measured in the same run as the comparison.
+
+* decode: the image archive read in this process through snapfs's own IndexStream.iter_range
+  with 2 workers (both cores), no FUSE, page cache dropped first: the ceiling of a cold
+  sequential read of the image and of its restore;
+* chunk decode: the image's distinct chunks fetched and decoded (CRC, zstd, SHA-256 against the
+  digest: ChunkReader.read_chunk) on 2 threads, cold, in chunks/s: the ceiling of cold 4 KiB random
+  reads, each of which decodes a whole chunk;
+* null FS: bench/nullfs.py, a pyfuse3 + trio filesystem serving a file of the image's size and a
+  directory of as many entries as the tree from memory: the FUSE-in-Python ceiling, read with
+  the bench's own sequential reader and walked with the bench's own `find`.
+
+Each snapfs figure of the comparison is then given as a share of its limit (COMPARED).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from .. import nullfs
+from .data import Manifest
+from .lines import Line
+from .probes import READY_TIMEOUT, drop_caches, read_sequential
+from .tools import SNAPFS_TIME, Tool, ToolError, is_mounted
+
+if TYPE_CHECKING:
+    from snapfs.store.stream import IndexStream
+
+    from .measure import Runner
+
+WORKERS = 2  # both cores
+IMAGE_ARCHIVE = "drive-scsi0.img"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+LINES = [
+    Line(
+        "decode",
+        "decode limit: the image through snapfs's IndexStream, 2 workers, in process, cold",
+        "MB/s",
+        "limits",
+    ),
+    Line(
+        "chunk-decode",
+        "chunk-decode limit: distinct image chunks fetched + decoded, 2 threads, cold",
+        "chunks/s",
+        "limits",
+    ),
+    Line("nullfs-seq", "null FUSE FS: sequential read of the image's size, cold", "MB/s", "limits"),
+    Line(
+        "nullfs-find-stat-cold",
+        "null FUSE FS: find + stat of a directory of the tree's size, cold",
+        "entries/s",
+        "limits",
+    ),
+    Line(
+        "nullfs-find-stat-warm",
+        "null FUSE FS: find + stat of a directory of the tree's size, warm",
+        "entries/s",
+        "limits",
+    ),
+]
+
+# (snapfs benchmark, the limit it is held against); its figure is put in the limit's unit.
+COMPARED = [
+    ("image-seq-cold", "decode"),
+    ("restore-image", "decode"),
+    ("image-rand4k-cold", "chunk-decode"),
+    ("image-seq-cold", "nullfs-seq"),
+    ("find-stat-cold", "nullfs-find-stat-cold"),
+    ("find-stat-warm", "nullfs-find-stat-warm"),
+]
+
+
+def image_stream(repo: str) -> IndexStream:
+    """The image archive of the bench's snapfs datastore, opened as snapfs's commands open it,
+    with no chunk cache (every chunk asked for is fetched and decoded)."""
+    from snapfs.store.cache import ChunkCache
+    from snapfs.store.datastore import parse_snapshot
+    from snapfs.store.sources import SourceOptions
+    from snapfs.views.archives import SnapshotReader
+
+    datastore = SourceOptions(repo).open()
+    reader = SnapshotReader(datastore, parse_snapshot(f"vm/1/{SNAPFS_TIME}"), cache=ChunkCache(0))
+    return reader.stream(IMAGE_ARCHIVE)
+
+
+def image_digests(stream: IndexStream) -> list[bytes]:
+    """The image's distinct chunks, in the order they first appear."""
+    return list(dict.fromkeys(digest for _, _, digest in stream.index.chunks()))
+
+
+def tree_entries(manifest: Manifest) -> int:
+    """What `find` lists of the tree (its root aside): files and directories."""
+    return len(manifest.files) + len(manifest.dirs)
+
+
+def measure(runner: Runner, tool: Tool) -> None:
+    stream = image_stream(tool.repo)
+    runner.attempt(["decode"], decode, runner, stream)
+    runner.attempt(["chunk-decode"], chunk_decode, runner, stream)
+    runner.attempt([line.id for line in LINES if line.id.startswith("nullfs")], null_fs, runner)
+
+
+def decode(runner: Runner, stream: IndexStream) -> None:
+    drop_caches()
+    total = 0
+    start = time.perf_counter()
+    for block in stream.iter_range(workers=WORKERS):
+        total += len(block)
+    elapsed = time.perf_counter() - start
+    # Each chunk is checked against its SHA-256 digest as it is decoded, and the index against
+    # the manifest: what is left to check is that all of the image came out.
+    size = runner.manifest.image_size
+    problem = None if total == size else f"decoded {total} bytes, the image has {size}"
+    runner.record_line("decode", total / elapsed / 1e6, problem)
+
+
+def chunk_decode(runner: Runner, stream: IndexStream) -> None:
+    digests = image_digests(stream)
+    drop_caches()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="bench-chunk-decode") as pool:
+        sizes = list(pool.map(lambda d: len(stream.chunks.read_chunk(d)), digests))
+    elapsed = time.perf_counter() - start
+    runner.record_line(
+        "chunk-decode",
+        len(digests) / elapsed,
+        None if all(sizes) else "a chunk decoded to nothing",
+        chunks=len(digests),
+        mib_per_chunk=round(sum(sizes) / len(sizes) / 2**20, 2),
+    )
+
+
+def null_fs(runner: Runner) -> None:
+    size = runner.manifest.image_size
+    entries = tree_entries(runner.manifest)
+    mnt = os.path.join(runner.work, "mnt", "nullfs")
+    with null_fs_mounted(mnt, size, entries):
+        drop_caches()
+        rate, digest, got = read_sequential(os.path.join(mnt, "image"))
+        same = (got, digest) == (size, nullfs.image_sha256(size))
+        runner.record_line(
+            "nullfs-seq", rate / 1e6, None if same else f"read {got} bytes, not what it serves"
+        )
+        want = sorted(
+            f"{nullfs.entry_name(i).decode()}\tf\t{nullfs.entry_size(i)}" for i in range(entries)
+        )
+        for line in ("nullfs-find-stat-cold", "nullfs-find-stat-warm"):
+            if line.endswith("cold"):
+                drop_caches()
+            start = time.perf_counter()
+            out = subprocess.run(
+                ["find", os.path.join(mnt, "dir"), "-printf", "%P\t%y\t%s\n"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            elapsed = time.perf_counter() - start
+            seen = sorted(x for x in out.split("\n") if x and not x.startswith("\t"))
+            problem = (
+                None if seen == want else f"listed {len(seen)} entries, not the {entries} served"
+            )
+            runner.record_line(line, entries / elapsed, problem, entries=entries)
+
+
+@contextlib.contextmanager
+def null_fs_mounted(mnt: str, size: int, entries: int) -> Iterator[None]:
+    """bench/nullfs.py mounted on mnt in a process of its own; always unmounted at the end."""
+    os.makedirs(mnt, exist_ok=True)
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.nullfs", mnt, "--size", str(size), "--entries", str(entries)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
+        if not ready or proc.stdout.readline().strip() != "ready":
+            raise ToolError(f"the null filesystem did not start (exit code {proc.poll()})")
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(mnt)
+
+
+def in_limit_unit(bench: str, value: float, image_bytes: int, entries: int) -> float:
+    """A snapfs figure in its limit's unit: a restore's seconds as MB/s, a walk's as entries/s."""
+    if bench == "restore-image":
+        return image_bytes / 1e6 / value
+    if bench.startswith("find-stat"):
+        return entries / value
+    return value
+
+
+def section(results: list[dict], lines: list[dict], image_bytes: int, entries: int) -> dict:
+    """The JSON's "limits": each limit, and each snapfs figure as a share of its limit."""
+    limit = {line["line"]: line for line in lines}
+    ours = {r["benchmark"]: r for r in results if r["tool"] == "snapfs"}
+    compared, ratios = [], {}
+    for bench, name in COMPARED:
+        r, lim = ours.get(bench), limit.get(name)
+        if not r or not lim or not r["value"] or not lim["value"]:
+            continue
+        figure = in_limit_unit(bench, r["value"], image_bytes, entries)
+        ratio = round(figure / lim["value"], 4) if r["verified"] and lim["verified"] else None
+        compared.append({"benchmark": bench, "limit": name, "snapfs": figure, "ratio": ratio})
+        if ratio is not None:
+            ratios[f"{bench}/{name}"] = ratio
+    return {
+        "results": lines,
+        "compared": compared,
+        "ratios": ratios,
+        "image_bytes": image_bytes,
+        "entries": entries,
+    }

@@ -1,0 +1,182 @@
+"""A null FUSE filesystem: what pyfuse3 + trio can serve on this machine when serving costs nothing.
+
+Two things, answered from memory with no decoding and no worker thread, through the same stack as
+snapfs's mount (pyfuse3 and trio, snapfs's mount options, attribute timeouts and kernel readahead):
+
+* `/image`: a file of the size asked for, one pseudo-random 4 MiB block repeated (CONTENT_SEED),
+  opened with keep_cache as snapfs opens an image;
+* `/dir`: a directory of N files, `f0000000` on, whose listing hands the kernel every entry's
+  attributes (readdirplus), as snapfs's listings do (each file's st_size is its number; no data).
+
+What snapfs's mount reaches against this is what its own Python costs over FUSE's. Started by
+`scripts/bench` (bench/compare/limits.py) as `python -m bench.nullfs MOUNTPOINT --size BYTES
+--entries N`: prints "ready" once its mount point answers, unmounts on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import os
+import random
+import signal
+import stat
+import sys
+import time
+
+BLOCK = 4 * 1024 * 1024
+CONTENT_SEED = 11
+ROOT, IMAGE, DIR = 1, 2, 3  # inodes; the directory's entries follow from FIRST_ENTRY
+FIRST_ENTRY = 4
+ROOT_ENTRIES = ((b"image", IMAGE), (b"dir", DIR))
+ATTR_TIMEOUT = 24 * 3600.0  # what snapfs gives entries that never change
+
+
+def block() -> bytes:
+    return random.Random(CONTENT_SEED).randbytes(BLOCK)
+
+
+def image_sha256(size: int) -> str:
+    """The SHA-256 of `/image` of this size: what a reader of it must get."""
+    h = hashlib.sha256()
+    data = memoryview(block())
+    left = size
+    while left:
+        n = min(left, BLOCK)
+        h.update(data[:n])
+        left -= n
+    return h.hexdigest()
+
+
+def entry_name(i: int) -> bytes:
+    return b"f%07d" % i
+
+
+def entry_size(i: int) -> int:
+    """Each entry's st_size, so a listing of sizes can be checked: its number."""
+    return i
+
+
+def serve(mountpoint: str, size: int, entries: int) -> None:
+    import pyfuse3
+    import trio
+
+    from snapfs.fs.mount import DEFAULT_READ_AHEAD_KB, MountOptions, mount_options, set_read_ahead
+
+    data = memoryview(block())
+    now = time.time_ns()
+
+    def attributes(ino: int) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino
+        if ino in (ROOT, DIR):
+            e.st_mode, e.st_nlink, e.st_size = stat.S_IFDIR | 0o555, 2, 0
+        else:
+            e.st_mode, e.st_nlink = stat.S_IFREG | 0o444, 1
+            e.st_size = size if ino == IMAGE else entry_size(ino - FIRST_ENTRY)
+        e.st_blksize = 128 * 1024
+        e.st_blocks = (e.st_size + 511) // 512
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = now
+        e.entry_timeout = e.attr_timeout = ATTR_TIMEOUT
+        return e
+
+    class NullFS(pyfuse3.Operations):
+        supports_dot_lookup = False
+        enable_writeback_cache = False
+        enable_acl = False
+
+        async def getattr(self, inode, ctx=None):
+            if inode >= FIRST_ENTRY + entries:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return attributes(inode)
+
+        async def lookup(self, parent_inode, name, ctx=None):
+            if parent_inode == ROOT and name in dict(ROOT_ENTRIES):
+                return attributes(dict(ROOT_ENTRIES)[name])
+            if parent_inode == DIR and name[:1] == b"f" and name[1:].isdigit():
+                i = int(name[1:])
+                if i < entries and name == entry_name(i):
+                    return attributes(FIRST_ENTRY + i)
+            raise pyfuse3.FUSEError(errno.ENOENT)
+
+        async def opendir(self, inode, ctx=None):
+            if inode not in (ROOT, DIR):
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            return inode
+
+        async def readdir(self, fh, start_id, token):
+            count = len(ROOT_ENTRIES) if fh == ROOT else entries
+            for i in range(start_id, count):
+                name, ino = ROOT_ENTRIES[i] if fh == ROOT else (entry_name(i), FIRST_ENTRY + i)
+                if not pyfuse3.readdir_reply(token, name, attributes(ino), i + 1):
+                    return
+
+        async def open(self, inode, flags, ctx=None):
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                raise pyfuse3.FUSEError(errno.EROFS)
+            return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+        async def read(self, fh, off, length):
+            if fh != IMAGE:
+                return b""
+            end = min(off + length, size)
+            start = off % BLOCK
+            if off >= end:
+                return b""
+            if start + (end - off) <= BLOCK:
+                return data[start : start + end - off]
+            parts, pos = [], off
+            while pos < end:
+                n = min(end - pos, BLOCK - pos % BLOCK)
+                parts.append(data[pos % BLOCK : pos % BLOCK + n])
+                pos += n
+            return b"".join(parts)
+
+    # snapfs's own options (read-only, default_permissions), under a name of our own.
+    options = {
+        o
+        for o in mount_options(MountOptions(source="nullfs", mountpoint=mountpoint))
+        if not o.startswith(("fsname=", "subtype="))
+    } | {"fsname=snapfs-bench-nullfs", "subtype=nullfs"}
+    pyfuse3.init(NullFS(), mountpoint, options)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def ready() -> None:
+                st = await trio.to_thread.run_sync(os.stat, mountpoint)
+                set_read_ahead(st.st_dev, DEFAULT_READ_AHEAD_KB)
+                print("ready", flush=True)
+
+            async def stop() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(ready)
+            nursery.start_soon(stop)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.nullfs", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("mountpoint")
+    parser.add_argument("--size", type=int, required=True, help="bytes of /image")
+    parser.add_argument("--entries", type=int, required=True, help="files in /dir")
+    args = parser.parse_args(argv)
+    serve(os.path.abspath(args.mountpoint), args.size, args.entries)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
