@@ -1,6 +1,6 @@
 """The three tools under one interface: back up the data set, mount, unmount, restore.
 
-Each tool runs as users run it, with its defaults (snapfs's 256 MiB chunk cache, restic's
+Each tool runs as users run it, with its defaults (snapfs's 64 MiB chunk cache, restic's
 local cache, borg's defaults), with its own state (caches, config) kept inside the work
 directory so "cold" can empty it. Secrets go through the environment only: restic's password in
 RESTIC_PASSWORD; borg's repository is unencrypted (`-e none`; snapfs's datastore is unencrypted
@@ -210,9 +210,20 @@ class Snapfs(Tool):
             ]
         )
 
+    @property
+    def index_dir(self) -> str:
+        """The mount's kept pxar metadata indexes (by default under ~/.cache/snapfs)."""
+        return os.path.join(self.work, "snapfs-index")
+
+    def clear_caches(self) -> None:
+        shutil.rmtree(self.index_dir, ignore_errors=True)
+
     def start_mount(self, mountpoint: str) -> Mount:
         try:  # returns once the mount answers
-            run([*self.cmd, "mount", self.repo, mountpoint], timeout=MOUNT_TIMEOUT)
+            run(
+                [*self.cmd, "mount", self.repo, mountpoint, "--index-dir", self.index_dir],
+                timeout=MOUNT_TIMEOUT,
+            )
         except ToolError:
             abandon_mount(mountpoint)
             raise

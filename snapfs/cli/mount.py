@@ -41,6 +41,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="let other users see the mount (modes still apply)",
     )
     p.add_argument(
+        "--index-dir",
+        metavar="DIR",
+        help="keep the metadata indexes of unencrypted pxar archives here (default: "
+        "CACHE-DIR/index with --cache-dir, else ~/.cache/snapfs/index); encrypted archives "
+        "are indexed in memory only",
+    )
+    p.add_argument(
+        "--no-index",
+        action="store_true",
+        help="never index pxar archives: every listing decodes the archive",
+    )
+    p.add_argument(
         "--uid", help="show every file as owned by this user (for mounts by non-root users)"
     )
     p.add_argument("--gid", help="show every file as owned by this group")
@@ -88,6 +100,7 @@ def _add_timeout(p: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from snapfs.fs.indexing import default_index_dir
     from snapfs.fs.mount import MountOptions, default_refresh_interval, mount, parse_id
 
     backend = backend_options(args)
@@ -112,6 +125,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         refresh_interval=backend.refresh_interval,
         timeout=args.timeout,
         endpoint_url=args.endpoint_url,
+        index_dir=None if args.no_index else args.index_dir or default_index_dir(args.cache_dir),
+        index=not args.no_index,
     )
     # `--timeout` bounds the password prompt too: a start never waits forever.
     crypt = key_options(args).crypt_config(prompt_timeout=args.timeout)

@@ -2,8 +2,12 @@
 
 Inodes: an entry gets `archive_id << 44 | entry_offset`, so it is stable for the life of the
 mount without a global table; the model's table maps it back only while the kernel references it
-(`counted`). A hard link is its target's inode, and its target's st_nlink counts the links seen
-so far (pxar records links only at the link, so a link not yet listed is not counted).
+(`counted`). A hard link is its target's inode. Its target's st_nlink counts every link once the
+archive is indexed; before, the links seen so far (pxar records links only at the link).
+
+Index: once the archive's ArchiveIndex exists (kept by an earlier mount, or built by the walk
+`indexing.py` starts), lookups and listings come from it, inline and without decoding; until then
+they decode the archive through the Accessor.
 
 Threading: one pxar Accessor is not thread-safe, so its metadata calls hold the archive's lock;
 file content is read from the archive's IndexStreams directly (at the entry's `content_offset`),
@@ -18,15 +22,17 @@ from typing import TYPE_CHECKING
 
 from snapfs.errors import SnapfsError, TruncatedDataError, UnsupportedFormatError
 from snapfs.format.archive_names import PxarNames
-from snapfs.fs.content import Content
+from snapfs.fs.content import ArchiveScan, Content
 from snapfs.fs.listing import CachedListingHandle, DecodingHandle, DirHandle, Listing
 from snapfs.fs.node import DOT_NAMES, Attr, DatastoreNode, Node
+from snapfs.index.archive import ArchiveIndex
 from snapfs.pxar import acl as aclmod
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.entry import Entry, EntryKind
 from snapfs.store.stream import IndexStream
 
 if TYPE_CHECKING:
+    from snapfs.fs.indexing import IndexBuild
     from snapfs.fs.model import FsModel
     from snapfs.fs.snapshot import SnapshotNode
 
@@ -64,11 +70,12 @@ class ArchiveNode(DatastoreNode):
                 if self.archive is None:
                     state = self.snapshot_node.state()
                     parts = PxarNames.of(self.name).files
-                    for f in state.reader.manifest.files:
-                        if f.filename in parts:
-                            state.require_key(f)
+                    files = [f for f in state.reader.manifest.files if f.filename in parts]
+                    for f in files:
+                        state.require_key(f)
                     accessor = state.reader.pxar(self.name)
-                    self.archive = Archive(self.model, self, accessor)
+                    encrypted = any(f.crypt_mode == "encrypt" for f in files)
+                    self.archive = Archive(self.model, self, accessor, encrypted=encrypted)
         return self.archive
 
     def attr(self, load: bool = True) -> Attr:
@@ -87,7 +94,10 @@ class ArchiveNode(DatastoreNode):
         return archive.lookup(self, archive.root, name)
 
     def cached_lookup(self, name: bytes) -> Node | None:
-        return unknown_child(self, name)
+        archive = self.archive
+        if archive is None:
+            return unknown_child(self, name)
+        return archive.cached_lookup(self, archive.root, name)
 
     def opendir(self) -> DirHandle:
         archive = self.load()
@@ -99,16 +109,25 @@ class ArchiveNode(DatastoreNode):
 
 
 class Archive:
-    """One opened pxar archive: its Accessor (behind a lock), id, and hard-link counts."""
+    """One opened pxar archive: its Accessor (behind a lock), id, and hard-link counts; and,
+    once it is built, its ArchiveIndex, which then answers every lookup and listing."""
 
-    def __init__(self, model: FsModel, node: ArchiveNode, accessor: Accessor) -> None:
+    def __init__(
+        self, model: FsModel, node: ArchiveNode, accessor: Accessor, *, encrypted: bool
+    ) -> None:
         self.model = model
         self.node = node
         self.accessor = accessor
+        self.encrypted = encrypted
         self.lock = threading.Lock()
         self.id = model.new_archive_id()
         self.root = accessor.root()
         self.links: dict[int, set[int]] = {}  # target entry_offset -> link entry_offsets seen
+        self.index: ArchiveIndex | None = model.indexer.load(accessor, encrypted)
+        self._dirs_listed = 0
+        self._indexing = self.index is not None
+        self.build: IndexBuild | None = None  # the indexing walk, once one started
+        self.scan = ArchiveScan()  # files read in archive order get the stream read ahead
 
     def ino(self, entry: Entry) -> int:
         if entry.entry_offset == 0:
@@ -145,6 +164,9 @@ class Archive:
 
     def lookup(self, parent: Node, directory: Entry, name: bytes) -> PxarNode:
         """The child `name` of a directory entry (blocking)."""
+        found = self.cached_lookup(parent, directory, name)
+        if found is not None:
+            return found
         with self.lock:
             found = self.accessor.lookup_child(directory, name)
             if found is None:
@@ -152,12 +174,45 @@ class Archive:
             found = self.resolve(found)
         return self.entry_node(found)
 
+    def cached_lookup(self, parent: Node, directory: Entry, name: bytes) -> PxarNode | None:
+        """The child `name` from the index (no decoding); None while there is no index."""
+        index = self.index
+        if index is None:
+            return unknown_child(parent, name)
+        found = index.child(directory.entry_offset, name)
+        if found is None:
+            raise parent.no_entry(name)
+        return self.entry_node(found)
+
     def opendir(self, node: Node, directory: Entry) -> DirHandle:
-        """A handle on a directory entry: from the listing cache, else decoding as it goes."""
-        listing = self.model.listings.get((self.id, directory.entry_offset))
+        """A handle on a directory entry: from the listing cache or the index, else decoding as
+        it goes (blocking). Counts the listing towards indexing the archive."""
+        self._note_listing()
+        key = (self.id, directory.entry_offset)
+        listing = self.model.listings.get(key)
+        build = self.build
+        if listing is None and build is not None and self.index is None:
+            build.wait_for(directory)
+            listing = self.model.listings.get(key)
         if listing is None:
-            return DecodingHandle(node, self, directory)
+            index = self.index
+            if index is None:
+                return DecodingHandle(node, self, directory)
+            listing = index.listing(directory.entry_offset)
+            self.keep_listing(directory, listing)
         return CachedListingHandle(node, self, listing)
+
+    def _note_listing(self) -> None:
+        """Start indexing once the indexer's policy says this archive is being browsed."""
+        if self._indexing:
+            return
+        self._dirs_listed += 1
+        indexer = self.model.indexer
+        with self.lock:
+            if self._indexing or not indexer.should_build(self.accessor, self._dirs_listed):
+                return
+            self._indexing = True
+        self.build = indexer.build_in_background(self, self.encrypted)
 
     def cached_opendir(self, node: Node, directory: Entry) -> DirHandle | None:
         """A handle on a directory entry whose listing is cached (never blocks); else None."""
@@ -179,7 +234,11 @@ class Archive:
         nlink = 1
         if entry.kind is _FILE:
             size = entry.size
-            nlink += len(self.links.get(entry.entry_offset, ()))
+            index = self.index
+            if index is None:
+                nlink += len(self.links.get(entry.entry_offset, ()))
+            else:
+                nlink = index.nlinks.get(entry.entry_offset, 1)
         elif entry.kind is _SYMLINK:
             size = len(entry.link_target or b"")
         rdev = os.makedev(*entry.device) if entry.device is not None else 0
@@ -220,7 +279,7 @@ class Archive:
             raise UnsupportedFormatError(
                 f"{acc.name}: content of {entry.path!r} is not in an index stream"
             )
-        return Content(source, entry.content_offset, entry.size, self.path(entry))
+        return Content(source, entry.content_offset, entry.size, self.path(entry), self.scan)
 
 
 def unknown_child(directory: Node, name: bytes) -> None:
@@ -274,7 +333,7 @@ class PxarDirNode(PxarNode):
         return self.archive.lookup(self, self.entry, name)
 
     def cached_lookup(self, name: bytes) -> Node | None:
-        return unknown_child(self, name)
+        return self.archive.cached_lookup(self, self.entry, name)
 
     def opendir(self) -> DirHandle:
         return self.archive.opendir(self, self.entry)

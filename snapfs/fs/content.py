@@ -12,6 +12,33 @@ from snapfs.store.readahead import SequentialWindow
 from snapfs.store.stream import IndexStream
 
 SEQUENTIAL_SLACK = 4 * 1024 * 1024
+#: Files whose contents start at most this far after the last one read are read in archive order
+#: (tar, cp -r, rsync of a pxar tree): the headers and goodbye tables of a v1 archive lie between.
+SCAN_GAP = 1024 * 1024
+
+
+class ArchiveScan:
+    """The files of one archive stream being read one after another in archive order.
+
+    Per-file readahead stops at the file's end, which for small files is no readahead at all; a
+    reader that goes through the files in the order they are stored gets the stream's next
+    chunks decoded ahead instead, as a sequential reader of one big file does.
+    """
+
+    __slots__ = ("last_end", "window")
+
+    def __init__(self) -> None:
+        self.last_end = -1  # stream offset where the last file read ended
+        self.window = SequentialWindow()
+
+    def after(self, content: Content, end: int) -> list[bytes] | None:
+        """The chunks to decode after `content` was read up to stream offset `end`, if the files
+        are being read in archive order; else None."""
+        in_order = 0 <= content.base - self.last_end <= SCAN_GAP or self.last_end == content.base
+        self.last_end = max(self.last_end, end) if in_order else end
+        if not in_order:
+            return None
+        return self.window.after(content.stream.index, end, content.stream.size)
 
 
 class Content:
@@ -21,13 +48,21 @@ class Content:
     shared), and after a sequential read names the chunks to decode next (readahead).
     """
 
-    __slots__ = ("stream", "base", "size", "name", "_cur", "_next", "_window")
+    __slots__ = ("stream", "base", "size", "name", "scan", "_cur", "_next", "_window")
 
-    def __init__(self, stream: IndexStream, base: int, size: int, name: str) -> None:
+    def __init__(
+        self,
+        stream: IndexStream,
+        base: int,
+        size: int,
+        name: str,
+        scan: ArchiveScan | None = None,
+    ) -> None:
         self.stream = stream
         self.base = base
         self.size = size
         self.name = name
+        self.scan = scan  # shared by the files of one archive
         self._cur: tuple[int, int, memoryview] | None = None  # (start, stop, data) of one chunk
         self._next = 0  # where a sequential reader continues
         self._window = SequentialWindow()
@@ -54,10 +89,13 @@ class Content:
 
     def readahead(self, offset: int, size: int) -> list[bytes]:
         """Digests to decode ahead of a sequential reader that just read [offset, offset+size)."""
+        end = self.base + min(offset + size, self.size)
+        if self.scan is not None:
+            ahead = self.scan.after(self, end)
+            if ahead is not None:
+                return ahead
         limit = self.base + self.size  # never past this file (or partition) into the next
-        return self._window.after(
-            self.stream.index, self.base + min(offset + size, self.size), limit
-        )
+        return self._window.after(self.stream.index, end, limit)
 
     def is_sequential(self, offset: int) -> bool:
         # The kernel's readahead keeps several requests in flight, so they may arrive a little

@@ -48,6 +48,11 @@ class DirHandle:
 
     def read(self, start: int, count: int) -> list[DirItem]:
         """Up to `count` entries from position `start`; `next_offset` resumes after each."""
+        return list(itertools.islice(self.items(start), count))
+
+    def items(self, start: int) -> Iterator[DirItem]:
+        """The entries from position `start`, made one at a time: the kernel's buffer takes a
+        few dozen per request, so an in-memory handle builds only what it sends."""
         raise NotImplementedError
 
 
@@ -60,11 +65,9 @@ class ChildrenHandle(DirHandle):
         super().__init__(node)
         self.children = children
 
-    def read(self, start: int, count: int) -> list[DirItem]:
-        return [
-            DirItem(name, n, n.attr(load=False), start + i + 1)
-            for i, (name, n) in enumerate(self.children[start : start + count])
-        ]
+    def items(self, start: int) -> Iterator[DirItem]:
+        for i, (name, n) in enumerate(itertools.islice(self.children, start, None), start + 1):
+            yield DirItem(name, n, n.attr(load=False), i)
 
 
 class CachedListingHandle(DirHandle):
@@ -77,13 +80,11 @@ class CachedListingHandle(DirHandle):
         self.archive = archive
         self.listing = listing
 
-    def read(self, start: int, count: int) -> list[DirItem]:
-        archive = self.archive
-        items = []
-        for i, (name, entry) in enumerate(self.listing[start : start + count], start + 1):
-            node = archive.entry_node(entry)
-            items.append(DirItem(name, node, node.attr(), i))
-        return items
+    def items(self, start: int) -> Iterator[DirItem]:
+        entry_node = self.archive.entry_node
+        for i, (name, entry) in enumerate(itertools.islice(self.listing, start, None), start + 1):
+            node = entry_node(entry)
+            yield DirItem(name, node, node.attr(), i)
 
 
 class DecodingHandle(DirHandle):

@@ -2,8 +2,8 @@
 
 The tree starts at `FsModel.root` (layout in `namespace.py`), every level built lazily on first
 lookup or listing. Each node answers the plain requests itself (`node.py`); the model holds what
-they share: the datastore, the key, the chunk cache and readers, the listing cache, and the inode
-table. The FUSE adapter, and anything else that browses a datastore, asks the model for a node by
+they share: the datastore, the key, the chunk cache and readers, the listing cache, the archive indexer
+(`indexing.py`), and the inode table. The FUSE adapter, and anything else that browses a datastore, asks the model for a node by
 inode and then asks the node.
 
 Refresh: snapshots come and go while mounted (backups, prune). Listings of namespaces, groups and
@@ -36,6 +36,7 @@ from snapfs.errors import NotFoundError, UnsupportedFormatError
 from snapfs.format.crypt import CryptConfig
 from snapfs.fs.archive import MAX_ARCHIVES, OFFSET_MASK, PxarNode
 from snapfs.fs.content import BytesContent, Content
+from snapfs.fs.indexing import ArchiveIndexer
 from snapfs.fs.listing import LISTING_CACHE_ENTRIES, DirHandle, DirItem, ListingCache
 from snapfs.fs.namespace import RootNode
 from snapfs.fs.node import Attr, DatastoreNode, Node
@@ -62,6 +63,7 @@ class FsModel:
         gid: int | None = None,
         refresh_interval: float | None = None,
         listing_cache_entries: int = LISTING_CACHE_ENTRIES,
+        indexer: ArchiveIndexer | None = None,
     ) -> None:
         self.datastore = datastore
         self.crypt = crypt
@@ -89,6 +91,8 @@ class FsModel:
         self._reported: set[tuple[str, str]] = set()
         self._reported_lock = threading.Lock()
         self.listings = ListingCache(listing_cache_entries)
+        # Default: no archive is indexed; the mount passes the indexer its options ask for.
+        self.indexer = indexer if indexer is not None else ArchiveIndexer(None, enabled=False)
         self.root = RootNode(self)
         assert self.root.ino == ROOT_INODE
 
@@ -212,6 +216,7 @@ class FsModel:
             f"memory cache size: {cache.used_bytes} of {cache.max_bytes} bytes, {len(cache)} chunks"
         )
         lines.append(f"chunks read from the source: {fetches}")
+        lines.append(self.indexer.summary())
         refresh = self.refresh_interval
         lines.append(
             f"listings refreshed every {refresh:g} s" if refresh else "listings never refreshed"

@@ -30,6 +30,7 @@ from typing import NoReturn
 from snapfs import logs
 from snapfs.errors import SnapfsError, UsageError
 from snapfs.format.crypt import CryptConfig
+from snapfs.linux.memory import return_large_buffers
 from snapfs.linux.mounts import (
     CLEANUP_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -73,6 +74,8 @@ class MountOptions:
     refresh_interval: float | None = None  # None or 0: list once for the mount's life
     timeout: float = DEFAULT_TIMEOUT  # seconds the start may take (the key prompt apart)
     endpoint_url: str | None = None  # the S3 endpoint, named if it does not answer
+    index_dir: str | None = None  # where pxar archive indexes are kept (None: memory only)
+    index: bool = True  # False: never index an archive
 
 
 def is_remote(source: str) -> bool:
@@ -122,6 +125,8 @@ def mount(
     opts.mountpoint = os.path.abspath(opts.mountpoint)
     if opts.log_file:
         opts.log_file = os.path.abspath(opts.log_file)
+    if opts.index_dir:
+        opts.index_dir = os.path.abspath(opts.index_dir)
     _check_mountpoint(opts.mountpoint, opts.timeout)
     read_fd, write_fd = _pipe()
     startup = _Startup(write_fd)
@@ -369,9 +374,11 @@ def _serve(
     import pyfuse3
     import trio
 
+    from snapfs.fs.indexing import ArchiveIndexer
     from snapfs.fs.model import FsModel
     from snapfs.fs.operations import SnapfsOperations
 
+    return_large_buffers()
     startup.waiting_for(_source_wait(opts))
     model = FsModel(
         open_source(),
@@ -380,6 +387,7 @@ def _serve(
         uid=opts.uid,
         gid=opts.gid,
         refresh_interval=opts.refresh_interval,
+        indexer=ArchiveIndexer(opts.index_dir, enabled=opts.index),
     )
     ops = SnapfsOperations(model)
     startup.waiting_for(f"the kernel to mount FUSE on {opts.mountpoint}")
@@ -400,6 +408,7 @@ def _serve(
         finally:
             pyfuse3.close(unmount=not unmounted or still_mounted(opts.mountpoint))
             ops.close()  # the readahead threads: nothing reads any more
+            model.indexer.close()  # an unfinished index walk stops and leaves nothing behind
             _report_stats(model, opts)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)

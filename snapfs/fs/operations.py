@@ -21,6 +21,7 @@ import errno
 import itertools
 import logging
 import os
+from collections.abc import Iterable
 
 import pyfuse3
 import trio
@@ -38,7 +39,7 @@ from snapfs.errors import (
     UsageError,
 )
 from snapfs.fs.content import BytesContent, Content
-from snapfs.fs.listing import DirHandle
+from snapfs.fs.listing import DirHandle, DirItem
 from snapfs.fs.model import FsModel
 from snapfs.fs.node import Attr, Node
 from snapfs.store.readahead import Readahead
@@ -203,21 +204,26 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         handle = self._dirs[fh]
+        if handle.in_memory:
+            self._reply_entries(handle.items(start_id), token)
+            return
         start = start_id
         while True:
-            if handle.in_memory:
-                items = handle.read(start, READDIR_BATCH)
-            else:
-                items = await self._run(handle.node.path, handle.read, start, READDIR_BATCH)
-            if not items:
+            items = await self._run(handle.node.path, handle.read, start, READDIR_BATCH)
+            if not items or not self._reply_entries(items, token):
                 return
-            for item in items:
-                if not pyfuse3.readdir_reply(
-                    token, item.name, entry_attributes(item.attr), item.next_offset
-                ):
-                    return
-                self.model.remember(item.node)  # readdirplus hands the kernel a reference
             start = items[-1].next_offset
+
+    def _reply_entries(self, items: Iterable[DirItem], token) -> bool:
+        """Hand entries to the kernel until its buffer is full (False) or they run out (True)."""
+        remember = self.model.remember
+        for item in items:
+            if not pyfuse3.readdir_reply(
+                token, item.name, entry_attributes(item.attr), item.next_offset
+            ):
+                return False
+            remember(item.node)  # readdirplus hands the kernel a reference
+        return True
 
     async def releasedir(self, fh):
         self._dirs.pop(fh, None)

@@ -83,6 +83,14 @@ class Cursor:
         return memoryview(self._buf)[start : start + size]
 
     def header(self, pos: int) -> fmt.Header:
+        start = pos - self._base
+        if (
+            start >= 0
+            and start + fmt.HEADER_SIZE <= len(self._buf)
+            and pos + fmt.HEADER_SIZE <= self._limit
+        ):
+            # In the window already (nearly always): parse in place, no slice.
+            return fmt.parse_header(self._buf, start, where=self._name, pos=pos)
         return fmt.parse_header(self.get(pos, fmt.HEADER_SIZE), where=self._name, pos=pos)
 
     def content(self, pos: int, hdr: fmt.Header) -> memoryview:
@@ -223,7 +231,7 @@ def decode_entry(
             f"{where}: expected ENTRY at offset {pos}, found {fmt.htype_name(hdr.htype)}"
         )
     pos += hdr.full_size
-    meta = _EntryBuilder()
+    meta: _EntryBuilder | None = None  # most entries have no metadata items: no builder
     size = 0
     content_offset: int | None = None
     link_target: bytes | None = None
@@ -232,6 +240,8 @@ def decode_entry(
         hdr = None if pos >= limit else cur.header(pos)
         htype = None if hdr is None else hdr.htype
         if htype in _METADATA_TYPES:
+            if meta is None:
+                meta = _EntryBuilder()
             meta.add(htype, cur.content(pos, hdr), where, pos)
             pos += hdr.full_size
             continue
@@ -300,10 +310,10 @@ def decode_entry(
         mtime_ns=mtime_ns,
         flags=flags,
         size=size,
-        xattrs=tuple(meta.xattrs),
-        acl=meta.acl(),
-        fcaps=meta.fcaps,
-        quota_project_id=meta.quota,
+        xattrs=() if meta is None else tuple(meta.xattrs),
+        acl=None if meta is None else meta.acl(),
+        fcaps=None if meta is None else meta.fcaps,
+        quota_project_id=None if meta is None else meta.quota,
         link_target=link_target,
         device=device,
         entry_offset=entry_offset,

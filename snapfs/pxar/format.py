@@ -160,6 +160,15 @@ class Header(NamedTuple):
         return self.full_size - HEADER_SIZE
 
 
+_HEADER_UNPACK = HEADER.unpack_from
+_new_header = tuple.__new__  # a NamedTuple without its __new__'s argument parsing
+#: Per item type: (largest content size, exact content size), either None; one lookup per item.
+_CONTENT_BOUNDS = {
+    htype: (MAX_CONTENT_SIZE.get(htype), EXACT_CONTENT_SIZE.get(htype))
+    for htype in MAX_CONTENT_SIZE.keys() | EXACT_CONTENT_SIZE.keys()
+}
+
+
 def htype_name(htype: int) -> str:
     """Readable name of an item type for error messages."""
     return HTYPE_NAMES.get(htype, f"unknown type {htype:#018x}")
@@ -175,20 +184,21 @@ def parse_header(
     """
     if len(data) - offset < HEADER_SIZE:
         raise CorruptDataError(f"{where}: truncated item header at offset {pos}")
-    htype, full_size = HEADER.unpack_from(data, offset)
+    htype, full_size = _HEADER_UNPACK(data, offset)
     if full_size < HEADER_SIZE:
         raise CorruptDataError(f"{where}: item size {full_size} below header size at offset {pos}")
-    limit = MAX_CONTENT_SIZE.get(htype)
-    if limit is not None and full_size - HEADER_SIZE > limit:
-        raise CorruptDataError(
-            f"{where}: {htype_name(htype)} content size {full_size - HEADER_SIZE} exceeds {limit} at offset {pos}"
-        )
-    exact = EXACT_CONTENT_SIZE.get(htype)
-    if exact is not None and full_size - HEADER_SIZE != exact:
-        raise CorruptDataError(
-            f"{where}: {htype_name(htype)} content size {full_size - HEADER_SIZE} is not {exact} at offset {pos}"
-        )
-    return Header(htype, full_size)
+    bounds = _CONTENT_BOUNDS.get(htype)
+    if bounds is not None:
+        limit, exact = bounds
+        if limit is not None and full_size - HEADER_SIZE > limit:
+            raise CorruptDataError(
+                f"{where}: {htype_name(htype)} content size {full_size - HEADER_SIZE} exceeds {limit} at offset {pos}"
+            )
+        if exact is not None and full_size - HEADER_SIZE != exact:
+            raise CorruptDataError(
+                f"{where}: {htype_name(htype)} content size {full_size - HEADER_SIZE} is not {exact} at offset {pos}"
+            )
+    return _new_header(Header, (htype, full_size))
 
 
 # --- SipHash-2-4 (§11.2) ----------------------------------------------------------------------

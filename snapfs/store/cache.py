@@ -11,7 +11,7 @@ import threading
 
 from lru import LRU
 
-DEFAULT_CACHE_SIZE = 256 * 1024 * 1024
+DEFAULT_CACHE_SIZE = 64 * 1024 * 1024
 
 
 class ChunkCache:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from snapfs.store.chunks import ChunkReader
     from snapfs.store.stream import IndexStream
 
-__all__ = ["READAHEAD_BYTES", "Readahead", "SequentialWindow", "chunk_digests"]
+__all__ = ["READAHEAD_BYTES", "ForwardReader", "Readahead", "SequentialWindow", "chunk_digests"]
 
 #: How far ahead of a sequential reader chunks are decoded (but always at least two chunks).
 READAHEAD_BYTES = 16 * 1024 * 1024
@@ -108,3 +108,21 @@ class SequentialWindow:
 def chunk_digests(index: FixedIndex | DynamicIndex, first: int, last: int) -> list[bytes]:
     """The digests of chunks first..last, in order, each once (a zero chunk repeats a lot)."""
     return list(dict.fromkeys(index.digest(i) for i in range(first, last + 1)))
+
+
+class ForwardReader:
+    """A ByteSource over an IndexStream read mostly front to back (a whole-archive walk): each
+    read names the chunks after it to a Readahead, so decoding runs ahead on the other cores."""
+
+    def __init__(self, stream: IndexStream, readahead: Readahead) -> None:
+        self.stream = stream
+        self.size = stream.size
+        self._readahead = readahead
+        self._window = SequentialWindow()
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        ahead = self._window.after(self.stream.index, end, self.size)
+        if ahead:
+            self._readahead.warm(self.stream.chunks, ahead)
+        return self.stream.read_at(offset, size)

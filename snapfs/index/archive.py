@@ -1,0 +1,367 @@
+"""ArchiveIndex: the metadata of one pxar archive, every entry, in an SQLite file.
+
+Why: a unified (v1) archive interleaves metadata with file contents, so listing its directories
+decodes nearly every chunk of it, again on every mount. One sequential walk records every entry
+(name, kind, mode, owner, size, times, offsets, hard-link targets, xattrs and ACLs); after it,
+lookups, listings and opens are answered from the index and decode no chunk at all. A split
+archive's index is built from its metadata stream alone.
+
+The file is named by the archive's index checksum (which covers every chunk digest of the
+archive), so a rebuilt archive never meets a stale index and an archive seen in another
+snapshot, mount or datastore reuses it. It is written to a temporary name and renamed, mode
+0600, so a crash or a concurrent builder never leaves a half-written index under the real name.
+An index whose schema or contents do not check out is ignored and built again.
+
+Encrypted archives are indexed in memory only (`path=None`): their names and paths never reach
+the disk in plain text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+
+from snapfs.errors import CorruptDataError, SnapfsError
+from snapfs.pxar.accessor import Accessor
+from snapfs.pxar.entry import Acl, Entry, EntryKind
+
+log = logging.getLogger("snapfs.index")
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ArchiveIndex",
+    "BuildCancelled",
+    "BuildProgress",
+    "index_file_name",
+]
+
+#: Bumped whenever the tables change: an index of another version is built again.
+SCHEMA_VERSION = 1
+_INSERT_BATCH = 10_000
+
+_KINDS = tuple(EntryKind)
+_KIND_CODE = {kind: code for code, kind in enumerate(_KINDS)}
+_HARDLINK_CODE = _KIND_CODE[EntryKind.HARDLINK]
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE entries (
+    offset INTEGER PRIMARY KEY,  -- the entry's FILENAME offset (0: the root); its inode key
+    parent INTEGER NOT NULL,     -- the parent directory's offset (-1 for the root)
+    name BLOB NOT NULL,
+    path BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    entry_end INTEGER NOT NULL,
+    content_offset INTEGER,      -- file bytes: in the archive (v1) or the payload stream (v2)
+    link BLOB,                   -- symlink target; a hard link's stored path
+    device TEXT,                 -- "major:minor" of a device node
+    extra TEXT,                  -- JSON: xattrs, ACL, fcaps, quota project id (rare)
+    target INTEGER,              -- a hard link: the offset of the file it names
+    nlink INTEGER NOT NULL DEFAULT 1
+);
+"""
+_INDEXES = """
+CREATE INDEX by_parent ON entries (parent);
+CREATE INDEX by_name ON entries (parent, name);
+"""
+_COLUMNS = (
+    "offset, parent, name, path, kind, mode, uid, gid, mtime_ns, flags, size, entry_end, "
+    "content_offset, link, device, extra, target, nlink"
+)
+#: A hard link's row joined with its target's: the listing shows the target under the link's name.
+_RESOLVED = (
+    "SELECT e.name, t.offset, t.parent, t.name, t.path, t.kind, t.mode, t.uid, t.gid, t.mtime_ns, "
+    "t.flags, t.size, t.entry_end, t.content_offset, t.link, t.device, t.extra, t.target, t.nlink "
+    "FROM entries e JOIN entries t ON t.offset = coalesce(e.target, e.offset) "
+)
+
+
+def index_file_name(index_csum: bytes) -> str:
+    """The file an archive's index is kept in, inside the index directory."""
+    return f"{index_csum.hex()}.v{SCHEMA_VERSION}.sqlite"
+
+
+class ArchiveIndex:
+    """Every entry of one pxar archive, by offset and by (directory, name). Thread-safe."""
+
+    def __init__(self, db: sqlite3.Connection, name: str) -> None:
+        self._db = db
+        self._lock = threading.Lock()
+        self.name = name
+        self.entries = self._one("SELECT count(*) FROM entries")[0]
+        #: st_nlink of the files that hard links name (the others have 1); few, so kept here.
+        self.nlinks: dict[int, int] = dict(
+            db.execute("SELECT offset, nlink FROM entries WHERE nlink > 1")
+        )
+
+    # -- opening and building ---------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str, *, name: str) -> ArchiveIndex | None:
+        """The index kept at `path`, or None if there is none or it does not check out."""
+        if not os.path.exists(path):
+            return None
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+            if meta.get("schema") != SCHEMA_VERSION or meta.get("complete") != 1:
+                db.close()
+                return None
+            return cls(db, name)
+        except sqlite3.Error as exc:
+            log.warning("%s: ignoring the metadata index %s: %s", name, path, exc)
+            return None
+
+    @classmethod
+    def build(
+        cls, accessor: Accessor, path: str | None, progress: BuildProgress | None = None
+    ) -> ArchiveIndex:
+        """Walk the whole archive once and record every entry; kept at `path` (None: memory).
+        `progress` hears of each directory as soon as the walk has all of it.
+
+        Raises the walk's SnapfsError if any entry cannot be decoded: an index never leaves an
+        entry out.
+        """
+        progress = progress if progress is not None else BuildProgress()
+        if path is None:
+            db = sqlite3.connect(":memory:", check_same_thread=False)
+            _fill(db, accessor, progress)
+            return cls(db, accessor.name)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".sqlite", dir=directory)
+        os.close(fd)
+        try:
+            db = sqlite3.connect(tmp)
+            try:
+                _fill(db, accessor, progress)
+            finally:
+                db.close()
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        index = cls.load(path, name=accessor.name)
+        if index is None:
+            raise CorruptDataError(f"{accessor.name}: the metadata index {path} did not read back")
+        return index
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    def entry(self, offset: int) -> Entry | None:
+        """The entry at this offset (a hard link as itself), None if there is none."""
+        row = self._one(f"SELECT {_COLUMNS} FROM entries WHERE offset = ?", (offset,))
+        return None if row is None else _entry(row)
+
+    def child(self, directory: int, name: bytes) -> Entry | None:
+        """The child `name` of the directory at offset `directory`, a hard link resolved; the
+        earliest in the archive if a hostile archive repeats a name."""
+        row = self._one(
+            _RESOLVED + "WHERE e.parent = ? AND e.name = ? ORDER BY e.offset LIMIT 1",
+            (directory, bytes(name)),
+        )
+        return None if row is None else _entry(row[1:])
+
+    def listing(self, directory: int) -> tuple[tuple[bytes, Entry], ...]:
+        """The directory's children in archive order as (name, entry), hard links resolved."""
+        with self._lock:
+            rows = self._db.execute(
+                _RESOLVED + "WHERE e.parent = ? ORDER BY e.offset", (directory,)
+            ).fetchall()
+        return tuple((row[0], _entry(row[1:])) for row in rows)
+
+    def _one(self, sql: str, args: tuple = ()) -> tuple | None:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+
+# -- building ---------------------------------------------------------------------------------------
+
+
+class BuildCancelled(SnapfsError):
+    """The build was told to stop (the mount is ending); nothing was kept."""
+
+
+class BuildProgress:
+    """What a build tells whoever waits for it; this one tells nobody.
+
+    `directory_done(directory, listing)` is called from the building thread as soon as a
+    directory's children are all decoded, with the listing `ArchiveIndex.listing` will give.
+    `position` is the archive offset the walk has reached (it moves forward only).
+    """
+
+    position = 0
+    #: Set from another thread to stop the walk: the build then raises BuildCancelled.
+    cancelled = False
+
+    def directory_done(self, directory: Entry, listing: tuple[tuple[bytes, Entry], ...]) -> None:
+        pass
+
+
+def _fill(db: sqlite3.Connection, accessor: Accessor, progress: BuildProgress) -> None:
+    db.execute("PRAGMA journal_mode = OFF")
+    db.execute("PRAGMA synchronous = OFF")
+    db.executescript(_SCHEMA)
+    links: dict[int, int] = {}
+    batch: list[tuple] = []
+    insert = f"INSERT INTO entries ({_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+    for row in _rows(accessor, links, progress):
+        batch.append(row)
+        if len(batch) >= _INSERT_BATCH:
+            db.executemany(insert, batch)
+            batch.clear()
+    db.executemany(insert, batch)
+    db.executemany("UPDATE entries SET nlink = ? WHERE offset = ?", _nlinks(links))
+    db.executescript(_INDEXES)
+    db.executemany(
+        "INSERT INTO meta (key, value) VALUES (?, ?)",
+        [
+            ("schema", SCHEMA_VERSION),
+            ("archive", accessor.name),
+            ("format_version", accessor.format_version),
+            ("complete", 1),
+        ],
+    )
+    db.commit()
+
+
+def _rows(accessor: Accessor, links: dict[int, int], progress: BuildProgress) -> Iterator[tuple]:
+    """One row per entry in archive order; `links` collects hard link -> target offset."""
+    # The directories the walk is inside, innermost last, with their children so far.
+    open_dirs: list[tuple[Entry, list[tuple[bytes, Entry]]]] = []
+    for entry in accessor.walk():
+        if progress.cancelled:
+            raise BuildCancelled(f"{accessor.name}: indexing stopped")
+        offset = entry.entry_offset
+        progress.position = offset
+        while open_dirs and offset >= open_dirs[-1][0].entry_end:
+            directory, children = open_dirs.pop()
+            progress.directory_done(directory, tuple(children))
+        parent = open_dirs[-1][0].entry_offset if open_dirs else -1
+        target = None
+        resolved = entry
+        if entry.kind is EntryKind.HARDLINK:
+            resolved = accessor.resolve_hardlink(entry)
+            target = links[offset] = resolved.entry_offset
+        if open_dirs:
+            open_dirs[-1][1].append((entry.name, resolved))
+        if entry.kind is EntryKind.DIRECTORY:
+            open_dirs.append((entry, []))
+        yield _row(entry, parent, target)
+    while open_dirs:
+        directory, children = open_dirs.pop()
+        progress.directory_done(directory, tuple(children))
+
+
+def _nlinks(links: dict[int, int]) -> Iterable[tuple[int, int]]:
+    counts: dict[int, int] = {}
+    for target in links.values():
+        counts[target] = counts.get(target, 1) + 1
+    return ((nlink, target) for target, nlink in counts.items())
+
+
+def _row(entry: Entry, parent: int, target: int | None) -> tuple:
+    device = None if entry.device is None else f"{entry.device[0]}:{entry.device[1]}"
+    return (
+        entry.entry_offset,
+        parent,
+        entry.name,
+        entry.path,
+        _KIND_CODE[entry.kind],
+        entry.mode,
+        entry.uid,
+        entry.gid,
+        entry.mtime_ns,
+        entry.flags,
+        entry.size,
+        entry.entry_end,
+        entry.content_offset,
+        entry.link_target,
+        device,
+        _extra(entry),
+        target,
+        1,
+    )
+
+
+def _extra(entry: Entry) -> str | None:
+    """The rare metadata as JSON (bytes as hex), or None when the entry has none."""
+    extra: dict[str, object] = {}
+    if entry.xattrs:
+        extra["xattrs"] = [[k.hex(), v.hex()] for k, v in entry.xattrs]
+    if entry.acl is not None:
+        acl = entry.acl
+        extra["acl"] = {
+            "users": acl.users,
+            "groups": acl.groups,
+            "group_obj": acl.group_obj,
+            "default": acl.default,
+            "default_users": acl.default_users,
+            "default_groups": acl.default_groups,
+        }
+    if entry.fcaps is not None:
+        extra["fcaps"] = entry.fcaps.hex()
+    if entry.quota_project_id is not None:
+        extra["quota"] = entry.quota_project_id
+    return json.dumps(extra, separators=(",", ":")) if extra else None
+
+
+def _entry(row: tuple) -> Entry:
+    (offset, _parent, name, path, kind, mode, uid, gid, mtime_ns, flags, size, end, content) = row[
+        :13
+    ]
+    link, device, extra = row[13:16]
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    acl = fcaps = quota = None
+    if extra is not None:
+        fields = json.loads(extra)
+        xattrs = tuple((bytes.fromhex(k), bytes.fromhex(v)) for k, v in fields.get("xattrs", ()))
+        if "acl" in fields:
+            a = fields["acl"]
+            acl = Acl(
+                users=tuple(map(tuple, a["users"])),
+                groups=tuple(map(tuple, a["groups"])),
+                group_obj=a["group_obj"],
+                default=None if a["default"] is None else tuple(a["default"]),
+                default_users=tuple(map(tuple, a["default_users"])),
+                default_groups=tuple(map(tuple, a["default_groups"])),
+            )
+        fcaps = bytes.fromhex(fields["fcaps"]) if "fcaps" in fields else None
+        quota = fields.get("quota")
+    return Entry(
+        path=path,
+        name=name,
+        kind=_KINDS[kind],
+        mode=mode,
+        uid=uid,
+        gid=gid,
+        mtime_ns=mtime_ns,
+        flags=flags,
+        size=size,
+        xattrs=xattrs,
+        acl=acl,
+        fcaps=fcaps,
+        quota_project_id=quota,
+        link_target=link,
+        device=None if device is None else tuple(map(int, device.split(":"))),
+        entry_offset=offset,
+        entry_end=end,
+        content_offset=content,
+    )

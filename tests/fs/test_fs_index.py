@@ -1,0 +1,111 @@
+"""The mount's archive indexes (snapfs.fs.indexing): built by one background walk, kept by index
+checksum, and then answering every lookup and listing without decoding the archive again."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from support.fs_model import SPLIT, V1, listing, model_for, walk
+from support.vectors import VECTOR_PASSWORD
+
+from snapfs.fs import indexing
+from snapfs.fs.indexing import ArchiveIndexer
+from snapfs.keysource import load_crypt_config
+
+ENCRYPTED = "host/testhost/2024-06-01T12:00:00Z"
+
+
+def indexed(model, snapshot: str):
+    """Open the archive, list its root (which starts the walk) and wait for the index."""
+    root = walk(model, f"{snapshot}/root.pxar")
+    listing(model, root)
+    archive = root.archive
+    assert archive.build is not None and archive.build.wait_finished(30)
+    assert archive.index is not None
+    return root
+
+
+def everything(model, node, path=b"") -> list:
+    """Every entry below node as (path, ino, attr), looked up by name as the kernel does."""
+    out = []
+    for item in listing(model, node):
+        child = model.lookup(node, item.name)
+        assert child.ino == item.node.ino and child.attr() == item.attr
+        out.append((path + b"/" + item.name, item.node.ino, item.attr))
+        if item.attr.is_dir:
+            out += everything(model, child, path + b"/" + item.name)
+    return out
+
+
+def fetches(model) -> int:
+    return sum(r.fetches for r in model.chunk_readers.values() if r is not None)
+
+
+@pytest.mark.parametrize("snapshot", [V1, SPLIT])
+def test_a_kept_index_answers_a_later_mount_without_decoding(vectors, tmp_path, snapshot):
+    first = model_for(vectors / "datastore", indexer=ArchiveIndexer(str(tmp_path)))
+    expected = everything(first, indexed(first, snapshot))
+    [kept] = os.listdir(tmp_path)
+    assert oct(os.stat(tmp_path / kept).st_mode & 0o777) == "0o600"
+
+    later = model_for(vectors / "datastore", indexer=ArchiveIndexer(str(tmp_path)))
+    root = walk(later, f"{snapshot}/root.pxar")
+    assert root.archive.index is not None  # loaded at open: no walk
+    opened = fetches(later)
+    assert everything(later, root) == expected
+    assert fetches(later) == opened  # not one chunk decoded for any lookup or listing
+
+
+def test_indexed_listings_are_the_decoded_ones_with_every_hard_link_counted(vectors, tmp_path):
+    plain = model_for(vectors / "datastore")
+    decoded = everything(plain, walk(plain, f"{V1}/root.pxar"))
+    model = model_for(vectors / "datastore", indexer=ArchiveIndexer(str(tmp_path)))
+    from_index = everything(model, indexed(model, V1))
+    assert [(p, i) for p, i, _ in from_index] == [(p, i) for p, i, _ in decoded]
+    for (path, _, ours), (_, _, theirs) in zip(from_index, decoded, strict=True):
+        assert (ours.mode, ours.uid, ours.gid, ours.size, ours.mtime_ns, ours.rdev) == (
+            theirs.mode,
+            theirs.uid,
+            theirs.gid,
+            theirs.size,
+            theirs.mtime_ns,
+            theirs.rdev,
+        ), path
+    # The vector tree holds one hard link pair: both names show st_nlink 2 from the start,
+    # where decoding counts a link only once it has been listed.
+    linked = [(p, a) for p, _, a in from_index if a.nlink == 2]
+    assert len(linked) == 2 and linked[0][1].ino == linked[1][1].ino
+
+
+def test_an_encrypted_archive_is_indexed_in_memory_only(vectors, tmp_path):
+    password = tmp_path / "pw"
+    password.write_bytes(VECTOR_PASSWORD)
+    crypt = load_crypt_config(vectors / "keys" / "key-scrypt.json", password_file=password)
+    kept = tmp_path / "index"
+    model = model_for(vectors / "datastore", crypt, indexer=ArchiveIndexer(str(kept)))
+    root = indexed(model, ENCRYPTED)
+    assert [p for p, _, _ in everything(model, root)]
+    assert not kept.exists()  # no name of an encrypted archive reached the disk
+
+
+def test_a_large_archive_is_indexed_only_once_it_is_walked(vectors, tmp_path, monkeypatch):
+    monkeypatch.setattr(indexing, "AUTO_INDEX_BYTES", 0)
+    monkeypatch.setattr(indexing, "WALK_DIRS", 3)
+    model = model_for(vectors / "datastore", indexer=ArchiveIndexer(str(tmp_path)))
+    root = walk(model, f"{V1}/root.pxar")
+    listing(model, root)
+    dir_a = model.lookup(root, b"dir_a")
+    listing(model, dir_a)
+    assert root.archive.build is None  # an ls or two: decoded as asked, no walk
+    listing(model, model.lookup(dir_a, b"nested"))
+    assert root.archive.build is not None and root.archive.build.wait_finished(30)
+    assert root.archive.index is not None
+
+
+def test_without_indexing_nothing_is_built_or_kept(vectors, tmp_path):
+    model = model_for(vectors / "datastore", indexer=ArchiveIndexer(str(tmp_path), enabled=False))
+    root = walk(model, f"{V1}/root.pxar")
+    everything(model, root)
+    assert root.archive.build is None and root.archive.index is None
+    assert os.listdir(tmp_path) == []

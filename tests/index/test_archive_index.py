@@ -1,0 +1,141 @@
+"""ArchiveIndex against the Accessor it is built from: the upstream-encoded vector archives (v1,
+split, encrypted) must read back entry for entry, attribute for attribute, from the index."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import stat
+
+import pytest
+from support.fs_model import SPLIT, V1
+from support.stores import pxar_store
+from support.vectors import VECTOR_PASSWORD
+
+from snapfs.errors import SnapfsError
+from snapfs.index.archive import ArchiveIndex, BuildCancelled, BuildProgress, index_file_name
+from snapfs.keysource import load_crypt_config
+from snapfs.pxar.entry import EntryKind
+from snapfs.pxar.tree import encode_tree
+from snapfs.store.backend import LocalBackend
+from snapfs.store.datastore import Datastore, parse_snapshot
+from snapfs.views.archives import SnapshotReader
+
+ENCRYPTED = "host/testhost/2024-06-01T12:00:00Z"
+
+
+def accessor_for(vectors, snapshot: str, crypt=None):
+    ds = Datastore(LocalBackend(vectors / "datastore"))
+    parts = snapshot.split("/")
+    ns = ()
+    while parts[0] == "ns":  # ns/<name>/... as the mount shows namespaces
+        ns, parts = (*ns, parts[1]), parts[2:]
+    return SnapshotReader(ds, parse_snapshot("/".join(parts), ns), crypt).pxar("root.pxar")
+
+
+@pytest.fixture(scope="module")
+def crypt(vectors, tmp_path_factory):
+    password = tmp_path_factory.mktemp("key") / "pw"
+    password.write_bytes(VECTOR_PASSWORD)
+    return load_crypt_config(vectors / "keys" / "key-scrypt.json", password_file=password)
+
+
+class Recorder(BuildProgress):
+    def __init__(self):
+        self.done = {}
+
+    def directory_done(self, directory, listing):
+        self.done[directory.entry_offset] = listing
+
+
+@pytest.mark.parametrize("snapshot", [V1, SPLIT, ENCRYPTED])
+def test_index_reads_back_every_entry_as_the_accessor_decodes_it(vectors, crypt, snapshot):
+    acc = accessor_for(vectors, snapshot, crypt if snapshot == ENCRYPTED else None)
+    progress = Recorder()
+    index = ArchiveIndex.build(acc, None, progress)
+    entries = list(acc.walk())
+    assert index.entries == len(entries)
+    kinds = set()
+    links: dict[int, int] = {}
+    for entry in entries:
+        kinds.add(entry.kind)
+        assert index.entry(entry.entry_offset) == entry
+        if entry.kind is EntryKind.HARDLINK:
+            target = acc.resolve_hardlink(entry).entry_offset
+            links[target] = links.get(target, 1) + 1
+        if not entry.is_dir:
+            continue
+        expected = tuple((c.name, acc.resolve_hardlink(c)) for c in acc.listdir(entry))
+        assert index.listing(entry.entry_offset) == expected
+        assert progress.done[entry.entry_offset] == expected  # handed over as it completed
+        for name, child in expected:
+            assert index.child(entry.entry_offset, name) == child
+        assert index.child(entry.entry_offset, b"no-such-name") is None
+    # The vector tree has every kind, xattrs and ACLs: all of them went through the index.
+    assert set(EntryKind) - {EntryKind.SOCKET} <= kinds
+    assert any(e.xattrs for e in entries) and any(e.acl for e in entries)
+    assert links and index.nlinks == links
+
+
+def test_a_kept_index_is_private_and_reloads(vectors, tmp_path):
+    acc = accessor_for(vectors, V1)
+    path = tmp_path / "index" / index_file_name(acc.archive.index.index_csum)
+    built = ArchiveIndex.build(acc, str(path))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    assert os.listdir(path.parent) == [path.name]  # no temporary file left behind
+    loaded = ArchiveIndex.load(str(path), name="root.pxar")
+    assert loaded is not None and loaded.entries == built.entries
+    root = acc.root()
+    assert loaded.listing(root.entry_offset) == built.listing(root.entry_offset)
+
+
+def test_an_index_of_another_schema_or_not_sqlite_is_ignored(vectors, tmp_path):
+    acc = accessor_for(vectors, V1)
+    path = tmp_path / "i.sqlite"
+    ArchiveIndex.build(acc, str(path))
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = 999 WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    assert ArchiveIndex.load(str(path), name="root.pxar") is None
+    path.write_bytes(b"not a database at all" * 100)
+    assert ArchiveIndex.load(str(path), name="root.pxar") is None
+    assert ArchiveIndex.load(str(tmp_path / "absent.sqlite"), name="root.pxar") is None
+
+
+def test_a_corrupt_chunk_fails_the_build_and_leaves_no_file(tmp_path):
+    tree = tmp_path / "tree"
+    for d in range(8):  # 8 x 300 files of 1 KiB: entries in every 256 KiB chunk
+        (tree / f"d{d}").mkdir(parents=True)
+        for f in range(300):
+            (tree / f"d{d}" / f"f{f}").write_bytes(os.urandom(1024))
+    out = io.BytesIO()
+    encode_tree(tree, out)
+    store = pxar_store(tmp_path / "store", out.getvalue())
+    reader = SnapshotReader(
+        Datastore(LocalBackend(store)), parse_snapshot("host/bad/2024-06-01T11:00:00Z"), None
+    )
+    index = reader.pxar("root.pxar").archive.index
+    digest = index.digest(index.chunk_count // 2)
+    chunk = store / ".chunks" / digest.hex()[:4] / digest.hex()
+    raw = bytearray(chunk.read_bytes())
+    raw[-1] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    fresh = SnapshotReader(Datastore(LocalBackend(store)), reader.snapshot, None)
+    built = tmp_path / "index" / "x.sqlite"
+    with pytest.raises(SnapfsError, match=digest.hex()):
+        ArchiveIndex.build(fresh.pxar("root.pxar"), str(built))
+    assert not built.exists() and os.listdir(built.parent) == []
+
+
+def test_a_cancelled_build_stops_and_leaves_no_file(vectors, tmp_path):
+    class Cancelling(BuildProgress):
+        def directory_done(self, directory, listing):
+            self.cancelled = True  # the mount is ending: stop at the next entry
+
+    out = tmp_path / "index" / "x.sqlite"
+    with pytest.raises(BuildCancelled):
+        ArchiveIndex.build(accessor_for(vectors, V1), str(out), Cancelling())
+    assert os.listdir(out.parent) == []
