@@ -30,7 +30,7 @@ from typing import NoReturn
 from snapfs import logs
 from snapfs.errors import SnapfsError, UsageError
 from snapfs.format.crypt import CryptConfig
-from snapfs.linux.memory import return_large_buffers
+from snapfs.linux.memory import limit_malloc_arenas
 from snapfs.linux.mounts import (
     CLEANUP_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -378,7 +378,7 @@ def _serve(
     from snapfs.fs.model import FsModel
     from snapfs.fs.operations import SnapfsOperations
 
-    return_large_buffers()
+    limit_malloc_arenas()
     startup.waiting_for(_source_wait(opts))
     model = FsModel(
         open_source(),
