@@ -1,11 +1,13 @@
 """When the mount indexes a pxar archive, and where it keeps the index. No FUSE here.
 
 An archive is indexed by one background walk (snapfs.index.archive); until that finishes its
-directories are decoded as they are asked for, and nobody waits for the walk. The walk starts:
-- at the first listing of an archive up to AUTO_INDEX_BYTES (a split archive counts only its
-  metadata stream, which is all the walk reads): indexing it costs about one cold `find`;
-- for a larger unified archive only once WALK_DIRS of its directories have been listed, i.e. when
-  someone walks it; an `ls` of a huge archive over S3 must not download all of it.
+directories are decoded as they are asked for (a listing the walk is about to reach waits for it
+rather than decode the same chunks twice: `IndexBuild.wait_for`). The walk starts once
+someone walks the archive, not at an `ls` or two: the walk costs about one cold `find` of CPU
+(and, over S3, downloads the archive), which would slow every other read of the mount meanwhile:
+- after WALK_DIRS of its directories were listed, for an archive up to LARGE_ARCHIVE bytes (a
+  split archive counts only its metadata stream, which is all the walk reads);
+- after LARGE_WALK_DIRS for a larger one: browsing a huge archive by hand must not download it.
 
 Indexes of unencrypted archives are kept in `directory` (default: the user's cache directory)
 under their index checksum, so every later mount of the same archive starts indexed; those of
@@ -33,8 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("snapfs.fs")
 
-AUTO_INDEX_BYTES = 4 << 30
-WALK_DIRS = 32
+WALK_DIRS = 16
+LARGE_ARCHIVE = 4 << 30
+LARGE_WALK_DIRS = 256
 #: A listing the indexing walk will reach within this many bytes waits for it (the walk hands
 #: over each directory as it completes) rather than decode the same chunks on another thread.
 WAIT_AHEAD_BYTES = 64 << 20
@@ -100,9 +103,8 @@ class ArchiveIndexer:
         return index
 
     def should_build(self, accessor: Accessor, dirs_listed: int) -> bool:
-        return self.enabled and (
-            accessor.archive.size <= AUTO_INDEX_BYTES or dirs_listed >= WALK_DIRS
-        )
+        large = accessor.archive.size > LARGE_ARCHIVE
+        return self.enabled and dirs_listed >= (LARGE_WALK_DIRS if large else WALK_DIRS)
 
     def build_in_background(self, archive: Archive, encrypted: bool) -> IndexBuild:
         """Walk the archive in a thread; `archive.index` is set when the walk is done."""

@@ -16,6 +16,12 @@ from snapfs.keysource import load_crypt_config
 ENCRYPTED = "host/testhost/2024-06-01T12:00:00Z"
 
 
+@pytest.fixture(autouse=True)
+def walk_at_once(monkeypatch):
+    """The vector archives have a few directories: index them at the first listing."""
+    monkeypatch.setattr(indexing, "WALK_DIRS", 1)
+
+
 def indexed(model, snapshot: str):
     """Open the archive, list its root (which starts the walk) and wait for the index."""
     root = walk(model, f"{snapshot}/root.pxar")
@@ -89,9 +95,9 @@ def test_an_encrypted_archive_is_indexed_in_memory_only(vectors, tmp_path):
     assert not kept.exists()  # no name of an encrypted archive reached the disk
 
 
-def test_a_large_archive_is_indexed_only_once_it_is_walked(vectors, tmp_path, monkeypatch):
-    monkeypatch.setattr(indexing, "AUTO_INDEX_BYTES", 0)
-    monkeypatch.setattr(indexing, "WALK_DIRS", 3)
+def test_an_archive_is_indexed_only_once_it_is_walked(vectors, tmp_path, monkeypatch):
+    monkeypatch.setattr(indexing, "LARGE_ARCHIVE", 0)
+    monkeypatch.setattr(indexing, "LARGE_WALK_DIRS", 3)
     model = model_for(vectors / "datastore", indexer=ArchiveIndexer(str(tmp_path)))
     root = walk(model, f"{V1}/root.pxar")
     listing(model, root)
