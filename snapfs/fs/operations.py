@@ -261,7 +261,11 @@ class SnapfsOperations(pyfuse3.Operations):
         return data
 
     def _read_ahead(self, content: Content, off: int, size: int) -> None:
-        self._readahead.warm(content.stream.chunks, content.readahead(off, size))
+        digests = content.readahead(off, size)
+        if digests:
+            chunks = content.stream.chunks
+            chunks.prefetch(digests)  # S3: all their GETs in flight at once, not two at a time
+            self._readahead.warm(chunks, digests)
 
     async def release(self, fh):
         self._files.pop(fh, None)

@@ -19,8 +19,11 @@ from snapfs.pxar.entry import Entry
 __all__ = ["apply_fd_metadata", "apply_path_metadata"]
 
 
-def apply_fd_metadata(fd: int, entry: Entry, *, ignore_ownership: bool) -> list[str]:
-    """Set the entry's metadata on an open file or directory; the items that failed."""
+def apply_fd_metadata(
+    fd: int, entry: Entry, *, ignore_ownership: bool, inherited_acls: bool = True
+) -> list[str]:
+    """Set the entry's metadata on an open file or directory; the items that failed.
+    `inherited_acls` False: the caller knows the entry was created with no ACL to remove."""
     errors: list[str] = []
     perm = entry.mode & 0o7777
     if not ignore_ownership:
@@ -29,9 +32,9 @@ def apply_fd_metadata(fd: int, entry: Entry, *, ignore_ownership: bool) -> list[
     # absence) must win, so drop inherited ones before the mode is set.
     access = access_acl_xattr(entry.mode, entry.acl)
     default = default_acl_xattr(entry.acl) if entry.is_dir else None
-    if access is None:
+    if access is None and inherited_acls:
         _remove_acl(errors, fd, ACL_XATTR_ACCESS)
-    if default is None and entry.is_dir:
+    if default is None and entry.is_dir and inherited_acls:
         _remove_acl(errors, fd, ACL_XATTR_DEFAULT)
     _try(errors, "mode", os.fchmod, fd, perm)
     for xname, value in entry.xattrs:

@@ -32,6 +32,7 @@ from snapfs.errors import SnapfsError, UsageError
 from snapfs.progress import Progress
 from snapfs.pxar import format as fmt
 from snapfs.pxar.accessor import Accessor
+from snapfs.pxar.acl import ACL_XATTR_DEFAULT
 from snapfs.pxar.entry import Entry, EntryKind
 from snapfs.restore.filters import OVERWRITE_POLICIES, PathFilter, check_name
 from snapfs.restore.metadata import apply_fd_metadata, apply_path_metadata
@@ -82,6 +83,11 @@ class _Frame:
     rel: tuple[bytes, ...]
     fd: int | None = None
     apply_meta: bool = True
+    #: Made empty by this restore: nothing can be in the way of a child (no lstat first).
+    fresh: bool = False
+    #: Fresh, below fresh directories up to a TARGET without a default ACL: children inherit no
+    #: ACL (archived default ACLs are set when a directory is left), so none needs removing.
+    acl_free: bool = False
 
 
 @dataclass
@@ -172,6 +178,8 @@ class _PxarRestore:
                         (),
                         -1 if target_fd is None else target_fd,
                         apply_meta=created or self.opts.overwrite == "always",
+                        fresh=created,
+                        acl_free=created and not _has_default_acl(target_fd),
                     )
                     stack.append(frame)
                     continue
@@ -210,7 +218,7 @@ class _PxarRestore:
                     pfd = self._materialize(stack)
                     if pfd is None:
                         continue
-                    self._restore_entry(pfd, entry.name, entry, rel)
+                    self._restore_entry(pfd, entry.name, entry, rel, stack[-1])
                 finally:
                     if entry.is_file:
                         budget.release(entry.size)
@@ -243,7 +251,8 @@ class _PxarRestore:
                 continue
             parent = stack[i - 1]
             try:
-                frame.fd, frame.apply_meta = self._make_dir(parent.fd, frame.entry)
+                frame.fd, frame.apply_meta, frame.fresh = self._make_dir(parent.fd, frame.entry)
+                frame.acl_free = frame.fresh and parent.acl_free
             except _Skip:
                 for f in stack[i:]:
                     f.rel = None  # type: ignore[assignment]
@@ -255,13 +264,16 @@ class _PxarRestore:
                 return None
         return stack[-1].fd
 
-    def _make_dir(self, pfd: int, entry: Entry) -> tuple[int, bool]:
+    def _make_dir(self, pfd: int, entry: Entry) -> tuple[int, bool, bool]:
+        """(fd, whether to apply its metadata, whether this restore made it)."""
         name = entry.name
         apply_meta = True
+        fresh = True
         try:
             os.mkdir(name, 0o700, dir_fd=pfd)
             self._count(entry)
         except FileExistsError:
+            fresh = False
             st = os.lstat(name, dir_fd=pfd)
             if stat.S_ISDIR(st.st_mode):
                 apply_meta = self._may_replace(st, entry)
@@ -274,7 +286,7 @@ class _PxarRestore:
                 raise _Skip from None
         # O_NOFOLLOW: if anything swapped a symlink in, this fails instead of following it.
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-        return fd, apply_meta
+        return fd, apply_meta, fresh
 
     def _leave(self, frame: _Frame) -> None:
         if frame.fd is None or frame.fd < 0:
@@ -289,18 +301,27 @@ class _PxarRestore:
 
     # -- non-directory entries
 
-    def _restore_entry(self, pfd: int, name: bytes, entry: Entry, rel: tuple[bytes, ...]) -> None:
+    def _restore_entry(
+        self,
+        pfd: int,
+        name: bytes,
+        entry: Entry,
+        rel: tuple[bytes, ...],
+        parent: _Frame | None = None,
+    ) -> None:
+        fresh = parent is not None and parent.fresh
+        inherited_acls = parent is None or not parent.acl_free
         if self.opts.dry_run:
             self._count(entry)
             if entry.is_file:
                 self.report.bytes_total += entry.size
             return
         try:
-            if not self._clear_existing(pfd, name, entry):
+            if not fresh and not self._clear_existing(pfd, name, entry):
                 return
             kind = entry.kind
             if kind is EntryKind.FILE:
-                self._make_file(pfd, name, entry)
+                self._make_file(pfd, name, entry, inherited_acls=inherited_acls)
                 self.links[entry.entry_offset] = rel
             elif kind is EntryKind.HARDLINK:
                 self._make_hardlink(pfd, name, entry, rel)
@@ -345,7 +366,9 @@ class _PxarRestore:
             return entry.mtime_ns > st.st_mtime_ns
         return False
 
-    def _make_file(self, pfd: int, name: bytes, entry: Entry) -> None:
+    def _make_file(
+        self, pfd: int, name: bytes, entry: Entry, *, inherited_acls: bool = True
+    ) -> None:
         fd = os.open(
             name,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -354,29 +377,31 @@ class _PxarRestore:
         )
         try:
             self._write_content(fd, entry)
-            self._apply_fd_meta(fd, entry)
+            self._apply_fd_meta(fd, entry, inherited_acls=inherited_acls)
         finally:
             os.close(fd)
 
     def _write_content(self, fd: int, entry: Entry) -> None:
         offset = 0
+        file_end = 0  # where the file ends on disk: before entry.size if a last hole was skipped
         while offset < entry.size:
             data = self.accessor.read(entry, offset, min(_READ_SIZE, entry.size - offset))
             if not data:
                 raise SnapfsError(
                     f"{_p(entry.path)}: content ends at {offset} of {entry.size} bytes"
                 )
-            skipped = (
-                _write_sparse(fd, data, offset)
-                if self.opts.sparse
-                else _write_dense(fd, data, offset)
-            )
+            if self.opts.sparse:
+                skipped, end = _write_sparse(fd, data, offset)
+            else:
+                skipped, end = _write_dense(fd, data, offset), offset + len(data)
+            file_end = max(file_end, end)
             self.report.bytes_sparse += skipped
             self.report.bytes_written += len(data) - skipped
             self.report.bytes_total += len(data)
             self.progress.update(len(data))
             offset += len(data)
-        os.ftruncate(fd, entry.size)  # a trailing hole needs the size set explicitly
+        if file_end != entry.size:  # a trailing hole needs the size set explicitly
+            os.ftruncate(fd, entry.size)
 
     def _make_hardlink(self, pfd: int, name: bytes, entry: Entry, rel: tuple[bytes, ...]) -> None:
         target = self.accessor.resolve_hardlink(entry)
@@ -414,8 +439,10 @@ class _PxarRestore:
 
     # -- metadata
 
-    def _apply_fd_meta(self, fd: int, entry: Entry) -> None:
-        errors = apply_fd_metadata(fd, entry, ignore_ownership=self.opts.ignore_ownership)
+    def _apply_fd_meta(self, fd: int, entry: Entry, *, inherited_acls: bool = True) -> None:
+        errors = apply_fd_metadata(
+            fd, entry, ignore_ownership=self.opts.ignore_ownership, inherited_acls=inherited_acls
+        )
         self._metadata_failed(entry, errors)
 
     def _apply_path_meta(self, pfd: int, name: bytes, entry: Entry, *, symlink: bool) -> None:
@@ -427,7 +454,8 @@ class _PxarRestore:
     def _metadata_failed(self, entry: Entry, errors: list[str]) -> None:
         if errors:
             self.report.fail(
-                f"{_p(entry.path)}: restored, but not its {'; '.join(errors)}", path=_p(entry.path)
+                f"{_p(entry.path)}: restored, but not its {'; '.join(errors)}",
+                path=_p(entry.path),
             )
 
     # -- bookkeeping
@@ -453,6 +481,17 @@ def _p(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
+def _has_default_acl(fd: int | None) -> bool:
+    """Whether the directory at fd gives new entries a default ACL (unknown counts as yes)."""
+    if fd is None:
+        return True
+    try:
+        os.getxattr(fd, ACL_XATTR_DEFAULT)
+    except OSError as exc:
+        return exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+    return True
+
+
 def _write_dense(fd: int, data: bytes, offset: int) -> int:
     view = memoryview(data)
     while view:
@@ -461,8 +500,9 @@ def _write_dense(fd: int, data: bytes, offset: int) -> int:
     return 0
 
 
-def _write_sparse(fd: int, data: bytes, offset: int) -> int:
-    """Write data at offset, leaving aligned all-zero 4 KiB blocks as holes; bytes skipped.
+def _write_sparse(fd: int, data: bytes, offset: int) -> tuple[int, int]:
+    """Write data at offset, leaving aligned all-zero 4 KiB blocks as holes; (bytes skipped, the
+    file offset the last byte written ends at, or `offset` if nothing was written).
 
     `offset` is a multiple of the block size (reads are), so blocks align with the file's.
     bytes.find skips through non-zero data at memchr speed; zero runs are then measured in
@@ -470,7 +510,7 @@ def _write_sparse(fd: int, data: bytes, offset: int) -> int:
     """
     n = len(data)
     view = memoryview(data)
-    pos = written_to = skipped = 0
+    pos = written_to = skipped = last_end = 0
     while True:
         z = data.find(_ZERO_BLOCK, pos)
         if z < 0:
@@ -486,9 +526,13 @@ def _write_sparse(fd: int, data: bytes, offset: int) -> int:
             ze += _BLOCK
         _write_dense(fd, view[written_to:zs], offset + written_to)
         skipped += ze - zs
+        if zs > written_to:
+            last_end = zs
         written_to = pos = ze
-    _write_dense(fd, view[written_to:], offset + written_to)
-    return skipped
+    if written_to < n:
+        _write_dense(fd, view[written_to:], offset + written_to)
+        last_end = n
+    return skipped, offset + last_end
 
 
 def restore_pxar(

@@ -18,6 +18,7 @@ from snapfs.format.source import BytesSource, FileSource
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.acl import access_acl_xattr, default_acl_xattr
 from snapfs.pxar.encoder import Encoder, Metadata
+from snapfs.pxar.entry import Acl
 from snapfs.restore.filters import PathFilter, check_name
 from snapfs.restore.tree import RestoreOptions, restore_pxar
 
@@ -333,3 +334,29 @@ def test_missing_chunk_leaves_the_rest_and_names_the_files(vectors, tmp_path, ca
     assert "/big_random.bin" in out and digest in out
     assert (target / "dir_a" / "nested" / "deeper" / "hello.txt").read_bytes() == HELLO
     assert (target / "xattr_file").exists()
+
+
+def test_a_file_ending_in_holes_gets_its_full_size(tmp_path):
+    content = os.urandom(100) + bytes(5 << 20)  # the last read of the file writes nothing
+    acc = _archive(lambda e: e.add_file(b"tail.bin", F, len(content), [content]))
+    assert restore_pxar(acc, None, str(tmp_path / "t")).ok
+    assert (tmp_path / "t" / "tail.bin").read_bytes() == content
+
+
+def test_no_acl_is_inherited_from_a_target_with_a_default_acl(vectors, tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    # The target gives new entries an ACL (user 4242 may write); the archive's entries without
+    # an ACL must not keep it, in fresh subdirectories either.
+    inherit = Acl(default=(7, 5, 5, 7), default_users=((4242, 7),))
+    os.setxattr(target, "system.posix_acl_default", default_acl_xattr(inherit))
+    probe = target / "probe"
+    probe.touch()  # the file system does inherit it: otherwise this test proves nothing
+    assert "system.posix_acl_access" in os.listxattr(probe)
+    accessor = Accessor(FileSource(vectors / "pxar" / "archive-v1.pxar"), name="archive-v1.pxar")
+    assert restore_pxar(accessor, None, str(target / "tree")).ok
+    for entry in accessor.walk():
+        if entry.kind.value not in ("file", "dir") or entry.acl is not None:
+            continue
+        path = target / "tree" / os.fsdecode(entry.path.lstrip(b"/"))
+        assert b"system.posix_acl_access" not in map(os.fsencode, os.listxattr(path)), path
