@@ -8,7 +8,10 @@
   reads, each of which decodes a whole chunk;
 * null FS: bench/nullfs.py, a pyfuse3 + trio filesystem serving a file of the image's size and a
   directory of as many entries as the tree from memory: the FUSE-in-Python ceiling, read with
-  the bench's own sequential reader and walked with the bench's own `find`.
+  the bench's own sequential reader and walked with the bench's own `find`;
+* local disk: the same `find`, `tar` and an image copy (synced, as a restore is) run on the
+  source data on this machine's disk: what the kernel and the disk give without FUSE or decoding,
+  the ceiling of the walks, the tar and the restores.
 
 Each snapfs figure of the comparison is then given as a share of its limit (COMPARED).
 """
@@ -26,10 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from .. import nullfs
-from .data import Manifest
+from .data import IMAGE_NAME, TREE_NAME, Manifest
 from .lines import Line
 from .probes import READY_TIMEOUT, drop_caches, read_sequential
 from .tools import SNAPFS_TIME, Tool, ToolError, is_mounted
+from .verify import check_tar_stream, check_walk
 
 if TYPE_CHECKING:
     from snapfs.store.stream import IndexStream
@@ -66,6 +70,21 @@ LINES = [
         "entries/s",
         "limits",
     ),
+    Line(
+        "local-find-stat-cold",
+        "local disk: find + stat of the source tree, cold",
+        "entries/s",
+        "limits",
+    ),
+    Line(
+        "local-find-stat-warm",
+        "local disk: find + stat of the source tree, warm",
+        "entries/s",
+        "limits",
+    ),
+    Line("local-tar-cold", "local disk: tar of the source tree, cold", "MB/s", "limits"),
+    Line("local-tar-warm", "local disk: tar of the source tree, warm", "MB/s", "limits"),
+    Line("disk-write", "local disk: copy of the image file to disk, synced", "MB/s", "limits"),
 ]
 
 # (snapfs benchmark, the limit it is held against); its figure is put in the limit's unit.
@@ -76,6 +95,12 @@ COMPARED = [
     ("image-seq-cold", "nullfs-seq"),
     ("find-stat-cold", "nullfs-find-stat-cold"),
     ("find-stat-warm", "nullfs-find-stat-warm"),
+    ("find-stat-cold", "local-find-stat-cold"),
+    ("find-stat-warm", "local-find-stat-warm"),
+    ("find-stat-next", "local-find-stat-cold"),
+    ("tree-tar-cold", "local-tar-cold"),
+    ("tree-tar-warm", "local-tar-warm"),
+    ("restore-image", "disk-write"),
 ]
 
 
@@ -107,6 +132,54 @@ def measure(runner: Runner, tool: Tool) -> None:
     runner.attempt(["decode"], decode, runner, stream)
     runner.attempt(["chunk-decode"], chunk_decode, runner, stream)
     runner.attempt([line.id for line in LINES if line.id.startswith("nullfs")], null_fs, runner)
+    runner.attempt([line.id for line in LINES if line.id.startswith("local")], local_disk, runner)
+    runner.attempt(["disk-write"], disk_write, runner)
+
+
+def local_disk(runner: Runner) -> None:
+    """find and tar of the source tree itself, checked as the mounts' are."""
+    tree = os.path.join(runner.data_dir, TREE_NAME)
+    entries = tree_entries(runner.manifest)
+    for line in ("local-find-stat-cold", "local-find-stat-warm"):
+        if line.endswith("cold"):
+            drop_caches()
+        start = time.perf_counter()
+        out = subprocess.run(
+            ["find", tree, "-printf", "%P\t%y\t%s\n"], capture_output=True, text=True, check=True
+        ).stdout
+        elapsed = time.perf_counter() - start
+        runner.record_line(line, entries / elapsed, check_walk(out.split("\n"), runner.manifest))
+    for line in ("local-tar-cold", "local-tar-warm"):
+        if line.endswith("cold"):
+            drop_caches()
+        start = time.perf_counter()
+        proc = subprocess.Popen(["tar", "-C", tree, "-cf", "-", "."], stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        total, problem = check_tar_stream(proc.stdout, runner.manifest)
+        rc = proc.wait()
+        elapsed = time.perf_counter() - start
+        runner.record_line(
+            line, total / elapsed / 1e6, problem or (f"tar exited {rc}" if rc else None)
+        )
+
+
+def disk_write(runner: Runner) -> None:
+    """The source image copied to the work directory and synced, as `restore-image` is timed."""
+    source = os.path.join(runner.data_dir, IMAGE_NAME)
+    target = os.path.join(runner.work, "disk-write.raw")
+    drop_caches()
+    start = time.perf_counter()
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        copied = 0
+        while block := src.read(4 << 20):
+            dst.write(block)
+            copied += len(block)
+    os.sync()
+    elapsed = time.perf_counter() - start
+    os.unlink(target)
+    size = runner.manifest.image_size
+    problem = None if copied == size else f"copied {copied} bytes, the image has {size}"
+    runner.record_line("disk-write", copied / elapsed / 1e6, problem)
 
 
 def decode(runner: Runner, stream: IndexStream) -> None:
