@@ -17,7 +17,7 @@ ENCRYPTED = "host/testhost/2024-06-01T12:00:00Z"
 
 
 @pytest.fixture(autouse=True)
-def walk_at_once(monkeypatch):
+def autouse_walk_at_once(monkeypatch):
     """The vector archives have a few directories: index them at the first listing."""
     monkeypatch.setattr(indexing, "WALK_DIRS", 1)
 
