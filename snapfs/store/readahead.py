@@ -24,6 +24,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from snapfs.errors import SnapfsError
+from snapfs.linux.threads import set_os_thread_name
 from snapfs.store.singleflight import SingleFlight
 
 if TYPE_CHECKING:
@@ -45,7 +46,12 @@ class Readahead:
         """`flights`: the table the readers join, when they should wait for a fetch started here
         rather than start their own (S3Backend's GETs); by default one of its own, so that the
         readers fetch for themselves and only repeated hints are dropped."""
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name)
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix=thread_name,
+            initializer=set_os_thread_name,
+            initargs=(thread_name,),
+        )
         self._flights = flights if flights is not None else SingleFlight()
 
     def start(self, key: Hashable, fetch: Callable[[], object]) -> None:
