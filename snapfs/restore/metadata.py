@@ -20,13 +20,22 @@ __all__ = ["apply_fd_metadata", "apply_path_metadata"]
 
 
 def apply_fd_metadata(
-    fd: int, entry: Entry, *, ignore_ownership: bool, inherited_acls: bool = True
+    fd: int,
+    entry: Entry,
+    *,
+    ignore_ownership: bool,
+    inherited_acls: bool = True,
+    owner: tuple[int, int] | None = None,
+    mode: int | None = None,
 ) -> list[str]:
     """Set the entry's metadata on an open file or directory; the items that failed.
-    `inherited_acls` False: the caller knows the entry was created with no ACL to remove."""
+
+    What the caller knows of a file it just created saves syscalls: `inherited_acls` False, no
+    ACL to remove; `owner`, the (uid, gid) it has; `mode`, the permission bits it has.
+    """
     errors: list[str] = []
     perm = entry.mode & 0o7777
-    if not ignore_ownership:
+    if not ignore_ownership and owner != (entry.uid, entry.gid):
         _try(errors, "owner", os.fchown, fd, entry.uid, entry.gid)
     # A new entry inherits the default ACL of an existing parent; the archive's ACL (or its
     # absence) must win, so drop inherited ones before the mode is set.
@@ -36,7 +45,8 @@ def apply_fd_metadata(
         _remove_acl(errors, fd, ACL_XATTR_ACCESS)
     if default is None and entry.is_dir and inherited_acls:
         _remove_acl(errors, fd, ACL_XATTR_DEFAULT)
-    _try(errors, "mode", os.fchmod, fd, perm)
+    if mode != perm:
+        _try(errors, "mode", os.fchmod, fd, perm)
     for xname, value in entry.xattrs:
         _try(errors, f"xattr {xname!r}", os.setxattr, fd, xname, value)
     if access is not None:

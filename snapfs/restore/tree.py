@@ -85,9 +85,10 @@ class _Frame:
     apply_meta: bool = True
     #: Made empty by this restore: nothing can be in the way of a child (no lstat first).
     fresh: bool = False
-    #: Fresh, below fresh directories up to a TARGET without a default ACL: children inherit no
-    #: ACL (archived default ACLs are set when a directory is left), so none needs removing.
-    acl_free: bool = False
+    #: Fresh, below fresh directories up to a TARGET that passes nothing on (no default ACL, no
+    #: setgid bit): a child is created with no ACL, the restore's own uid and gid, and the mode
+    #: asked for less the umask (archived modes and ACLs are set when a directory is left).
+    plain: bool = False
 
 
 @dataclass
@@ -101,6 +102,9 @@ class _PxarRestore:
     links: dict[int, tuple[bytes, ...]] = field(default_factory=dict)  # entry_offset -> rel path
     target_fd: int | None = None  # TARGET, when restoring a directory
     created: bool = False  # whether this restore created TARGET
+    #: What a new file gets from this process: its (euid, egid), and the umask.
+    own_ids: tuple[int, int] = field(default_factory=lambda: (os.geteuid(), os.getegid()))
+    umask: int = field(default_factory=lambda: _current_umask())
 
     # -- entry points
 
@@ -179,7 +183,7 @@ class _PxarRestore:
                         -1 if target_fd is None else target_fd,
                         apply_meta=created or self.opts.overwrite == "always",
                         fresh=created,
-                        acl_free=created and not _has_default_acl(target_fd),
+                        plain=created and _passes_nothing_on(target_fd),
                     )
                     stack.append(frame)
                     continue
@@ -252,7 +256,7 @@ class _PxarRestore:
             parent = stack[i - 1]
             try:
                 frame.fd, frame.apply_meta, frame.fresh = self._make_dir(parent.fd, frame.entry)
-                frame.acl_free = frame.fresh and parent.acl_free
+                frame.plain = frame.fresh and parent.plain
             except _Skip:
                 for f in stack[i:]:
                     f.rel = None  # type: ignore[assignment]
@@ -310,7 +314,7 @@ class _PxarRestore:
         parent: _Frame | None = None,
     ) -> None:
         fresh = parent is not None and parent.fresh
-        inherited_acls = parent is None or not parent.acl_free
+        plain = parent is not None and parent.plain
         if self.opts.dry_run:
             self._count(entry)
             if entry.is_file:
@@ -321,7 +325,7 @@ class _PxarRestore:
                 return
             kind = entry.kind
             if kind is EntryKind.FILE:
-                self._make_file(pfd, name, entry, inherited_acls=inherited_acls)
+                self._make_file(pfd, name, entry, plain=plain)
                 self.links[entry.entry_offset] = rel
             elif kind is EntryKind.HARDLINK:
                 self._make_hardlink(pfd, name, entry, rel)
@@ -366,18 +370,27 @@ class _PxarRestore:
             return entry.mtime_ns > st.st_mtime_ns
         return False
 
-    def _make_file(
-        self, pfd: int, name: bytes, entry: Entry, *, inherited_acls: bool = True
-    ) -> None:
+    def _make_file(self, pfd: int, name: bytes, entry: Entry, *, plain: bool = False) -> None:
+        """Create, write and close one regular file. In a `plain` directory the file is created
+        with its final permissions when the umask keeps them (no special bits, no ACL), and its
+        owner is known: the syscalls that would set them again are skipped."""
+        perm = entry.mode & 0o7777
+        final = plain and entry.acl is None and (perm & ~0o777) == 0 and (perm & self.umask) == 0
         fd = os.open(
             name,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
+            perm if final else 0o600,
             dir_fd=pfd,
         )
         try:
             self._write_content(fd, entry)
-            self._apply_fd_meta(fd, entry, inherited_acls=inherited_acls)
+            self._apply_fd_meta(
+                fd,
+                entry,
+                inherited_acls=not plain,
+                owner=self.own_ids if plain else None,
+                mode=perm if final else None,
+            )
         finally:
             os.close(fd)
 
@@ -439,9 +452,22 @@ class _PxarRestore:
 
     # -- metadata
 
-    def _apply_fd_meta(self, fd: int, entry: Entry, *, inherited_acls: bool = True) -> None:
+    def _apply_fd_meta(
+        self,
+        fd: int,
+        entry: Entry,
+        *,
+        inherited_acls: bool = True,
+        owner: tuple[int, int] | None = None,
+        mode: int | None = None,
+    ) -> None:
         errors = apply_fd_metadata(
-            fd, entry, ignore_ownership=self.opts.ignore_ownership, inherited_acls=inherited_acls
+            fd,
+            entry,
+            ignore_ownership=self.opts.ignore_ownership,
+            inherited_acls=inherited_acls,
+            owner=owner,
+            mode=mode,
         )
         self._metadata_failed(entry, errors)
 
@@ -481,15 +507,29 @@ def _p(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
-def _has_default_acl(fd: int | None) -> bool:
-    """Whether the directory at fd gives new entries a default ACL (unknown counts as yes)."""
+def _current_umask() -> int:
+    """This process's umask, read without changing it (Linux 4.7+), else set and restored."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _passes_nothing_on(fd: int | None) -> bool:
+    """Whether new entries in the directory at fd get no default ACL and no group of its own
+    (setgid); anything unknown counts as passing something on."""
     if fd is None:
-        return True
+        return False
     try:
+        if os.fstat(fd).st_mode & stat.S_ISGID:
+            return False
         os.getxattr(fd, ACL_XATTR_DEFAULT)
     except OSError as exc:
-        return exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
-    return True
+        return exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+    return False
 
 
 def _write_dense(fd: int, data: bytes, offset: int) -> int:
