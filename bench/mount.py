@@ -156,9 +156,9 @@ def serve_ceiling(image: str, mnt: str, read_ahead_kb: int) -> None:
     import stat
 
     import pyfuse3
-    import trio
 
-    from snapfs.fs.mount import MountOptions, mount_options, set_read_ahead
+    from bench.nullfs import run_mounted
+    from snapfs.fs.mount import MountOptions, mount_options
 
     with open(image, "rb") as f:
         data = memoryview(f.read())
@@ -190,34 +190,9 @@ def serve_ceiling(image: str, mnt: str, read_ahead_kb: int) -> None:
         async def read(self, fh, off, size):
             return data[off : off + size]
 
-    opts = MountOptions(source=image, mountpoint=mnt)
-    pyfuse3.init(Ceiling(), mnt, mount_options(opts))
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-
-            async def ready() -> None:
-                st = await trio.to_thread.run_sync(os.stat, mnt)
-                set_read_ahead(st.st_dev, read_ahead_kb)
-                print("ready", flush=True)
-
-            async def stop() -> None:
-                import signal
-
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for _ in signals:
-                        pyfuse3.terminate()
-                        return
-
-            nursery.start_soon(ready)
-            nursery.start_soon(stop)
-            await pyfuse3.main()
-            nursery.cancel_scope.cancel()
-
-    try:
-        trio.run(main)
-    finally:
-        pyfuse3.close(unmount=True)
+    run_mounted(
+        Ceiling(), mnt, mount_options(MountOptions(source=image, mountpoint=mnt)), read_ahead_kb
+    )
 
 
 def ceiling_read(image: str, mnt: str, read_ahead_kb: int) -> float:

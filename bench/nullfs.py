@@ -60,9 +60,8 @@ def entry_size(i: int) -> int:
 
 def serve(mountpoint: str, size: int, entries: int) -> None:
     import pyfuse3
-    import trio
 
-    from snapfs.fs.mount import DEFAULT_READ_AHEAD_KB, MountOptions, mount_options, set_read_ahead
+    from snapfs.fs.mount import DEFAULT_READ_AHEAD_KB, MountOptions, mount_options
 
     data = memoryview(block())
     now = time.time_ns()
@@ -139,14 +138,25 @@ def serve(mountpoint: str, size: int, entries: int) -> None:
         for o in mount_options(MountOptions(source="nullfs", mountpoint=mountpoint))
         if not o.startswith(("fsname=", "subtype="))
     } | {"fsname=snapfs-bench-nullfs", "subtype=nullfs"}
-    pyfuse3.init(NullFS(), mountpoint, options)
+    run_mounted(NullFS(), mountpoint, options, DEFAULT_READ_AHEAD_KB)
+
+
+def run_mounted(ops, mountpoint: str, options: set[str], read_ahead_kb: int) -> None:
+    """Mount `ops` (pyfuse3 Operations) as snapfs mounts, print "ready" once it answers, serve
+    until SIGTERM or SIGINT, unmount. The bench's reference filesystems all run this way."""
+    import pyfuse3
+    import trio
+
+    from snapfs.fs.mount import set_read_ahead
+
+    pyfuse3.init(ops, mountpoint, options)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
 
             async def ready() -> None:
                 st = await trio.to_thread.run_sync(os.stat, mountpoint)
-                set_read_ahead(st.st_dev, DEFAULT_READ_AHEAD_KB)
+                set_read_ahead(st.st_dev, read_ahead_kb)
                 print("ready", flush=True)
 
             async def stop() -> None:
