@@ -26,6 +26,7 @@ class ChunkStore:
     def __init__(self, contents: list[bytes]) -> None:
         self.blobs = dict(encode_chunk(c, None, compress=False) for c in contents)
         self.fetched: list[bytes] = []
+        self.fetching = threading.Event()  # set at the first fetch
         self.gate = threading.Event()
         self.gate.set()
         self.lock = threading.Lock()
@@ -40,6 +41,7 @@ class ChunkStore:
         self.gate.wait(timeout=30)
         with self.lock:
             self.fetched.append(digest)
+        self.fetching.set()
         if digest not in self.blobs:
             raise MissingChunkError(f"chunk {digest.hex()} is missing")
         return self.blobs[digest]
@@ -143,6 +145,7 @@ def test_a_failed_fetch_is_silent_and_a_closed_readahead_drops_hints() -> None:
     missing = bytes(32)
     readahead = Readahead(1, "test-readahead")
     readahead.warm(stream.chunks, [missing])  # the reader who needs it reports it, not the hint
+    assert store.fetching.wait(30)  # started (close drops the hints not started yet)
     readahead.close(wait=True)
     readahead.warm(stream.chunks, [stream.index.digest(0)])  # closed: dropped, not an error
     assert store.fetched == [missing]
