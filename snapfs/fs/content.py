@@ -34,7 +34,7 @@ class ArchiveScan:
     def after(self, content: Content, end: int) -> list[bytes] | None:
         """The chunks to decode after `content` was read up to stream offset `end`, if the files
         are being read in archive order; else None."""
-        in_order = 0 <= content.base - self.last_end <= SCAN_GAP or self.last_end == content.base
+        in_order = 0 <= content.base - self.last_end <= SCAN_GAP
         self.last_end = max(self.last_end, end) if in_order else end
         if not in_order:
             return None

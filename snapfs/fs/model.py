@@ -2,9 +2,9 @@
 
 The tree starts at `FsModel.root` (layout in `namespace.py`), every level built lazily on first
 lookup or listing. Each node answers the plain requests itself (`node.py`); the model holds what
-they share: the datastore, the key, the chunk cache and readers, the listing cache, the archive indexer
-(`indexing.py`), and the inode table. The FUSE adapter, and anything else that browses a datastore, asks the model for a node by
-inode and then asks the node.
+they share: the datastore, the key, the chunk cache and readers, the listing cache, the archive
+indexer (`indexing.py`), and the inode table. The FUSE adapter, and anything else that browses a
+datastore, asks the model for a node by inode and then asks the node.
 
 Refresh: snapshots come and go while mounted (backups, prune). Listings of namespaces, groups and
 snapshots (and an incomplete snapshot) are re-read once they are `refresh_interval` seconds old;

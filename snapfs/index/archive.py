@@ -19,13 +19,14 @@ the disk in plain text.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from snapfs.errors import CorruptDataError, SnapfsError
 from snapfs.pxar.accessor import Accessor
@@ -42,12 +43,11 @@ __all__ = [
 ]
 
 #: Bumped whenever the tables change: an index of another version is built again.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _INSERT_BATCH = 10_000
 
 _KINDS = tuple(EntryKind)
 _KIND_CODE = {kind: code for code, kind in enumerate(_KINDS)}
-_HARDLINK_CODE = _KIND_CODE[EntryKind.HARDLINK]
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -68,22 +68,36 @@ CREATE TABLE entries (
     link BLOB,                   -- symlink target; a hard link's stored path
     device TEXT,                 -- "major:minor" of a device node
     extra TEXT,                  -- JSON: xattrs, ACL, fcaps, quota project id (rare)
-    target INTEGER,              -- a hard link: the offset of the file it names
-    nlink INTEGER NOT NULL DEFAULT 1
+    target INTEGER               -- a hard link: the offset of the file it names
 );
 """
 _INDEXES = """
 CREATE INDEX by_parent ON entries (parent);
 CREATE INDEX by_name ON entries (parent, name);
+CREATE INDEX by_target ON entries (target) WHERE target IS NOT NULL;
 """
-_COLUMNS = (
-    "offset, parent, name, path, kind, mode, uid, gid, mtime_ns, flags, size, entry_end, "
-    "content_offset, link, device, extra, target, nlink"
+#: What an Entry is made of (`_entry`), in this order.
+_ENTRY_COLUMNS = (
+    "offset",
+    "name",
+    "path",
+    "kind",
+    "mode",
+    "uid",
+    "gid",
+    "mtime_ns",
+    "flags",
+    "size",
+    "entry_end",
+    "content_offset",
+    "link",
+    "device",
+    "extra",
 )
+_ROW_COLUMNS = ("parent", "target", *_ENTRY_COLUMNS)  # what `_row` gives
 #: A hard link's row joined with its target's: the listing shows the target under the link's name.
 _RESOLVED = (
-    "SELECT e.name, t.offset, t.parent, t.name, t.path, t.kind, t.mode, t.uid, t.gid, t.mtime_ns, "
-    "t.flags, t.size, t.entry_end, t.content_offset, t.link, t.device, t.extra, t.target, t.nlink "
+    f"SELECT e.name, {', '.join('t.' + c for c in _ENTRY_COLUMNS)} "
     "FROM entries e JOIN entries t ON t.offset = coalesce(e.target, e.offset) "
 )
 
@@ -103,7 +117,9 @@ class ArchiveIndex:
         self.entries = self._one("SELECT count(*) FROM entries")[0]
         #: st_nlink of the files that hard links name (the others have 1); few, so kept here.
         self.nlinks: dict[int, int] = dict(
-            db.execute("SELECT offset, nlink FROM entries WHERE nlink > 1")
+            db.execute(
+                "SELECT target, count(*) + 1 FROM entries WHERE target IS NOT NULL GROUP BY target"
+            )
         )
 
     # -- opening and building ---------------------------------------------------------------------
@@ -159,15 +175,13 @@ class ArchiveIndex:
             raise CorruptDataError(f"{accessor.name}: the metadata index {path} did not read back")
         return index
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
     # -- queries ----------------------------------------------------------------------------------
 
     def entry(self, offset: int) -> Entry | None:
         """The entry at this offset (a hard link as itself), None if there is none."""
-        row = self._one(f"SELECT {_COLUMNS} FROM entries WHERE offset = ?", (offset,))
+        row = self._one(
+            f"SELECT {', '.join(_ENTRY_COLUMNS)} FROM entries WHERE offset = ?", (offset,)
+        )
         return None if row is None else _entry(row)
 
     def child(self, directory: int, name: bytes) -> Entry | None:
@@ -219,16 +233,17 @@ def _fill(db: sqlite3.Connection, accessor: Accessor, progress: BuildProgress) -
     db.execute("PRAGMA journal_mode = OFF")
     db.execute("PRAGMA synchronous = OFF")
     db.executescript(_SCHEMA)
-    links: dict[int, int] = {}
     batch: list[tuple] = []
-    insert = f"INSERT INTO entries ({_COLUMNS}) VALUES ({', '.join('?' * 18)})"
-    for row in _rows(accessor, links, progress):
+    insert = (
+        f"INSERT INTO entries ({', '.join(_ROW_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(_ROW_COLUMNS))})"
+    )
+    for row in _rows(accessor, progress):
         batch.append(row)
         if len(batch) >= _INSERT_BATCH:
             db.executemany(insert, batch)
             batch.clear()
     db.executemany(insert, batch)
-    db.executemany("UPDATE entries SET nlink = ? WHERE offset = ?", _nlinks(links))
     db.executescript(_INDEXES)
     db.executemany(
         "INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -242,8 +257,8 @@ def _fill(db: sqlite3.Connection, accessor: Accessor, progress: BuildProgress) -
     db.commit()
 
 
-def _rows(accessor: Accessor, links: dict[int, int], progress: BuildProgress) -> Iterator[tuple]:
-    """One row per entry in archive order; `links` collects hard link -> target offset."""
+def _rows(accessor: Accessor, progress: BuildProgress) -> Iterator[tuple]:
+    """One row per entry (`_ROW_COLUMNS`), in archive order."""
     # The directories the walk is inside, innermost last, with their children so far.
     open_dirs: list[tuple[Entry, list[tuple[bytes, Entry]]]] = []
     for entry in accessor.walk():
@@ -259,7 +274,7 @@ def _rows(accessor: Accessor, links: dict[int, int], progress: BuildProgress) ->
         resolved = entry
         if entry.kind is EntryKind.HARDLINK:
             resolved = accessor.resolve_hardlink(entry)
-            target = links[offset] = resolved.entry_offset
+            target = resolved.entry_offset
         if open_dirs:
             open_dirs[-1][1].append((entry.name, resolved))
         if entry.kind is EntryKind.DIRECTORY:
@@ -270,18 +285,12 @@ def _rows(accessor: Accessor, links: dict[int, int], progress: BuildProgress) ->
         progress.directory_done(directory, tuple(children))
 
 
-def _nlinks(links: dict[int, int]) -> Iterable[tuple[int, int]]:
-    counts: dict[int, int] = {}
-    for target in links.values():
-        counts[target] = counts.get(target, 1) + 1
-    return ((nlink, target) for target, nlink in counts.items())
-
-
 def _row(entry: Entry, parent: int, target: int | None) -> tuple:
     device = None if entry.device is None else f"{entry.device[0]}:{entry.device[1]}"
     return (
-        entry.entry_offset,
         parent,
+        target,
+        entry.entry_offset,
         entry.name,
         entry.path,
         _KIND_CODE[entry.kind],
@@ -296,8 +305,6 @@ def _row(entry: Entry, parent: int, target: int | None) -> tuple:
         entry.link_target,
         device,
         _extra(entry),
-        target,
-        1,
     )
 
 
@@ -307,15 +314,7 @@ def _extra(entry: Entry) -> str | None:
     if entry.xattrs:
         extra["xattrs"] = [[k.hex(), v.hex()] for k, v in entry.xattrs]
     if entry.acl is not None:
-        acl = entry.acl
-        extra["acl"] = {
-            "users": acl.users,
-            "groups": acl.groups,
-            "group_obj": acl.group_obj,
-            "default": acl.default,
-            "default_users": acl.default_users,
-            "default_groups": acl.default_groups,
-        }
+        extra["acl"] = dataclasses.asdict(entry.acl)
     if entry.fcaps is not None:
         extra["fcaps"] = entry.fcaps.hex()
     if entry.quota_project_id is not None:
@@ -323,26 +322,21 @@ def _extra(entry: Entry) -> str | None:
     return json.dumps(extra, separators=(",", ":")) if extra else None
 
 
+def _tuples(value: object) -> object:
+    return tuple(map(_tuples, value)) if isinstance(value, list) else value
+
+
 def _entry(row: tuple) -> Entry:
-    (offset, _parent, name, path, kind, mode, uid, gid, mtime_ns, flags, size, end, content) = row[
-        :13
-    ]
-    link, device, extra = row[13:16]
+    """An Entry from its `_ENTRY_COLUMNS`."""
+    (offset, name, path, kind, mode, uid, gid, mtime_ns, flags, size, end, content) = row[:12]
+    link, device, extra = row[12:]
     xattrs: tuple[tuple[bytes, bytes], ...] = ()
     acl = fcaps = quota = None
     if extra is not None:
         fields = json.loads(extra)
         xattrs = tuple((bytes.fromhex(k), bytes.fromhex(v)) for k, v in fields.get("xattrs", ()))
-        if "acl" in fields:
-            a = fields["acl"]
-            acl = Acl(
-                users=tuple(map(tuple, a["users"])),
-                groups=tuple(map(tuple, a["groups"])),
-                group_obj=a["group_obj"],
-                default=None if a["default"] is None else tuple(a["default"]),
-                default_users=tuple(map(tuple, a["default_users"])),
-                default_groups=tuple(map(tuple, a["default_groups"])),
-            )
+        if "acl" in fields:  # JSON made its tuples lists: make them tuples again
+            acl = Acl(**{key: _tuples(value) for key, value in fields["acl"].items()})
         fcaps = bytes.fromhex(fields["fcaps"]) if "fcaps" in fields else None
         quota = fields.get("quota")
     return Entry(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from support.flights import CountingCalls
+
 from snapfs.errors import MissingChunkError
 from snapfs.format.blob import encode_chunk
 from snapfs.format.index import build_fixed_index, parse_index
@@ -151,31 +153,15 @@ def test_a_failed_fetch_is_silent_and_a_closed_readahead_drops_hints() -> None:
     assert store.fetched == [missing]
 
 
-class _Lookups(dict):
-    """A SingleFlight table that says when a key has been looked up n times."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-        self.changed = threading.Condition()
-
-    def get(self, key, default=None):
-        with self.changed:
-            self.count += 1
-            self.changed.notify_all()
-        return super().get(key, default)
-
-
 def test_readers_join_what_a_shared_table_started() -> None:
     """S3Backend's way: its readers wait for a fetch-ahead GET instead of issuing their own."""
     flights: SingleFlight[str, str] = SingleFlight()
-    flights._calls = lookups = _Lookups()
+    flights._calls = lookups = CountingCalls()
     calls: list[str] = []
 
     def fetch() -> str:
         calls.append("ahead")
-        with lookups.changed:  # the hint's lookup, then the reader's: it has joined
-            assert lookups.changed.wait_for(lambda: lookups.count >= 2, timeout=30)
+        lookups.wait_for(2)  # the hint's lookup, then the reader's: it has joined
         return "fetched ahead"
 
     readahead = Readahead(1, "test-readahead", flights=flights)

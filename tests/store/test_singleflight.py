@@ -6,27 +6,9 @@ import threading
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 import pytest
+from support.flights import CountingCalls
 
 from snapfs.store.singleflight import SingleFlight
-
-
-class _CountingCalls(dict):
-    """The table of calls under way, counting lookups: each caller looks its key up once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lookups = 0
-        self.changed = threading.Condition()
-
-    def get(self, key, default=None):
-        with self.changed:
-            self.lookups += 1
-            self.changed.notify_all()
-        return super().get(key, default)
-
-    def wait_for(self, n: int) -> None:
-        with self.changed:
-            assert self.changed.wait_for(lambda: self.lookups >= n, timeout=30)
 
 
 def _in_threads(n: int, call) -> list:
@@ -49,7 +31,7 @@ def _in_threads(n: int, call) -> list:
 
 def test_concurrent_callers_get_one_computation() -> None:
     flights: SingleFlight[str, bytes] = SingleFlight()
-    flights._calls = table = _CountingCalls()
+    flights._calls = table = CountingCalls()
     calls: list[int] = []
 
     def compute() -> bytes:
@@ -65,7 +47,7 @@ def test_concurrent_callers_get_one_computation() -> None:
 
 def test_an_error_reaches_every_caller_and_is_not_remembered() -> None:
     flights: SingleFlight[str, bytes] = SingleFlight()
-    flights._calls = table = _CountingCalls()
+    flights._calls = table = CountingCalls()
     calls: list[int] = []
 
     def failing() -> bytes:
@@ -94,7 +76,7 @@ def test_different_keys_do_not_wait_for_each_other() -> None:
 
 def test_start_runs_in_the_background_and_run_joins_it() -> None:
     flights: SingleFlight[str, str] = SingleFlight()
-    flights._calls = table = _CountingCalls()
+    flights._calls = table = CountingCalls()
     calls: list[str] = []
 
     def compute() -> str:
@@ -112,7 +94,7 @@ def test_start_runs_in_the_background_and_run_joins_it() -> None:
 
 def test_a_start_dropped_by_its_executor_releases_its_waiters() -> None:
     flights: SingleFlight[str, str] = SingleFlight()
-    flights._calls = table = _CountingCalls()
+    flights._calls = table = CountingCalls()
     release = threading.Event()
     pool = ThreadPoolExecutor(1)
     pool.submit(release.wait, 30)  # the one worker is busy: the next job waits in the queue
