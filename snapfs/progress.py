@@ -11,8 +11,9 @@ import sys
 class Progress:
     """A tqdm bar on stderr when it is a terminal; does nothing otherwise (scripts, --json)."""
 
-    def __init__(self, enabled: bool, desc: str = "restore") -> None:
+    def __init__(self, enabled: bool, desc: str = "restore", unit: str = "B") -> None:
         self._bar = None
+        self._unit = unit
         self._enabled = enabled
         self._desc = desc
         self._files = 0
@@ -22,8 +23,8 @@ class Progress:
         return cls(False)
 
     @classmethod
-    def for_terminal(cls, quiet: bool = False, desc: str = "restore") -> Progress:
-        return cls(not quiet and sys.stderr.isatty(), desc)
+    def for_terminal(cls, quiet: bool = False, desc: str = "restore", unit: str = "B") -> Progress:
+        return cls(not quiet and sys.stderr.isatty(), desc, unit)
 
     def start(self, total_bytes: int | None) -> None:
         if not self._enabled or self._bar is not None:
@@ -32,8 +33,8 @@ class Progress:
 
         self._bar = tqdm(
             total=total_bytes,
-            unit="B",
-            unit_scale=True,
+            unit=self._unit,
+            unit_scale=self._unit == "B",
             unit_divisor=1024,
             desc=self._desc,
             file=sys.stderr,

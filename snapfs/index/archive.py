@@ -39,6 +39,7 @@ __all__ = [
     "ArchiveIndex",
     "BuildCancelled",
     "BuildProgress",
+    "entry_extra",
     "index_file_name",
 ]
 
@@ -304,11 +305,11 @@ def _row(entry: Entry, parent: int, target: int | None) -> tuple:
         entry.content_offset,
         entry.link_target,
         device,
-        _extra(entry),
+        entry_extra(entry),
     )
 
 
-def _extra(entry: Entry) -> str | None:
+def entry_extra(entry: Entry) -> str | None:
     """The rare metadata as JSON (bytes as hex), or None when the entry has none."""
     extra: dict[str, object] = {}
     if entry.xattrs:

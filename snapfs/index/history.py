@@ -1,0 +1,499 @@
+"""HistoryIndex: every entry of every indexed pxar archive of a datastore, for search, diff and
+file history, in one SQLite database.
+
+Why this shape: a host backed up daily keeps nearly all of its files from one snapshot to the
+next, so one row per entry per snapshot would grow with snapshots x files. Instead each distinct
+*version* of an entry (its path, type, mode, owner, size, mtime, content hash and other metadata)
+is one row, and a *span* says in which snapshots of an archive series (one archive name of one
+backup group) it appears: from `first` to `last` backup time, `last` NULL while it is still in
+the series' newest indexed snapshot. Adding the next snapshot then touches only what changed in
+it: the spans of versions gone from it are closed, new versions open spans. A snapshot is in a
+span when its backup time lies within it, so pruning a snapshot deletes one archive row and
+leaves every span true of the snapshots that remain.
+
+Content is compared by a SHA-256 of each file's bytes, recorded when the archive is indexed
+(`IndexedEntry.content`); the builder (snapfs.history) decides how to obtain it cheaply.
+
+Each archive is added in one transaction with the marker that says its snapshot is done, so a
+crash mid-build leaves the index as it was before that archive, never with part of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from snapfs.errors import CorruptDataError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "HistoryIndex",
+    "IndexedEntry",
+    "Located",
+    "Series",
+    "SearchFilter",
+    "in_namespace",
+]
+
+SCHEMA_VERSION = 1
+#: An open span's end in comparisons: later than any backup time.
+_OPEN_END = 1 << 62
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    ns TEXT NOT NULL,          -- 'prod/db', '' for the root namespace
+    type TEXT NOT NULL,        -- vm, ct, host
+    bid TEXT NOT NULL,         -- backup id
+    archive TEXT NOT NULL,     -- 'root.pxar', as `snapfs ls` takes it
+    UNIQUE (ns, type, bid, archive)
+);
+CREATE TABLE IF NOT EXISTS archives (
+    series INTEGER NOT NULL,
+    time INTEGER NOT NULL,     -- the snapshot's backup time
+    csum BLOB NOT NULL,        -- the archive index's checksum: equal csum, equal entries
+    PRIMARY KEY (series, time)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS archives_by_csum ON archives (csum);
+CREATE TABLE IF NOT EXISTS snapshots (   -- snapshots whose archives are all in this index
+    ns TEXT NOT NULL, type TEXT NOT NULL, bid TEXT NOT NULL, time INTEGER NOT NULL,
+    key TEXT,                  -- fingerprint of the key its encrypted archives need, if any
+    PRIMARY KEY (ns, type, bid, time)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS paths (
+    id INTEGER PRIMARY KEY,
+    path BLOB NOT NULL UNIQUE, -- absolute inside the archive: b'/etc/hosts'
+    name BLOB NOT NULL         -- its last component, what a name glob matches
+);
+CREATE TABLE IF NOT EXISTS versions (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE,  -- digest of all the columns below: one row per distinct version
+    path INTEGER NOT NULL,
+    type TEXT NOT NULL,        -- f d l c b p s
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    content BLOB,              -- SHA-256 of a file's bytes
+    meta TEXT                  -- JSON: link target, device, xattrs, ACL, fcaps, flags
+);
+CREATE INDEX IF NOT EXISTS versions_by_path ON versions (path);
+CREATE TABLE IF NOT EXISTS spans (
+    series INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    first INTEGER NOT NULL,    -- backup times: the version is in every archive of the series
+    last INTEGER               -- from first to last; NULL: to the newest one
+);
+CREATE INDEX IF NOT EXISTS spans_by_series ON spans (series, first, last, version);
+CREATE INDEX IF NOT EXISTS spans_by_version ON spans (version);
+CREATE TABLE IF NOT EXISTS payload_hashes (  -- content hashes by where the bytes lie (see history)
+    place BLOB PRIMARY KEY, content BLOB NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class IndexedEntry(NamedTuple):
+    """One entry of an archive as the index keeps it."""
+
+    path: bytes
+    type: str  # f d l c b p s (a hard link is indexed as the file it names)
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    content: bytes | None
+    meta: str | None
+
+    @property
+    def name(self) -> bytes:
+        return self.path.rsplit(b"/", 1)[-1]
+
+    def key(self) -> bytes:
+        return hashlib.blake2b(repr(tuple(self)).encode(), digest_size=16).digest()
+
+
+@dataclass(frozen=True, order=True)
+class Series:
+    """One archive name of one backup group: the snapshots a version can span."""
+
+    ns: str
+    type: str
+    id: str
+    archive: str
+
+    @property
+    def group(self) -> str:
+        return f"{self.type}/{self.id}"
+
+
+class Located(NamedTuple):
+    """A version of an entry and one snapshot holding it (what search and history return)."""
+
+    series: Series
+    time: int
+    entry: IndexedEntry
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """What `snapfs search` selects; None means any."""
+
+    name_glob: str | None = None  # SQLite GLOB on the last path component
+    path_glob: str | None = None  # ... or on the whole path
+    ns: str | None = None  # this namespace and those below it
+    type: str | None = None
+    newer_ns: int | None = None  # mtime bounds, nanoseconds
+    older_ns: int | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+
+
+_VERSION_COLUMNS = "p.path, v.type, v.mode, v.uid, v.gid, v.size, v.mtime_ns, v.content, v.meta"
+
+
+class HistoryIndex:
+    """One SQLite database of archive histories: on disk (`open`) or in memory (`memory`,
+    `from_bytes`), the latter for what must not reach the disk in plain text."""
+
+    def __init__(self, db: sqlite3.Connection, where: str) -> None:
+        self._db = db
+        self.where = where
+        db.execute("PRAGMA foreign_keys = OFF")
+        with db:
+            db.executescript(_SCHEMA)
+            version = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if version is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            elif version[0] != SCHEMA_VERSION:
+                raise CorruptDataError(
+                    f"{where}: search index of schema {version[0]}, this snapfs reads "
+                    f"{SCHEMA_VERSION}; remove it (it is rebuilt from the datastore)"
+                )
+
+    @classmethod
+    def open(cls, path: str) -> HistoryIndex:
+        """The index file at `path`, created (mode 0600, folder 0700) if missing."""
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        try:
+            db = sqlite3.connect(path, timeout=60, check_same_thread=False)
+            db.execute("PRAGMA journal_mode = WAL")
+            return cls(db, path)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptDataError(f"{path}: not a snapfs search index ({exc})") from None
+
+    @classmethod
+    def memory(cls) -> HistoryIndex:
+        return cls(sqlite3.connect(":memory:", check_same_thread=False), "memory")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> HistoryIndex:
+        db = sqlite3.connect(":memory:", check_same_thread=False)
+        try:
+            db.deserialize(data)
+            return cls(db, where)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptDataError(f"{where}: not a snapfs search index ({exc})") from None
+
+    def to_bytes(self) -> bytes:
+        return self._db.serialize()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- what is indexed ----------------------------------------------------------------------------
+
+    def done_snapshots(self) -> dict[tuple[str, str, str, int], str | None]:
+        """(ns, type, id, time) of every snapshot fully indexed here -> its key fingerprint."""
+        rows = self._db.execute("SELECT ns, type, bid, time, key FROM snapshots")
+        return {(ns, t, b, time): key for ns, t, b, time, key in rows}
+
+    def archive_times(self, series: Series) -> list[int]:
+        sid = self._series_id(series, create=False)
+        if sid is None:
+            return []
+        rows = self._db.execute("SELECT time FROM archives WHERE series = ? ORDER BY time", (sid,))
+        return [t for (t,) in rows]
+
+    def all_series(self, ns: str | None = None) -> list[Series]:
+        rows = self._db.execute("SELECT ns, type, bid, archive FROM series ORDER BY 1, 2, 3, 4")
+        found = [Series(*row) for row in rows]
+        return [s for s in found if ns is None or in_namespace(s.ns, ns)]
+
+    def has_csum(self, csum: bytes) -> bool:
+        return self._twin(csum) is not None
+
+    def payload_hash(self, place: bytes) -> bytes | None:
+        row = self._db.execute(
+            "SELECT content FROM payload_hashes WHERE place = ?", (place,)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    # -- changing it --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def snapshot(
+        self, ns: str, type: str, bid: str, time: int, key: str | None
+    ) -> Iterator[SnapshotWriter]:
+        """Add a snapshot's archives; everything is kept at once when the block ends without an
+        exception, nothing of it otherwise."""
+        with self._db:
+            yield SnapshotWriter(self, ns, type, bid, time)
+            self._db.execute(
+                "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)",
+                (ns, type, bid, time, key),
+            )
+
+    def forget_snapshot(self, ns: str, type: str, bid: str, time: int) -> None:
+        """The snapshot is gone from the datastore (pruned): drop it, and what only it held."""
+        with self._db:
+            self._db.execute(
+                "DELETE FROM snapshots WHERE ns = ? AND type = ? AND bid = ? AND time = ?",
+                (ns, type, bid, time),
+            )
+            self._db.execute(
+                "DELETE FROM archives WHERE time = ? AND series IN "
+                "(SELECT id FROM series WHERE ns = ? AND type = ? AND bid = ?)",
+                (time, ns, type, bid),
+            )
+
+    def collect_garbage(self) -> None:
+        """Drop spans no remaining archive lies in, then versions and paths nothing refers to."""
+        with self._db:
+            self._db.execute(
+                "DELETE FROM spans WHERE NOT EXISTS (SELECT 1 FROM archives a WHERE "
+                "a.series = spans.series AND a.time BETWEEN spans.first "
+                f"AND coalesce(spans.last, {_OPEN_END}))"
+            )
+            self._db.execute(
+                "DELETE FROM versions WHERE NOT EXISTS "
+                "(SELECT 1 FROM spans s WHERE s.version = versions.id)"
+            )
+            self._db.execute(
+                "DELETE FROM paths WHERE NOT EXISTS "
+                "(SELECT 1 FROM versions v WHERE v.path = paths.id)"
+            )
+            self._db.execute(
+                "DELETE FROM series WHERE NOT EXISTS "
+                "(SELECT 1 FROM archives a WHERE a.series = series.id)"
+            )
+
+    def remember_payload_hash(self, place: bytes, content: bytes) -> None:
+        self._db.execute("INSERT OR IGNORE INTO payload_hashes VALUES (?, ?)", (place, content))
+
+    # -- queries ------------------------------------------------------------------------------------
+
+    def state(self, series: Series, time: int) -> dict[bytes, IndexedEntry]:
+        """Every entry of the series' archive at `time`, by path."""
+        sid = self._series_id(series, create=False)
+        if sid is None:
+            return {}
+        rows = self._db.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM spans s JOIN versions v ON v.id = s.version "
+            "JOIN paths p ON p.id = v.path WHERE s.series = ? AND s.first <= ? "
+            f"AND coalesce(s.last, {_OPEN_END}) >= ?",
+            (sid, time, time),
+        )
+        return {row[0]: IndexedEntry(*row) for row in rows}
+
+    def search(self, query: SearchFilter) -> Iterator[Located]:
+        """Every (snapshot, version) where the version matches, ordered by path then time."""
+        where, args = ["1"], []
+        if query.name_glob is not None:
+            where.append("CAST(p.name AS TEXT) GLOB ?")
+            args.append(query.name_glob)
+        if query.path_glob is not None:
+            where.append("CAST(p.path AS TEXT) GLOB ?")
+            args.append(query.path_glob)
+        for column, op, value in (
+            ("v.type", "=", query.type),
+            ("v.mtime_ns", ">=", query.newer_ns),
+            ("v.mtime_ns", "<=", query.older_ns),
+            ("v.size", ">=", query.min_size),
+            ("v.size", "<=", query.max_size),
+        ):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                args.append(value)
+        if query.ns:
+            where.append("(r.ns = ? OR r.ns GLOB ?)")
+            args.extend([query.ns, _glob_escape(query.ns) + "/*"])
+        # Paths first: a GLOB over the distinct paths is a scan of one small table.
+        rows = self._db.execute(
+            f"SELECT r.ns, r.type, r.bid, r.archive, a.time, {_VERSION_COLUMNS} "
+            "FROM paths p JOIN versions v ON v.path = p.id JOIN spans s ON s.version = v.id "
+            "JOIN series r ON r.id = s.series JOIN archives a ON a.series = s.series "
+            f"AND a.time BETWEEN s.first AND coalesce(s.last, {_OPEN_END}) "
+            f"WHERE {' AND '.join(where)} ORDER BY p.path, r.ns, r.type, r.bid, r.archive, a.time",
+            args,
+        )
+        for row in rows:
+            yield Located(Series(*row[:4]), row[4], IndexedEntry(*row[5:]))
+
+    def history(self, series: Iterable[Series], path: bytes) -> Iterator[Located]:
+        """Every archive of these series holding `path`, with the version it holds, by time."""
+        for one in series:
+            sid = self._series_id(one, create=False)
+            if sid is None:
+                continue
+            rows = self._db.execute(
+                f"SELECT a.time, {_VERSION_COLUMNS} FROM paths p "
+                "JOIN versions v ON v.path = p.id JOIN spans s ON s.version = v.id "
+                "JOIN archives a ON a.series = s.series "
+                f"AND a.time BETWEEN s.first AND coalesce(s.last, {_OPEN_END}) "
+                "WHERE p.path = ? AND s.series = ? ORDER BY a.time",
+                (path, sid),
+            )
+            for row in rows:
+                yield Located(one, row[0], IndexedEntry(*row[1:]))
+
+    def children(
+        self, series: Series, directory: bytes
+    ) -> dict[bytes, list[tuple[int, IndexedEntry]]]:
+        """The union over the series' archives of what `directory` holds: name -> every
+        (time, version) holding it, by time. What a `.versions` directory lists."""
+        sid = self._series_id(series, create=False)
+        if sid is None:
+            return {}
+        prefix = directory.rstrip(b"/") + b"/"
+        rows = self._db.execute(
+            f"SELECT a.time, {_VERSION_COLUMNS} FROM paths p "
+            "JOIN versions v ON v.path = p.id JOIN spans s ON s.version = v.id "
+            "JOIN archives a ON a.series = s.series "
+            f"AND a.time BETWEEN s.first AND coalesce(s.last, {_OPEN_END}) "
+            "WHERE s.series = ? AND p.path > ? AND p.path < ? ORDER BY a.time",
+            (sid, prefix, prefix[:-1] + b"0"),  # '0' follows '/': every path below the directory
+        )
+        found: dict[bytes, list[tuple[int, IndexedEntry]]] = {}
+        for row in rows:
+            entry = IndexedEntry(*row[1:])
+            rest = entry.path[len(prefix) :]
+            if b"/" not in rest:
+                found.setdefault(rest, []).append((row[0], entry))
+        return found
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _series_id(self, series: Series, *, create: bool) -> int | None:
+        values = (series.ns, series.type, series.id, series.archive)
+        row = self._db.execute(
+            "SELECT id FROM series WHERE ns = ? AND type = ? AND bid = ? AND archive = ?", values
+        ).fetchone()
+        if row is not None or not create:
+            return None if row is None else row[0]
+        return self._db.execute(
+            "INSERT INTO series (ns, type, bid, archive) VALUES (?, ?, ?, ?)", values
+        ).lastrowid
+
+    def _twin(self, csum: bytes) -> tuple[int, int] | None:
+        return self._db.execute(
+            "SELECT series, time FROM archives WHERE csum = ? LIMIT 1", (csum,)
+        ).fetchone()
+
+    def _version_id(self, entry: IndexedEntry, key: bytes) -> int:
+        row = self._db.execute("SELECT id FROM versions WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return row[0]
+        self._db.execute(
+            "INSERT OR IGNORE INTO paths (path, name) VALUES (?, ?)", (entry.path, entry.name)
+        )
+        (path_id,) = self._db.execute(
+            "SELECT id FROM paths WHERE path = ?", (entry.path,)
+        ).fetchone()
+        return self._db.execute(
+            "INSERT INTO versions (key, path, type, mode, uid, gid, size, mtime_ns, content, meta)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, path_id, *entry[1:]),
+        ).lastrowid
+
+    def _add_archive(
+        self, series: Series, time: int, csum: bytes, entries: Iterable[IndexedEntry] | None
+    ) -> int:
+        """Record the archive; `entries` None copies them from an archive with the same csum.
+        Returns how many entries it holds."""
+        sid = self._series_id(series, create=True)
+        if entries is None:
+            twin = self._twin(csum)
+            if twin is None:
+                raise CorruptDataError(f"{self.where}: no indexed archive with csum {csum.hex()}")
+            keys = self._keys_at(*twin)
+        else:
+            keys = {}
+            for entry in entries:
+                keys[entry.key()] = entry
+        self._db.execute("DELETE FROM archives WHERE series = ? AND time = ?", (sid, time))
+        later = self._db.execute(
+            "SELECT 1 FROM archives WHERE series = ? AND time > ? LIMIT 1", (sid, time)
+        ).fetchone()
+        covering = self._db.execute(
+            "SELECT s.rowid, v.key, s.version, s.first, s.last FROM spans s "
+            "JOIN versions v ON v.id = s.version WHERE s.series = ? AND s.first <= ? "
+            f"AND coalesce(s.last, {_OPEN_END}) >= ?",
+            (sid, time, time),
+        ).fetchall()
+        held = set()
+        for rowid, key, version, first, last in covering:
+            if key in keys:
+                held.add(key)
+                continue
+            # The span claims this archive, which does not hold its version: cut the time out.
+            if first < time:
+                self._db.execute("UPDATE spans SET last = ? WHERE rowid = ?", (time - 1, rowid))
+            else:
+                self._db.execute("DELETE FROM spans WHERE rowid = ?", (rowid,))
+            if later and (last is None or last > time):
+                self._db.execute(
+                    "INSERT INTO spans VALUES (?, ?, ?, ?)", (sid, version, time + 1, last)
+                )
+        new_last = time if later else None
+        for key, entry in keys.items():
+            if key in held:
+                continue
+            version = entry if isinstance(entry, int) else self._version_id(entry, key)
+            self._db.execute(
+                "INSERT INTO spans VALUES (?, ?, ?, ?)", (sid, version, time, new_last)
+            )
+        self._db.execute("INSERT INTO archives VALUES (?, ?, ?)", (sid, time, csum))
+        return len(keys)
+
+    def _keys_at(self, sid: int, time: int) -> dict[bytes, int]:
+        rows = self._db.execute(
+            "SELECT v.key, v.id FROM spans s JOIN versions v ON v.id = s.version "
+            f"WHERE s.series = ? AND s.first <= ? AND coalesce(s.last, {_OPEN_END}) >= ?",
+            (sid, time, time),
+        )
+        return dict(rows)
+
+
+class SnapshotWriter:
+    """Adds the archives of one snapshot inside `HistoryIndex.snapshot`'s transaction."""
+
+    def __init__(self, index: HistoryIndex, ns: str, type: str, bid: str, time: int) -> None:
+        self._index = index
+        self._where = (ns, type, bid)
+        self.time = time
+
+    def add(self, archive: str, csum: bytes, entries: Iterable[IndexedEntry] | None) -> int:
+        """Record one archive's entries (None: an archive of the same csum is indexed already,
+        copy its entries); returns how many it holds."""
+        return self._index._add_archive(Series(*self._where, archive), self.time, csum, entries)
+
+
+def in_namespace(ns: str, scope: str) -> bool:
+    """Whether namespace `ns` is `scope` or below it (every namespace is below the root, '')."""
+    return not scope or ns == scope or ns.startswith(scope + "/")
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally by SQLite GLOB."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)

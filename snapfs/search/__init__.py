@@ -1,0 +1,1 @@
+"""Search, diff and file history across every snapshot of a datastore."""

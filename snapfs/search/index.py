@@ -1,0 +1,364 @@
+"""SearchIndex: the search index of one datastore, and how it is kept current.
+
+Two parts: a plain SQLite file (snapfs.index.history) for unencrypted archives, and, when a key
+is given, a sealed file (snapfs.search.sealed) for the archives encrypted with that key. A
+refresh lists the datastore (listings only: a snapshot already indexed is never read again),
+drops what was pruned, and indexes each new snapshot in its own transaction: an archive whose
+index checksum is indexed already is copied, not parsed. Nothing is written to the datastore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from snapfs.errors import SnapfsError
+from snapfs.format.archive_names import ArchiveKind, PxarNames, archive_kind
+from snapfs.format.crypt import CryptConfig, format_fingerprint
+from snapfs.format.manifest import Manifest
+from snapfs.index.history import (
+    HistoryIndex,
+    IndexedEntry,
+    Located,
+    SearchFilter,
+    Series,
+    in_namespace,
+)
+from snapfs.progress import Progress
+from snapfs.pxar.accessor import Accessor
+from snapfs.search.entries import HashCache, archive_entries
+from snapfs.search.sealed import seal, sealed_path, unseal
+from snapfs.store.cache import ChunkCache
+from snapfs.store.datastore import Datastore, Group, Snapshot
+from snapfs.store.readahead import ForwardReader, Readahead
+from snapfs.views.archives import SnapshotReader
+
+log = logging.getLogger("snapfs.search")
+
+__all__ = ["RefreshReport", "SearchIndex", "default_index_path", "pxar_archives"]
+
+#: Threads decoding chunks ahead of the indexing walk (zstd, AES and SHA-256 release the GIL).
+DECODERS = 2
+#: Chunks kept decoded while indexing: the walk's window and the hashing reads behind it.
+CACHE_SIZE = 64 << 20
+
+SnapshotKey = tuple[str, str, str, int]  # ns, type, id, time
+
+
+def default_index_path(source: str, endpoint_url: str | None = None) -> str:
+    """`$XDG_CACHE_HOME/snapfs/search/<digest of the source>.sqlite` (`~/.cache/...`): one
+    index per datastore, shared by every command and the mount that read it."""
+    if source.startswith("s3://"):
+        identity = f"{source} {endpoint_url or ''}"
+    else:
+        identity = os.path.realpath(source)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:24]
+    return os.path.join(base, "snapfs", "search", f"{digest}.sqlite")
+
+
+def pxar_archives(manifest: Manifest) -> dict[str, PxarNames]:
+    """The pxar archives of a snapshot, unified or split, by the name users give them."""
+    found = {}
+    for file in manifest.files:
+        if archive_kind(file.filename) in (ArchiveKind.PXAR, ArchiveKind.PXAR_META):
+            names = PxarNames.of(file.filename)
+            found[names.name] = names
+    return found
+
+
+def snapshot_key(snapshot: Snapshot) -> SnapshotKey:
+    group = snapshot.group
+    return ("/".join(group.ns), group.type, group.id, snapshot.time)
+
+
+@dataclass
+class RefreshReport:
+    """What a refresh did, for `snapfs index` and the lines search prints on stderr."""
+
+    snapshots: int = 0  # on the datastore, in scope
+    indexed: int = 0  # snapshots added by this refresh
+    archives: int = 0  # archives parsed
+    copied: int = 0  # archives whose index checksum was indexed already
+    entries: int = 0
+    pruned: int = 0
+    hashed: int = 0  # files whose bytes were read to hash them
+    reused_hashes: int = 0  # files whose hash was known by where their bytes lie
+    seconds: float = 0.0
+    incomplete: list[str] = field(default_factory=list)
+    need_key: dict[str, list[str]] = field(default_factory=dict)  # fingerprint -> snapshots
+    failed: list[str] = field(default_factory=list)  # one line each
+
+    def to_value(self) -> dict:
+        return dict(self.__dict__)
+
+    def warnings(self) -> list[str]:
+        """One line per thing the index does not cover, for stderr."""
+        lines = [f"not indexed: {line}" for line in self.failed]
+        if self.incomplete:
+            lines.append(
+                f"{len(self.incomplete)} incomplete snapshot(s) not indexed "
+                f"(no manifest yet), e.g. {self.incomplete[0]}"
+            )
+        for fingerprint, snapshots in self.need_key.items():
+            lines.append(
+                f"{len(snapshots)} snapshot(s) with archives encrypted with key {fingerprint} "
+                f"not searched (give that --keyfile), e.g. {snapshots[0]}"
+            )
+        return lines
+
+
+class SearchIndex:
+    """The plain index file of a datastore and, with a key, the sealed part of that key."""
+
+    def __init__(self, path: str, crypt: CryptConfig | None = None) -> None:
+        self.path = path
+        self.crypt = crypt
+        self.plain = HistoryIndex.open(path)
+        self.private: HistoryIndex | None = None
+        if crypt is not None:
+            where = sealed_path(path, crypt)
+            data = unseal(where, crypt)
+            self.private = (
+                HistoryIndex.memory() if data is None else HistoryIndex.from_bytes(data, where)
+            )
+
+    @property
+    def parts(self) -> list[HistoryIndex]:
+        return [self.plain] + ([self.private] if self.private is not None else [])
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+    def save(self) -> None:
+        """Seal the private part to disk (the plain part commits as it goes)."""
+        if self.private is not None and self.crypt is not None:
+            seal(self.private.to_bytes(), self.crypt, sealed_path(self.path, self.crypt))
+
+    # -- queries over both parts ------------------------------------------------------------------
+
+    def search(self, query: SearchFilter) -> list[Located]:
+        found = [hit for part in self.parts for hit in part.search(query)]
+        found.sort(key=lambda hit: (hit.entry.path, hit.series, hit.time))
+        return found
+
+    def series(self, ns: str | None = None) -> list[Series]:
+        return sorted({s for part in self.parts for s in part.all_series(ns)})
+
+    def archive_times(self, series: Series) -> list[int]:
+        return sorted({t for part in self.parts for t in part.archive_times(series)})
+
+    def state(self, series: Series, at: int) -> dict[bytes, IndexedEntry]:
+        found: dict[bytes, IndexedEntry] = {}
+        for part in self.parts:
+            found.update(part.state(series, at))
+        return found
+
+    def history(self, series: Iterable[Series], path: bytes) -> list[Located]:
+        wanted = list(series)
+        found = [hit for part in self.parts for hit in part.history(wanted, path)]
+        found.sort(key=lambda hit: (hit.time, hit.series))
+        return found
+
+    def children(
+        self, series: Series, directory: bytes
+    ) -> dict[bytes, list[tuple[int, IndexedEntry]]]:
+        found: dict[bytes, list[tuple[int, IndexedEntry]]] = {}
+        for part in self.parts:
+            for name, held in part.children(series, directory).items():
+                found.setdefault(name, []).extend(held)
+        return found
+
+    def has_snapshot(self, snapshot: Snapshot) -> bool:
+        return snapshot_key(snapshot) in self.plain.done_snapshots()
+
+    # -- refresh ------------------------------------------------------------------------------------
+
+    def refresh(
+        self,
+        datastore: Datastore,
+        ns: tuple[str, ...] = (),
+        progress: Progress | None = None,
+        *,
+        group: Group | None = None,
+    ) -> RefreshReport:
+        """Bring the index up to the datastore's snapshots in `ns` and below (or of `group`)."""
+        start = time.perf_counter()
+        report = RefreshReport()
+        progress = progress or Progress.disabled()
+        groups = (
+            [group]
+            if group is not None
+            else [
+                g for namespace in datastore.all_namespaces(ns) for g in datastore.groups(namespace)
+            ]
+        )
+        on_store = {snapshot_key(s): s for g in groups for s in datastore.snapshots(g)}
+        report.snapshots = len(on_store)
+        scope = "/".join(ns)
+
+        def in_scope(key: SnapshotKey) -> bool:
+            if group is not None:
+                return key[:3] == ("/".join(group.ns), group.type, group.id)
+            return in_namespace(key[0], scope)
+
+        for part in self.parts:
+            gone = [key for key in part.done_snapshots() if key not in on_store and in_scope(key)]
+            for key in gone:
+                part.forget_snapshot(*key)
+            if gone:
+                part.collect_garbage()
+            if part is self.plain:
+                report.pruned = len(gone)
+        plain_done = self.plain.done_snapshots()
+        private_done = self.private.done_snapshots() if self.private is not None else {}
+        mine = format_fingerprint(self.crypt.fingerprint) if self.crypt is not None else None
+        todo = []
+        for key, snapshot in on_store.items():
+            if key not in plain_done:
+                todo.append(snapshot)
+            elif plain_done[key] is not None:
+                if plain_done[key] == mine and key not in private_done:
+                    todo.append(snapshot)
+                elif plain_done[key] != mine:
+                    report.need_key.setdefault(plain_done[key], []).append(str(snapshot))
+        todo.sort(key=lambda s: (s.time, s))
+        progress.start(len(todo))
+        cache = ChunkCache(CACHE_SIZE)
+        readahead = Readahead(DECODERS, "snapfs-search-decode")
+        try:
+            for snapshot in todo:
+                self._index_snapshot(datastore, snapshot, cache, readahead, report)
+                progress.update(1)
+        finally:
+            readahead.close()
+            progress.close()
+            self.save()
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _index_snapshot(
+        self,
+        datastore: Datastore,
+        snapshot: Snapshot,
+        cache: ChunkCache,
+        readahead: Readahead,
+        report: RefreshReport,
+    ) -> None:
+        name = _label(snapshot)
+        info = datastore.snapshot_info(snapshot)
+        if info.manifest is None:
+            if info.problem:
+                report.failed.append(f"{name}: {info.problem}")
+            else:
+                report.incomplete.append(name)
+            return
+        manifest = info.manifest
+        archives = pxar_archives(manifest)
+        encrypted = {
+            a for a, names in archives.items() if _crypt_mode(manifest, names) == "encrypt"
+        }
+        needed = format_fingerprint(manifest.key_fingerprint) if manifest.key_fingerprint else None
+        if encrypted and needed is None:
+            needed = "unknown"
+        have_key = (
+            self.crypt is not None
+            and self.private is not None
+            and manifest.key_fingerprint in (None, self.crypt.fingerprint)
+        )
+        key = snapshot_key(snapshot)
+        try:
+            done_plain = key in self.plain.done_snapshots()
+            reader = SnapshotReader(datastore, snapshot, self.crypt if have_key else None, cache)
+            if not done_plain:
+                with self.plain.snapshot(*key, needed if encrypted else None) as writer:
+                    for archive in sorted(set(archives) - encrypted):
+                        self._index_archive(
+                            writer, self.plain, reader, archives[archive], readahead, report
+                        )
+            if encrypted and have_key:
+                assert self.private is not None
+                with self.private.snapshot(*key, needed) as writer:
+                    for archive in sorted(encrypted):
+                        self._index_archive(
+                            writer, self.private, reader, archives[archive], readahead, report
+                        )
+            elif encrypted:
+                report.need_key.setdefault(needed or "unknown", []).append(name)
+        except SnapfsError as exc:
+            report.failed.append(f"{name}: {exc}")
+            log.warning("%s: not indexed: %s", name, exc)
+            return
+        report.indexed += 1
+
+    def _index_archive(
+        self,
+        writer,
+        part: HistoryIndex,
+        reader: SnapshotReader,
+        names: PxarNames,
+        readahead: Readahead,
+        report: RefreshReport,
+    ) -> None:
+        manifest = reader.manifest
+        files = {f.filename: f for f in manifest.files}
+        split = names.meta in files and names.unified not in files
+        if split:
+            payload = files.get(names.payload)
+            csum = hashlib.sha256(
+                files[names.meta].csum + (payload.csum if payload else b"")
+            ).digest()
+        else:
+            csum = files[names.unified].csum
+        if part.has_csum(csum):
+            report.entries += writer.add(names.name, csum, None)
+            report.copied += 1
+            return
+        if split:
+            meta_stream = reader.stream(names.meta)
+            payload_stream = reader.stream(names.payload)
+            accessor = Accessor(
+                ForwardReader(meta_stream, readahead),
+                ForwardReader(payload_stream, readahead),
+                name=f"{reader.snapshot}/{names.name}",
+            )
+            content_index = payload_stream.index
+        else:
+            stream = reader.stream(names.unified)
+            accessor = Accessor(
+                ForwardReader(stream, readahead), name=f"{reader.snapshot}/{names.name}"
+            )
+            content_index = stream.index
+        hashes = HashCache(part.payload_hash, part.remember_payload_hash)
+        report.entries += writer.add(
+            names.name, csum, archive_entries(accessor, content_index, hashes)
+        )
+        report.archives += 1
+        report.hashed += hashes.hashed
+        report.reused_hashes += hashes.reused
+
+
+def _crypt_mode(manifest: Manifest, names: PxarNames) -> str:
+    files = {f.filename: f for f in manifest.files}
+    file = files.get(names.unified) or files[names.meta]
+    return file.crypt_mode
+
+
+def _label(snapshot: Snapshot) -> str:
+    ns = "/".join(snapshot.group.ns)
+    return f"{ns}:{snapshot}" if ns else str(snapshot)
+
+
+@contextlib.contextmanager
+def opened(path: str, crypt: CryptConfig | None) -> Iterator[SearchIndex]:
+    index = SearchIndex(path, crypt)
+    try:
+        yield index
+    finally:
+        index.close()
