@@ -137,8 +137,7 @@ def _diff_pxar(
     readers: list[SnapshotReader] | None,
 ) -> Iterator[Change]:
     for snapshot in (a, b):
-        if not index.has_snapshot(snapshot):
-            raise NotFoundError(f"snapshot {snapshot} is not in the search index")
+        index.require_snapshot(snapshot)
     old = index.state(_series(a, name), a.time)
     new = index.state(_series(b, name), b.time)
     for entry_path in sorted(old.keys() | new.keys()):

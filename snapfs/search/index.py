@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from snapfs.errors import SnapfsError
+from snapfs.errors import KeyRequiredError, NotFoundError, SnapfsError
 from snapfs.format.archive_names import ArchiveKind, PxarNames, archive_kind
 from snapfs.format.crypt import CryptConfig, format_fingerprint
 from snapfs.format.manifest import Manifest
@@ -175,8 +175,23 @@ class SearchIndex:
                 found.setdefault(name, []).extend(held)
         return found
 
-    def has_snapshot(self, snapshot: Snapshot) -> bool:
-        return snapshot_key(snapshot) in self.plain.done_snapshots()
+    def require_snapshot(self, snapshot: Snapshot) -> None:
+        """Raise, saying why, unless every pxar archive of `snapshot` is in the index."""
+        key = snapshot_key(snapshot)
+        plain = self.plain.done_snapshots()
+        if key not in plain:
+            raise NotFoundError(
+                f"snapshot {_label(snapshot)} is not in the search index "
+                "(incomplete or unreadable: `snapfs index` says why)"
+            )
+        needed = plain[key]
+        if needed is not None and (
+            self.private is None or key not in self.private.done_snapshots()
+        ):
+            raise KeyRequiredError(
+                f"snapshot {_label(snapshot)} has archives encrypted with key {needed}; "
+                "give it with --keyfile"
+            )
 
     # -- refresh ------------------------------------------------------------------------------------
 
@@ -291,9 +306,10 @@ class SearchIndex:
                         )
             elif encrypted:
                 report.need_key.setdefault(needed or "unknown", []).append(name)
+                return
         except SnapfsError as exc:
             report.failed.append(f"{name}: {exc}")
-            log.warning("%s: not indexed: %s", name, exc)
+            log.info("%s: not indexed: %s", name, exc)
             return
         report.indexed += 1
 

@@ -106,27 +106,34 @@ def _describe(entry: IndexedEntry) -> str:
     return f"{kind} {entry.uid}:{entry.gid} {entry.size} B, mtime {_mtime(entry.mtime_ns)}{content}"
 
 
-def version_line(version: FileVersion) -> str:
+def _held_line(version: FileVersion) -> str:
     where = f"{version.series.ns}:" if version.series.ns else ""
     span = format_backup_time(version.first)
     if len(version.times) > 1:
         span += f" .. {format_backup_time(version.last)}"
+    count = len(version.times)
     return (
-        f"  {_describe(version.entry)}\n    in {where}{version.series.group} "
-        f"{version.series.archive}: {span} ({len(version.times)} snapshot"
-        f"{'s' if len(version.times) != 1 else ''})"
+        f"    in {where}{version.series.group} {version.series.archive}: {span} "
+        f"({count} snapshot{'s' if count != 1 else ''})"
     )
 
 
+def version_line(version: FileVersion) -> str:
+    """A version and the snapshots of its series holding it, two lines."""
+    return f"  {_describe(version.entry)}\n{_held_line(version)}"
+
+
 def format_hits(hits: Iterable[Located]) -> str:
-    """Search results grouped by path: each version and the snapshots holding it."""
-    lines: list[str] = []
-    current = None
+    """Search results grouped by path, then by version: where each version is held."""
+    by_path: dict[bytes, dict[IndexedEntry, list[FileVersion]]] = {}
     for version in distinct_versions(hits):
-        if version.entry.path != current:
-            current = version.entry.path
-            lines.append(show_name(current))
-        lines.append(version_line(version))
+        by_path.setdefault(version.entry.path, {}).setdefault(version.entry, []).append(version)
+    lines: list[str] = []
+    for path, versions in by_path.items():
+        lines.append(show_name(path))
+        for entry, held in versions.items():
+            lines.append(f"  {_describe(entry)}")
+            lines.extend(_held_line(version) for version in held)
     return "".join(line + "\n" for line in lines)
 
 
