@@ -306,6 +306,32 @@ class HistoryIndex:
         )
         return {row[0]: IndexedEntry(*row) for row in rows}
 
+    def difference(
+        self, series: Series, a: int, b: int
+    ) -> tuple[dict[bytes, IndexedEntry], dict[bytes, IndexedEntry]]:
+        """The entries of the series' archives at `a` and at `b` that the other does not hold,
+        by path: what a diff of two snapshots of one series needs, found from the spans alone
+        (a version both hold is never read)."""
+        sid = self._series_id(series, create=False)
+        if sid is None:
+            return {}, {}
+        covers_a = f"(s.first <= :a AND coalesce(s.last, {_OPEN_END}) >= :a)"
+        covers_b = f"(s.first <= :b AND coalesce(s.last, {_OPEN_END}) >= :b)"
+        rows = self._db.execute(
+            f"SELECT {covers_a}, {_VERSION_COLUMNS} FROM spans s "
+            "JOIN versions v ON v.id = s.version JOIN paths p ON p.id = v.path "
+            "WHERE s.series = :sid AND s.first <= max(:a, :b) "
+            f"AND coalesce(s.last, {_OPEN_END}) >= min(:a, :b) AND {covers_a} != {covers_b}",
+            {"sid": sid, "a": a, "b": b},
+        )
+        only: tuple[dict[bytes, IndexedEntry], dict[bytes, IndexedEntry]] = ({}, {})
+        for row in rows:
+            only[0 if row[0] else 1][row[1]] = IndexedEntry(*row[1:])
+        # A version both hold through two spans (it left the series and came back) is no change.
+        for path in [p for p, entry in only[0].items() if only[1].get(p) == entry]:
+            del only[0][path], only[1][path]
+        return only
+
     def search(self, query: SearchFilter) -> Iterator[Located]:
         """Every (snapshot, version) where the version matches, ordered by path then time."""
         where, args = ["1"], []

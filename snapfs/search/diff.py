@@ -138,8 +138,11 @@ def _diff_pxar(
 ) -> Iterator[Change]:
     for snapshot in (a, b):
         index.require_snapshot(snapshot)
-    old = index.state(_series(a, name), a.time)
-    new = index.state(_series(b, name), b.time)
+    series_a, series_b = _series(a, name), _series(b, name)
+    if series_a == series_b:
+        old, new = index.difference(series_a, a.time, b.time)
+    else:
+        old, new = index.state(series_a, a.time), index.state(series_b, b.time)
     for entry_path in sorted(old.keys() | new.keys()):
         if path is not None and not _below(entry_path, path):
             continue

@@ -160,6 +160,16 @@ class SearchIndex:
             found.update(part.state(series, at))
         return found
 
+    def difference(
+        self, series: Series, a: int, b: int
+    ) -> tuple[dict[bytes, IndexedEntry], dict[bytes, IndexedEntry]]:
+        only: tuple[dict[bytes, IndexedEntry], dict[bytes, IndexedEntry]] = ({}, {})
+        for part in self.parts:
+            old, new = part.difference(series, a, b)
+            only[0].update(old)
+            only[1].update(new)
+        return only
+
     def history(self, series: Iterable[Series], path: bytes) -> list[Located]:
         wanted = list(series)
         found = [hit for part in self.parts for hit in part.history(wanted, path)]

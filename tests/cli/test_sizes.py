@@ -25,13 +25,20 @@ MINIMUM = {
     "--cache-size": (4 * M, "4M"),
     "--cache-dir-size": (8 * M, "8M"),
     "--rate-limit": (1, "1"),
+    "--min-size": (0, "0"),
+    "--max-size": (0, "0"),
 }
-SOURCE_COMMANDS = ["snapshots", "cat", "ls", "find", "restore", "verify", "mount", "nbd", "map"]
+SOURCE_COMMANDS = [
+    *("snapshots", "cat", "ls", "find", "index", "search", "diff", "versions"),
+    *("restore", "verify", "mount", "nbd", "map"),
+]
 #: Which commands take which size option; a new one must be added here (and gets checked).
 COMMANDS = {
     "--cache-size": ["mount", "nbd", "map"],
     "--cache-dir-size": SOURCE_COMMANDS,
     "--rate-limit": SOURCE_COMMANDS,
+    "--min-size": ["search"],
+    "--max-size": ["search"],
 }
 #: Positional arguments that satisfy each command's parser.
 POSITIONALS = {
@@ -39,6 +46,10 @@ POSITIONALS = {
     "cat": ["/srv/ds", IMG, "qemu-server.conf"],
     "ls": ["/srv/ds", PXAR, "root.pxar"],
     "find": ["/srv/ds", PXAR, "root.pxar", "*.conf"],
+    "index": ["/srv/ds"],
+    "search": ["/srv/ds", "*.conf"],
+    "diff": ["/srv/ds", PXAR, PXAR],
+    "versions": ["/srv/ds", "host/testhost", "root.pxar/etc/hosts"],
     "restore": ["/srv/ds", PXAR, "root.pxar", "/tmp/target"],
     "verify": ["/srv/ds"],
     "mount": ["/srv/ds", "/mnt"],

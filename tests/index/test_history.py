@@ -65,6 +65,15 @@ def _check(index: HistoryIndex, model: dict) -> None:
     assert set(index.done_snapshots()) == set(model)
     for (ns, type_, bid, when), entries in model.items():
         assert index.state(Series(ns, type_, bid, "root.pxar"), when) == entries
+    for (ns, type_, bid, a), old in model.items():
+        for (ns_b, type_b, bid_b, b), new in model.items():
+            if (ns, type_, bid) != (ns_b, type_b, bid_b):
+                continue
+            only = index.difference(Series(ns, type_, bid, "root.pxar"), a, b)
+            assert only == (
+                {p: e for p, e in old.items() if new.get(p) != e},
+                {p: e for p, e in new.items() if old.get(p) != e},
+            )
     found = {
         ((hit.series.ns, hit.series.type, hit.series.id, hit.time), hit.entry)
         for hit in index.search(SearchFilter(name_glob="*.conf"))
