@@ -446,31 +446,44 @@ class HistoryIndex:
         self, series: Series, time: int, csum: bytes, entries: Iterable[IndexedEntry] | None
     ) -> int:
         """Record the archive; `entries` None copies them from an archive with the same csum.
-        Returns how many entries it holds."""
+        Returns how many entries it holds. Entries stream through: what stays in memory is the
+        keys of the versions the series held at `time` before, not the archive's entries."""
         sid = self._series_id(series, create=True)
         if entries is None:
             twin = self._twin(csum)
             if twin is None:
                 raise CorruptDataError(f"{self.where}: no indexed archive with csum {csum.hex()}")
-            keys = self._keys_at(*twin)
+            incoming: Iterable[tuple[bytes, IndexedEntry | int]] = self._keys_at(*twin).items()
         else:
-            keys = {}
-            for entry in entries:
-                keys[entry.key()] = entry
+            incoming = ((entry.key(), entry) for entry in entries)
         self._db.execute("DELETE FROM archives WHERE series = ? AND time = ?", (sid, time))
         later = self._db.execute(
             "SELECT 1 FROM archives WHERE series = ? AND time > ? LIMIT 1", (sid, time)
         ).fetchone()
-        covering = self._db.execute(
-            "SELECT s.rowid, v.key, s.version, s.first, s.last FROM spans s "
-            "JOIN versions v ON v.id = s.version WHERE s.series = ? AND s.first <= ? "
-            f"AND coalesce(s.last, {_OPEN_END}) >= ?",
-            (sid, time, time),
-        ).fetchall()
+        # Spans that claim `time` already: kept if the archive holds their version, else cut.
+        covering = {
+            key: (rowid, version, first, last)
+            for rowid, key, version, first, last in self._db.execute(
+                "SELECT s.rowid, v.key, s.version, s.first, s.last FROM spans s "
+                "JOIN versions v ON v.id = s.version WHERE s.series = ? AND s.first <= ? "
+                f"AND coalesce(s.last, {_OPEN_END}) >= ?",
+                (sid, time, time),
+            )
+        }
+        new_last = time if later else None
         held = set()
-        for rowid, key, version, first, last in covering:
-            if key in keys:
+        count = 0
+        for key, entry in incoming:
+            count += 1
+            if key in covering:
                 held.add(key)
+                continue
+            version = entry if isinstance(entry, int) else self._version_id(entry, key)
+            self._db.execute(
+                "INSERT INTO spans VALUES (?, ?, ?, ?)", (sid, version, time, new_last)
+            )
+        for key, (rowid, version, first, last) in covering.items():
+            if key in held:
                 continue
             # The span claims this archive, which does not hold its version: cut the time out.
             if first < time:
@@ -481,16 +494,8 @@ class HistoryIndex:
                 self._db.execute(
                     "INSERT INTO spans VALUES (?, ?, ?, ?)", (sid, version, time + 1, last)
                 )
-        new_last = time if later else None
-        for key, entry in keys.items():
-            if key in held:
-                continue
-            version = entry if isinstance(entry, int) else self._version_id(entry, key)
-            self._db.execute(
-                "INSERT INTO spans VALUES (?, ?, ?, ?)", (sid, version, time, new_last)
-            )
         self._db.execute("INSERT INTO archives VALUES (?, ?, ?)", (sid, time, csum))
-        return len(keys)
+        return count
 
     def _keys_at(self, sid: int, time: int) -> dict[bytes, int]:
         rows = self._db.execute(
