@@ -1,0 +1,1 @@
+"""`snapfs serve`: the datastore the mount shows, browsed, searched and downloaded over HTTP."""
