@@ -17,14 +17,14 @@ import traceback
 from collections.abc import Callable
 
 from snapfs import logs
-from snapfs.cli import backup, browse, key, mapping, mount, nbd, restore, search, verify
+from snapfs.cli import backup, browse, key, mapping, mount, nbd, restore, search, serve, verify
 from snapfs.cli._common import EXIT_ERROR, EXIT_USAGE, Parser, add_log_options
 from snapfs.errors import SnapfsError, UsageError
 
 log = logging.getLogger("snapfs")
 
 #: In the order `snapfs --help` lists their commands.
-COMMAND_MODULES = (browse, search, key, backup, restore, verify, mount, nbd, mapping)
+COMMAND_MODULES = (browse, search, key, backup, restore, verify, mount, nbd, mapping, serve)
 
 #: One or more examples per subcommand, shown by `snapfs COMMAND --help` (and checked by a test:
 #: tests/e2e/test_integration.py parses every one of them).

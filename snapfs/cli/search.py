@@ -196,12 +196,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from snapfs.store.datastore import parse_namespace
 
     ns = parse_namespace(args.ns)
-    pattern = args.pattern.replace("[!", "[^")
-    if "/" in pattern and not pattern.startswith(("/", "*")):
-        pattern = "/" + pattern
-    query = SearchFilter(
-        name_glob=None if "/" in pattern else pattern,
-        path_glob=pattern if "/" in pattern else None,
+    query = SearchFilter.for_pattern(
+        args.pattern,
         ns="/".join(ns) or None,
         type=args.type,
         newer_ns=args.newer,

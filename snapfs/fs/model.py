@@ -31,6 +31,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 
 from snapfs.errors import NotFoundError, UnsupportedFormatError
 from snapfs.format.crypt import CryptConfig
@@ -39,7 +40,7 @@ from snapfs.fs.content import BytesContent, Content
 from snapfs.fs.indexing import ArchiveIndexer
 from snapfs.fs.listing import LISTING_CACHE_ENTRIES, DirHandle, DirItem, ListingCache
 from snapfs.fs.namespace import RootNode
-from snapfs.fs.node import Attr, DatastoreNode, Node
+from snapfs.fs.node import DOT_NAMES, Attr, DatastoreNode, Node
 from snapfs.store.cache import ChunkCache
 from snapfs.store.chunks import ChunkReader
 from snapfs.store.datastore import Datastore
@@ -48,6 +49,7 @@ from snapfs.store.stats import format_report
 log = logging.getLogger("snapfs.fs")
 
 ROOT_INODE = 1
+NAME_MAX = 255
 
 
 class FsModel:
@@ -150,6 +152,24 @@ class FsModel:
     def entries_referenced(self) -> int:
         """pxar entries the kernel still holds (what `forget` keeps bounded)."""
         return len(self._entries)
+
+    def resolve(self, names: Iterable[bytes]) -> Node:
+        """The node at this path of names below the root, looked up as the kernel would (may
+        block). Only names a directory can hold get through: never `.`, `..`, an empty name,
+        one with a `/` or NUL, or one longer than NAME_MAX; so a path from outside (a URL) can
+        only reach what the mount shows, never a host file."""
+        node: Node = self.root
+        for name in names:
+            if (
+                not name
+                or name in DOT_NAMES
+                or b"/" in name
+                or b"\0" in name
+                or len(name) > NAME_MAX
+            ):
+                raise NotFoundError(f"invalid name {os.fsdecode(name)!r} in a path")
+            node = node.lookup(name)
+        return node
 
     # -- requests by node: each is the node's own method, for callers that hand the model nodes --
 

@@ -137,6 +137,11 @@ class GroupNode(DatastoreDir):
         super().__init__(model, path, model.mount_time_ns)
         self.group = group
 
+    def details(self) -> dict[str, str]:
+        ds = self.model.datastore
+        found = {"owner": ds.owner(self.group), "notes": ds.notes(self.group)}
+        return {k: v for k, v in found.items() if v}
+
     def _load(self) -> dict[bytes, DatastoreNode]:
         ds = self.model.datastore
         snapshots = ds.snapshots(self.group)

@@ -130,6 +130,11 @@ class Node:
                 return value
         raise NoXattrError(f"{self.where}: no extended attribute {os.fsdecode(name)!r}")
 
+    def details(self) -> dict[str, str]:
+        """What a browser shows of this node beyond its attributes (a snapshot's state, size
+        and crypt mode; a group's notes), as labelled text; may block. Most nodes have none."""
+        return {}
+
     def no_entry(self, name: bytes) -> NotFoundError:
         return NotFoundError(f"{self.where}: no entry {os.fsdecode(name)!r}")
 

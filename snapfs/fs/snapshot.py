@@ -86,6 +86,22 @@ class SnapshotNode(DatastoreDir):
                 out[parts.encode()] = PartsNode(self.model, self._child_path(parts), image)
         return dict(sorted(out.items()))
 
+    def details(self) -> dict[str, str]:
+        info = self.model.datastore.snapshot_info(self.snapshot)
+        manifest = info.manifest
+        out = {
+            "state": "complete" if manifest else ("unreadable" if info.problem else "incomplete")
+        }
+        if manifest is not None:
+            out["size"] = str(sum(f.size for f in manifest.files))
+            modes = sorted({f.crypt_mode for f in manifest.files})
+            out["crypt"] = ", ".join(modes) or "none"
+        if info.protected:
+            out["protected"] = "yes"
+        if info.problem:
+            out["problem"] = info.problem
+        return out
+
     def state(self) -> SnapshotState:
         """The snapshot's reader (blocking: reads the manifest, checks the key)."""
         if self._state is None:

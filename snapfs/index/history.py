@@ -155,6 +155,18 @@ class SearchFilter:
     min_size: int | None = None
     max_size: int | None = None
 
+    @classmethod
+    def for_pattern(cls, pattern: str, **fields: object) -> SearchFilter:
+        """A glob as users write it: on the name, or on the whole path when it holds a `/`
+        (anchored at the archive's root unless it starts with `*`). `[!x]` is fnmatch's
+        negation; SQLite spells it `[^x]`."""
+        pattern = pattern.replace("[!", "[^")
+        if "/" not in pattern:
+            return cls(name_glob=pattern, **fields)  # type: ignore[arg-type]
+        if not pattern.startswith(("/", "*")):
+            pattern = "/" + pattern
+        return cls(path_glob=pattern, **fields)  # type: ignore[arg-type]
+
 
 _VERSION_COLUMNS = "p.path, v.type, v.mode, v.uid, v.gid, v.size, v.mtime_ns, v.content, v.meta"
 

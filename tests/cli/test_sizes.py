@@ -30,11 +30,11 @@ MINIMUM = {
 }
 SOURCE_COMMANDS = [
     *("snapshots", "cat", "ls", "find", "index", "search", "diff", "versions"),
-    *("restore", "verify", "mount", "nbd", "map"),
+    *("restore", "verify", "mount", "nbd", "map", "serve"),
 ]
 #: Which commands take which size option; a new one must be added here (and gets checked).
 COMMANDS = {
-    "--cache-size": ["mount", "nbd", "map"],
+    "--cache-size": ["mount", "nbd", "map", "serve"],
     "--cache-dir-size": SOURCE_COMMANDS,
     "--rate-limit": SOURCE_COMMANDS,
     "--min-size": ["search"],
@@ -55,6 +55,7 @@ POSITIONALS = {
     "mount": ["/srv/ds", "/mnt"],
     "nbd": ["/srv/ds", IMG],
     "map": ["/srv/ds", IMG, "drive-scsi0.img"],
+    "serve": ["/srv/ds"],
 }
 #: A value's bytes (binary units, fractions rounded down), or None for text that is no size.
 VALUES = {
