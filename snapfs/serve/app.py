@@ -175,19 +175,19 @@ def _row(name: bytes, node: Node, load: bool = True) -> pages.Row:
     return pages.Row(name, attr.mode, attr.size, attr.mtime_ns, attr.uid, attr.gid, target)
 
 
-def _listing(node: Node) -> list[pages.Row]:
+def _listing(node: Node) -> list[tuple[pages.Row, Node]]:
+    """Every entry of a directory node, with the child node (for its details)."""
     handle = node.opendir()
-    rows: list[pages.Row] = []
+    rows: list[tuple[pages.Row, Node]] = []
     start = 0
     while batch := handle.read(start, 1000):
         for item in batch:
             attr = item.attr
             target = item.node.readlink() if stat.S_ISLNK(attr.mode) else None
-            rows.append(
-                pages.Row(
-                    item.name, attr.mode, attr.size, attr.mtime_ns, attr.uid, attr.gid, target
-                )
+            row = pages.Row(
+                item.name, attr.mode, attr.size, attr.mtime_ns, attr.uid, attr.gid, target
             )
+            rows.append((row, item.node))
         start = batch[-1].next_offset
     return rows
 
@@ -339,9 +339,13 @@ def build_app(site: Site) -> Starlette:
             page = max(0, int(query.get("page", "1")) - 1)
         except ValueError:
             page = 0
-        rows = pages.sort_rows(_listing(node), sort, order)
-        shown = rows[page * pages.PAGE_SIZE : (page + 1) * pages.PAGE_SIZE]
-        shown = [dataclasses.replace(r, details=node.lookup(r.name).details()) for r in shown]
+        rows = _listing(node)
+        key = pages.sort_key(sort)
+        rows.sort(key=lambda pair: key(pair[0]), reverse=order == "desc")
+        shown = [
+            dataclasses.replace(row, details=child.details())
+            for row, child in rows[page * pages.PAGE_SIZE : (page + 1) * pages.PAGE_SIZE]
+        ]
         html = pages.directory_page(names, shown, len(rows), page, sort, order, node.details())
         return HTMLResponse(html)
 
@@ -381,7 +385,7 @@ def build_app(site: Site) -> Starlette:
     def api_ls(request: Request, names: list[bytes]) -> Response:
         node = model.resolve(names)
         entries = []
-        for row in _listing(node):
+        for row, _ in _listing(node):
             entry = {
                 "name": row.name.decode("utf-8", "backslashreplace"),
                 "type": _kind(row.mode),

@@ -14,7 +14,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
-__all__ = ["CSS", "Row", "directory_page", "error_page", "file_page", "search_page", "url_of"]
+__all__ = [
+    "CSS",
+    "PAGE_SIZE",
+    "Row",
+    "SearchHit",
+    "directory_page",
+    "error_page",
+    "file_page",
+    "search_page",
+    "sort_key",
+    "url_of",
+]
 
 PAGE_SIZE = 500
 
@@ -115,9 +126,9 @@ _SORT_KEYS = {
 }
 
 
-def sort_rows(rows: list[Row], sort: str, order: str) -> list[Row]:
-    key = _SORT_KEYS.get(sort, _SORT_KEYS["name"])
-    return sorted(rows, key=key, reverse=order == "desc")
+def sort_key(sort: str):
+    """What the rows of a directory page sort by: name (default), size or mtime."""
+    return _SORT_KEYS.get(sort, _SORT_KEYS["name"])
 
 
 def directory_page(

@@ -209,7 +209,7 @@ def serve(
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None  # Guard logs each request, in the snapfs log format
     config.errorlog = logging.getLogger("snapfs.serve.http")
-    config.loglevel = "WARNING"
+    config.errorlog.setLevel(logging.WARNING)  # its "Running on" line: we print the URL
     config.include_server_header = False
     if opts.tls_cert:
         config.certfile, config.keyfile = opts.tls_cert, opts.tls_key
