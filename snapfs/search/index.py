@@ -169,11 +169,16 @@ class SearchIndex:
     def children(
         self, series: Series, directory: bytes
     ) -> dict[bytes, list[tuple[int, IndexedEntry]]]:
+        """HistoryIndex.children over both parts (a group may have switched to encryption)."""
         found: dict[bytes, list[tuple[int, IndexedEntry]]] = {}
         for part in self.parts:
             for name, held in part.children(series, directory).items():
                 found.setdefault(name, []).extend(held)
-        return found
+        return {name: _earliest(held) for name, held in found.items()}
+
+    def versions(self, series: Series, path: bytes) -> list[tuple[int, IndexedEntry]]:
+        """HistoryIndex.versions over both parts."""
+        return _earliest([held for part in self.parts for held in part.versions(series, path)])
 
     def has_snapshot(self, snapshot: Snapshot) -> bool:
         return snapshot_key(snapshot) in self.plain.done_snapshots()
@@ -342,6 +347,14 @@ class SearchIndex:
         report.archives += 1
         report.hashed += hashes.hashed
         report.reused_hashes += hashes.reused
+
+
+def _earliest(held: list[tuple[int, IndexedEntry]]) -> list[tuple[int, IndexedEntry]]:
+    """Each distinct version once, at the earliest of its times, by time."""
+    first: dict[IndexedEntry, int] = {}
+    for at, entry in held:
+        first[entry] = min(at, first.get(entry, at))
+    return sorted(((at, entry) for entry, at in first.items()), key=lambda item: item[0])
 
 
 def _crypt_mode(manifest: Manifest, names: PxarNames) -> str:
