@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-index",
         action="store_true",
-        help="never index pxar archives: every listing decodes the archive",
+        help="never index pxar archives (every listing decodes the archive), and no "
+        "GROUP/.versions (which reads the search index of `snapfs index`)",
     )
     p.add_argument(
         "--uid", help="show every file as owned by this user (for mounts by non-root users)"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from snapfs.errors import SnapfsError, TruncatedDataError, UnsupportedFormatError
@@ -28,7 +29,7 @@ from snapfs.fs.node import DOT_NAMES, Attr, DatastoreNode, Node
 from snapfs.index.archive import ArchiveIndex
 from snapfs.pxar import acl as aclmod
 from snapfs.pxar.accessor import Accessor
-from snapfs.pxar.entry import Entry, EntryKind
+from snapfs.pxar.entry import Acl, Entry, EntryKind
 from snapfs.store.stream import IndexStream
 
 if TYPE_CHECKING:
@@ -289,6 +290,25 @@ def unknown_child(directory: Node, name: bytes) -> None:
         raise directory.no_entry(name)
 
 
+def kernel_xattrs(
+    xattrs: Iterable[tuple[bytes, bytes]],
+    fcaps: bytes | None,
+    acl: Acl | None,
+    mode: int,
+    is_dir: bool,
+) -> list[tuple[bytes, bytes]]:
+    """An archived entry's extended attributes as the kernel names them: its xattrs, the file
+    capabilities, and the ACLs in the kernel's binary form (a default ACL on a directory only)."""
+    out = list(xattrs)
+    if fcaps is not None:
+        out.append((b"security.capability", fcaps))
+    if aclmod.has_access_acl(acl):
+        out.append((aclmod.ACL_XATTR_ACCESS, aclmod.access_acl_xattr(mode, acl)))
+    if is_dir and aclmod.has_default_acl(acl):
+        out.append((aclmod.ACL_XATTR_DEFAULT, aclmod.default_acl_xattr(acl)))
+    return out
+
+
 class PxarNode(Node):
     """An entry inside an archive, as long as the kernel references it. This class is the
     device, FIFO or socket; the kinds with more to answer are its subclasses."""
@@ -311,14 +331,9 @@ class PxarNode(Node):
 
     def xattrs(self) -> list[tuple[bytes, bytes]]:
         entry = self.entry
-        out = list(entry.xattrs)
-        if entry.fcaps is not None:
-            out.append((b"security.capability", entry.fcaps))
-        if aclmod.has_access_acl(entry.acl):
-            out.append((aclmod.ACL_XATTR_ACCESS, aclmod.access_acl_xattr(entry.mode, entry.acl)))
-        if entry.kind is _DIRECTORY and aclmod.has_default_acl(entry.acl):
-            out.append((aclmod.ACL_XATTR_DEFAULT, aclmod.default_acl_xattr(entry.acl)))
-        return out
+        return kernel_xattrs(
+            entry.xattrs, entry.fcaps, entry.acl, entry.mode, entry.kind is _DIRECTORY
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path} ino={self.ino} lookups={self.lookups}>"

@@ -12,9 +12,9 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     from snapfs.fs.archive import Archive, PxarNode
@@ -26,6 +26,9 @@ LISTING_CACHE_ENTRIES = 200_000
 
 #: A complete pxar directory: (name, entry) in archive order, a hard link as its target.
 Listing = tuple[tuple[bytes, "Entry"], ...]
+
+_K = TypeVar("_K", bound=Hashable)
+_L = TypeVar("_L", bound=Sized)
 
 
 @dataclass(slots=True)
@@ -142,29 +145,30 @@ class DecodingHandle(DirHandle):
             ]
 
 
-class ListingCache:
-    """Complete pxar directory listings, least recently used first out, bounded by the total
-    number of entries they hold (a directory counts at least 1, so empty ones are bounded too).
+class ListingCache(Generic[_K, _L]):
+    """Complete directory listings, least recently used first out, bounded by the total number
+    of entries they hold (a directory counts at least 1, so empty ones are bounded too).
 
-    Keyed by (archive id, directory entry_offset); entries are stored resolved (a hard link as
-    its target, under its own name), as readdir hands them out. Thread-safe: filled by worker
-    threads, read by the FUSE thread.
+    The model's cache holds pxar directories (`Listing`), keyed by (archive id, directory
+    entry_offset); entries are stored resolved (a hard link as its target, under its own name),
+    as readdir hands them out. `.versions` keeps its own (`versions.py`). Thread-safe: filled by
+    worker threads, read by the FUSE thread.
     """
 
     def __init__(self, max_entries: int = LISTING_CACHE_ENTRIES) -> None:
         self.max_entries = max_entries
-        self._lists: OrderedDict[tuple[int, int], Listing] = OrderedDict()
+        self._lists: OrderedDict[_K, _L] = OrderedDict()
         self._count = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, int]) -> Listing | None:
+    def get(self, key: _K) -> _L | None:
         with self._lock:
             listing = self._lists.get(key)
             if listing is not None:
                 self._lists.move_to_end(key)
             return listing
 
-    def put(self, key: tuple[int, int], listing: Listing) -> None:
+    def put(self, key: _K, listing: _L) -> None:
         weight = max(1, len(listing))
         if weight > self.max_entries:
             return

@@ -3,8 +3,9 @@
 The tree starts at `FsModel.root` (layout in `namespace.py`), every level built lazily on first
 lookup or listing. Each node answers the plain requests itself (`node.py`); the model holds what
 they share: the datastore, the key, the chunk cache and readers, the listing cache, the archive
-indexer (`indexing.py`), and the inode table. The FUSE adapter, and anything else that browses a
-datastore, asks the model for a node by inode and then asks the node.
+indexer (`indexing.py`), the search index `.versions` reads (`versions.py`), and the inode
+table. The FUSE adapter, and anything else that browses a datastore, asks the model for a node
+by inode and then asks the node.
 
 Refresh: snapshots come and go while mounted (backups, prune). Listings of namespaces, groups and
 snapshots (and an incomplete snapshot) are re-read once they are `refresh_interval` seconds old;
@@ -16,12 +17,15 @@ changes, so it is read once.
 Inodes: the datastore-level nodes get small numbers from a counter (never reused) and live as
 long as the mount or until a refresh finds them gone (there are as many as snapshots and archives,
 not files). Entries inside a pxar archive derive theirs from their offset (`archive.py`) and are
-kept in the table only while the kernel references them (lookup counts, dropped on `forget`).
+kept in the table only while the kernel references them (lookup counts, dropped on `forget`), as
+are the nodes below `GROUP/.versions/ARCHIVE`, numbered from a counter in an archive id of their
+own (`versions.py`). An archive id (the bits above an entry offset) is never given out twice.
 
 Threading: node methods documented as blocking read storage or decode chunks and are meant to run
 in worker threads; their `cached_` twins never block. The pxar part of the inode table
 (`remember`, `forget`) is touched only from the thread that serves FUSE requests; datastore-level
 nodes are added and dropped by the (worker) threads that list, one dict operation at a time.
+`.versions` nodes are made by both, each tree's under its own lock.
 """
 
 from __future__ import annotations
@@ -32,19 +36,23 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from snapfs.errors import NotFoundError, UnsupportedFormatError
 from snapfs.format.crypt import CryptConfig
 from snapfs.fs.archive import MAX_ARCHIVES, OFFSET_MASK, PxarNode
 from snapfs.fs.content import BytesContent, Content
 from snapfs.fs.indexing import ArchiveIndexer
-from snapfs.fs.listing import LISTING_CACHE_ENTRIES, DirHandle, DirItem, ListingCache
+from snapfs.fs.listing import LISTING_CACHE_ENTRIES, DirHandle, DirItem, Listing, ListingCache
 from snapfs.fs.namespace import RootNode
 from snapfs.fs.node import DOT_NAMES, Attr, DatastoreNode, Node
 from snapfs.store.cache import ChunkCache
 from snapfs.store.chunks import ChunkReader
 from snapfs.store.datastore import Datastore
 from snapfs.store.stats import format_report
+
+if TYPE_CHECKING:
+    from snapfs.fs.versions import VersionsIndex
 
 log = logging.getLogger("snapfs.fs")
 
@@ -66,6 +74,7 @@ class FsModel:
         refresh_interval: float | None = None,
         listing_cache_entries: int = LISTING_CACHE_ENTRIES,
         indexer: ArchiveIndexer | None = None,
+        versions_index: VersionsIndex | None = None,
     ) -> None:
         self.datastore = datastore
         self.crypt = crypt
@@ -92,9 +101,11 @@ class FsModel:
         self._archive_ids = itertools.count(1)
         self._reported: set[tuple[str, str]] = set()
         self._reported_lock = threading.Lock()
-        self.listings = ListingCache(listing_cache_entries)
+        self.listings: ListingCache[tuple[int, int], Listing] = ListingCache(listing_cache_entries)
         # Default: no archive is indexed; the mount passes the indexer its options ask for.
         self.indexer = indexer if indexer is not None else ArchiveIndexer(None, enabled=False)
+        # None: no group has a `.versions` (the default; the mount passes one unless --no-index).
+        self.versions_index = versions_index
         self.root = RootNode(self)
         assert self.root.ino == ROOT_INODE
 
@@ -109,7 +120,7 @@ class FsModel:
         return ino
 
     def new_archive_id(self) -> int:
-        """The number an opened archive's entry inodes start with."""
+        """The number an opened archive's entry inodes (or a `.versions` tree's) start with."""
         archive_id = next(self._archive_ids)
         if archive_id > MAX_ARCHIVES:
             raise UnsupportedFormatError("too many pxar archives opened in one mount")
@@ -237,6 +248,8 @@ class FsModel:
         )
         lines.append(f"chunks read from the source: {fetches}")
         lines.append(self.indexer.summary())
+        versions = self.versions_index
+        lines.append("group versions (.versions): off" if versions is None else versions.summary())
         refresh = self.refresh_interval
         lines.append(
             f"listings refreshed every {refresh:g} s" if refresh else "listings never refreshed"

@@ -75,7 +75,7 @@ class MountOptions:
     timeout: float = DEFAULT_TIMEOUT  # seconds the start may take (the key prompt apart)
     endpoint_url: str | None = None  # the S3 endpoint, named if it does not answer
     index_dir: str | None = None  # where pxar archive indexes are kept (None: memory only)
-    index: bool = True  # False: never index an archive
+    index: bool = True  # False: never index an archive, and no GROUP/.versions
 
 
 def is_remote(source: str) -> bool:
@@ -377,8 +377,14 @@ def _serve(
     from snapfs.fs.indexing import ArchiveIndexer
     from snapfs.fs.model import FsModel
     from snapfs.fs.operations import SnapfsOperations
+    from snapfs.fs.versions import VersionsIndex
+    from snapfs.search.index import default_index_path
 
     limit_malloc_arenas()
+    versions_index = None
+    if opts.index:  # the search index file `snapfs index`, `search` and `versions` use
+        path = os.path.abspath(default_index_path(opts.source, opts.endpoint_url))
+        versions_index = VersionsIndex(path, crypt)
     startup.waiting_for(_source_wait(opts))
     model = FsModel(
         open_source(),
@@ -388,6 +394,7 @@ def _serve(
         gid=opts.gid,
         refresh_interval=opts.refresh_interval,
         indexer=ArchiveIndexer(opts.index_dir, enabled=opts.index),
+        versions_index=versions_index,
     )
     ops = SnapfsOperations(model)
     startup.waiting_for(f"the kernel to mount FUSE on {opts.mountpoint}")
@@ -409,6 +416,8 @@ def _serve(
             pyfuse3.close(unmount=not unmounted or still_mounted(opts.mountpoint))
             ops.close()  # the readahead threads: nothing reads any more
             model.indexer.close()  # an unfinished index walk stops and leaves nothing behind
+            if model.versions_index is not None:
+                model.versions_index.close()
             _report_stats(model, opts)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)

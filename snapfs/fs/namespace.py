@@ -4,6 +4,8 @@
       vm/ ct/ host/                   backup types that have groups
         <id>/                         a group: its snapshots plus `latest` -> newest complete one
           <time>/                     a snapshot (`snapshot.py`)
+          .versions/                  every version of every file (`versions.py`; looked up,
+                                      never listed; absent without a search index)
       ns/<name>/                      child namespaces, the same layout inside
       .snapfs/stats                   live statistics (root only; looked up, never listed)
 
@@ -19,6 +21,7 @@ from snapfs.format.archive_names import MANIFEST_NAME
 from snapfs.fs.control import CONTROL_DIR, ControlDirNode
 from snapfs.fs.node import LINK_MODE, Attr, DatastoreDir, DatastoreNode
 from snapfs.fs.snapshot import SnapshotNode
+from snapfs.fs.versions import VERSIONS_DIR, VersionsNode
 from snapfs.store.datastore import BACKUP_TYPES, Group
 
 if TYPE_CHECKING:
@@ -127,15 +130,40 @@ class TypeNode(DatastoreDir):
 
 
 class GroupNode(DatastoreDir):
-    """A backup group: one directory per snapshot, and `latest` -> the newest complete one."""
+    """A backup group: one directory per snapshot, `latest` -> the newest complete one, and
+    `.versions` (found by name, never listed) when the mount has a search index."""
 
-    __slots__ = ("group",)
+    __slots__ = ("group", "versions", "_snapshot_names")
     refreshing = True
     volatile = True
 
     def __init__(self, model: FsModel, path: str, group: Group) -> None:
         super().__init__(model, path, model.mount_time_ns)
         self.group = group
+        self.versions = (
+            None
+            if model.versions_index is None
+            else VersionsNode(model, self._child_path(VERSIONS_DIR.decode()), self)
+        )
+        self._snapshot_names: frozenset[bytes] = frozenset()
+
+    def child(self, children: dict[bytes, DatastoreNode], name: bytes) -> DatastoreNode:
+        if name == VERSIONS_DIR and self.versions is not None:
+            return self.versions
+        return super().child(children, name)
+
+    def loaded_children(self) -> list[DatastoreNode]:
+        found = super().loaded_children()
+        return found if self.versions is None else [*found, self.versions]
+
+    def snapshot_names(self) -> frozenset[bytes]:
+        """The snapshots listed (blocking: re-lists the group once its interval passed)."""
+        self.children()
+        return self._snapshot_names
+
+    def cached_snapshot_names(self) -> frozenset[bytes] | None:
+        """The snapshots listed, if the listing is not due for a re-read (never blocks)."""
+        return None if self.cached_children() is None else self._snapshot_names
 
     def details(self) -> dict[str, str]:
         ds = self.model.datastore
@@ -151,6 +179,7 @@ class GroupNode(DatastoreDir):
             out[name] = self._reuse(name, SnapshotNode) or SnapshotNode(
                 self.model, self._child_path(s.time_name), s
             )
+        names = frozenset(out)
         for s in reversed(snapshots):
             # Only the newest few are usually checked: a snapshot being written has no manifest.
             if MANIFEST_NAME in ds.backend.list_dir(s.path).files:
@@ -162,6 +191,7 @@ class GroupNode(DatastoreDir):
                     latest.target, latest.mtime_ns = target, mtime_ns
                 out[b"latest"] = latest
                 break
+        self._snapshot_names = names
         return out
 
 

@@ -27,6 +27,7 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from snapfs.errors import CorruptDataError, SnapfsError
 from snapfs.pxar.accessor import Accessor
@@ -39,8 +40,10 @@ __all__ = [
     "ArchiveIndex",
     "BuildCancelled",
     "BuildProgress",
+    "Extra",
     "entry_extra",
     "index_file_name",
+    "parse_extra",
 ]
 
 #: Bumped whenever the tables change: an index of another version is built again.
@@ -327,19 +330,34 @@ def _tuples(value: object) -> object:
     return tuple(map(_tuples, value)) if isinstance(value, list) else value
 
 
+class Extra(NamedTuple):
+    """The rare metadata `entry_extra` records, read back."""
+
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    acl: Acl | None = None
+    fcaps: bytes | None = None
+    quota: int | None = None
+
+
+def parse_extra(extra: str | None) -> Extra:
+    """What `entry_extra` made of an entry (other keys in the JSON are ignored: the search
+    index adds its own to the same object)."""
+    if extra is None:
+        return Extra()
+    fields = json.loads(extra)
+    xattrs = tuple((bytes.fromhex(k), bytes.fromhex(v)) for k, v in fields.get("xattrs", ()))
+    acl = None
+    if "acl" in fields:  # JSON made its tuples lists: make them tuples again
+        acl = Acl(**{key: _tuples(value) for key, value in fields["acl"].items()})
+    fcaps = bytes.fromhex(fields["fcaps"]) if "fcaps" in fields else None
+    return Extra(xattrs, acl, fcaps, fields.get("quota"))
+
+
 def _entry(row: tuple) -> Entry:
     """An Entry from its `_ENTRY_COLUMNS`."""
     (offset, name, path, kind, mode, uid, gid, mtime_ns, flags, size, end, content) = row[:12]
     link, device, extra = row[12:]
-    xattrs: tuple[tuple[bytes, bytes], ...] = ()
-    acl = fcaps = quota = None
-    if extra is not None:
-        fields = json.loads(extra)
-        xattrs = tuple((bytes.fromhex(k), bytes.fromhex(v)) for k, v in fields.get("xattrs", ()))
-        if "acl" in fields:  # JSON made its tuples lists: make them tuples again
-            acl = Acl(**{key: _tuples(value) for key, value in fields["acl"].items()})
-        fcaps = bytes.fromhex(fields["fcaps"]) if "fcaps" in fields else None
-        quota = fields.get("quota")
+    xattrs, acl, fcaps, quota = parse_extra(extra)
     return Entry(
         path=path,
         name=name,

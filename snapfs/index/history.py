@@ -168,6 +168,8 @@ class SearchFilter:
         return cls(path_glob=pattern, **fields)  # type: ignore[arg-type]
 
 
+#: Path ids per `IN (...)` list: SQLite takes at most 32766 parameters in one statement.
+_IN_BATCH = 500
 _VERSION_COLUMNS = "p.path, v.type, v.mode, v.uid, v.gid, v.size, v.mtime_ns, v.content, v.meta"
 
 
@@ -398,29 +400,86 @@ class HistoryIndex:
     def children(
         self, series: Series, directory: bytes
     ) -> dict[bytes, list[tuple[int, IndexedEntry]]]:
-        """The union over the series' archives of what `directory` holds: name -> every
-        (time, version) holding it, by time. What a `.versions` directory lists."""
+        """The union over the series' archives of what `directory` holds: name -> each distinct
+        version of it, with the backup time of the first archive holding it, by that time. What
+        a `.versions` directory lists.
+
+        Costs an index seek per name (two for a name with entries below it) and the rows of those
+        names' versions: not the entries deeper down, nor a row per archive holding a version
+        (for the root of a large tree backed up daily for a year, billions)."""
         sid = self._series_id(series, create=False)
         if sid is None:
             return {}
-        prefix = directory.rstrip(b"/") + b"/"
-        rows = self._db.execute(
-            f"SELECT a.time, {_VERSION_COLUMNS} FROM paths p "
-            "JOIN versions v ON v.path = p.id JOIN spans s ON s.version = v.id "
-            "JOIN archives a ON a.series = s.series "
-            f"AND a.time BETWEEN s.first AND coalesce(s.last, {_OPEN_END}) "
-            "WHERE s.series = ? AND p.path > ? AND p.path < ? ORDER BY a.time",
-            (sid, prefix, prefix[:-1] + b"0"),  # '0' follows '/': every path below the directory
-        )
-        found: dict[bytes, list[tuple[int, IndexedEntry]]] = {}
-        for row in rows:
-            entry = IndexedEntry(*row[1:])
-            rest = entry.path[len(prefix) :]
-            if b"/" not in rest:
-                found.setdefault(rest, []).append((row[0], entry))
-        return found
+        names = dict(self._child_paths(directory))
+        held = self._first_versions(sid, list(names))
+        return {names[path_id]: versions for path_id, versions in held.items()}
+
+    def versions(self, series: Series, path: bytes) -> list[tuple[int, IndexedEntry]]:
+        """Each distinct version of `path` in the series, with the backup time of the first
+        archive holding it, by that time: one name of `children`, looked up alone."""
+        sid = self._series_id(series, create=False)
+        row = self._db.execute("SELECT id FROM paths WHERE path = ?", (path,)).fetchone()
+        if sid is None or row is None:
+            return []
+        return self._first_versions(sid, [row[0]]).get(row[0], [])
 
     # -- internals ----------------------------------------------------------------------------------
+
+    def _child_paths(self, directory: bytes) -> Iterator[tuple[int, bytes]]:
+        """(path id, name) of every path right below `directory`, in any series.
+
+        A skip-scan of the paths, which sort bytewise: what lies below a child `c` sorts from
+        `c/` up to `c0` ('0' follows '/'), so the scan jumps from a path below `c` to `c0`. A
+        sibling such as `c.d` sorts between `c` and `c/`, so after a child the scan goes on from
+        right after it (no name holds a NUL)."""
+        prefix = directory.rstrip(b"/") + b"/"
+        end = prefix[:-1] + b"0"
+        low = prefix + b"\0"
+        while True:
+            row = self._db.execute(
+                "SELECT id, path FROM paths WHERE path >= ? AND path < ? ORDER BY path LIMIT 1",
+                (low, end),
+            ).fetchone()
+            if row is None:
+                return
+            path_id, path = row
+            name, below, _ = path[len(prefix) :].partition(b"/")
+            if below:
+                low = prefix + name + b"0"
+            else:
+                yield path_id, name
+                low = path + b"\0"
+
+    def _first_versions(
+        self, sid: int, path_ids: Iterable[int]
+    ) -> dict[int, list[tuple[int, IndexedEntry]]]:
+        """path id -> each version of it in the series with the backup time of the first archive
+        holding it, by that time. A span whose archives were all pruned (garbage not collected
+        yet) holds none. The indexes are named: left to itself, SQLite scans every span of the
+        series (spans_by_series) for each version, i.e. the whole archive per listing."""
+        ids = list(path_ids)
+        first: dict[tuple[int, IndexedEntry], int] = {}
+        for start in range(0, len(ids), _IN_BATCH):
+            batch = ids[start : start + _IN_BATCH]
+            rows = self._db.execute(
+                "SELECT v.path, (SELECT a.time FROM archives a WHERE a.series = s.series "
+                f"AND a.time BETWEEN s.first AND coalesce(s.last, {_OPEN_END}) "
+                f"ORDER BY a.time LIMIT 1), {_VERSION_COLUMNS} "
+                "FROM versions v INDEXED BY versions_by_path JOIN paths p ON p.id = v.path "
+                "JOIN spans s INDEXED BY spans_by_version ON s.version = v.id "
+                f"WHERE s.series = ? AND v.path IN ({', '.join('?' * len(batch))})",
+                (sid, *batch),
+            )
+            for row in rows:
+                if row[1] is None:
+                    continue
+                key = (row[0], IndexedEntry(*row[2:]))
+                if key not in first or row[1] < first[key]:
+                    first[key] = row[1]
+        found: dict[int, list[tuple[int, IndexedEntry]]] = {}
+        for (path_id, entry), at in sorted(first.items(), key=lambda item: item[1]):
+            found.setdefault(path_id, []).append((at, entry))
+        return found
 
     def _series_id(self, series: Series, *, create: bool) -> int | None:
         values = (series.ns, series.type, series.id, series.archive)

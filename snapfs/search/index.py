@@ -179,11 +179,16 @@ class SearchIndex:
     def children(
         self, series: Series, directory: bytes
     ) -> dict[bytes, list[tuple[int, IndexedEntry]]]:
+        """HistoryIndex.children over both parts (a group may have switched to encryption)."""
         found: dict[bytes, list[tuple[int, IndexedEntry]]] = {}
         for part in self.parts:
             for name, held in part.children(series, directory).items():
                 found.setdefault(name, []).extend(held)
-        return found
+        return {name: _earliest(held) for name, held in found.items()}
+
+    def versions(self, series: Series, path: bytes) -> list[tuple[int, IndexedEntry]]:
+        """HistoryIndex.versions over both parts."""
+        return _earliest([held for part in self.parts for held in part.versions(series, path)])
 
     def require_snapshot(self, snapshot: Snapshot) -> None:
         """Raise, saying why, unless every pxar archive of `snapshot` is in the index."""
@@ -368,6 +373,14 @@ class SearchIndex:
         report.archives += 1
         report.hashed += hashes.hashed
         report.reused_hashes += hashes.reused
+
+
+def _earliest(held: list[tuple[int, IndexedEntry]]) -> list[tuple[int, IndexedEntry]]:
+    """Each distinct version once, at the earliest of its times, by time."""
+    first: dict[IndexedEntry, int] = {}
+    for at, entry in held:
+        first[entry] = min(at, first.get(entry, at))
+    return sorted(((at, entry) for entry, at in first.items()), key=lambda item: item[0])
 
 
 def _crypt_mode(manifest: Manifest, names: PxarNames) -> str:
