@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from . import data, limits, report, s3
+from . import data, limits, report, s3, serve
 from .measure import GROUPS, Runner, log
 from .tools import TOOLS, is_mounted
 
@@ -44,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--json",
         action="store_true",
-        help='print one JSON object {"results", "ratios", "limits", "s3", ...}',
+        help='print one JSON object {"results", "ratios", "limits", "s3", "serve", ...}',
     )
     parser.add_argument(
         "--out", help="write benchmarks.md and bench-ratios.png into this directory"
@@ -199,6 +199,8 @@ def run(args: argparse.Namespace, argv: list[str], work: str) -> int:
         )
     if "s3" in args.groups:
         sections["s3"] = s3.section(runner.line_results("s3"))
+    if "serve" in args.groups:
+        sections["serve"] = serve.section(runner.line_results("serve"))
     peers = [t.name for t in tools if t.name != "snapfs"]
     doc = {
         "results": results,
@@ -251,7 +253,11 @@ def run(args: argparse.Namespace, argv: list[str], work: str) -> int:
         if results:
             print(report.markdown_table(results, rat, [t.name for t in tools]))
             print()
-        for name, render in (("limits", report.limits_table), ("s3", report.s3_table)):
+        for name, render in (
+            ("limits", report.limits_table),
+            ("s3", report.s3_table),
+            ("serve", report.serve_table),
+        ):
             if name in sections:
                 print(render(sections[name]))
                 print()

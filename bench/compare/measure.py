@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import limits, s3
+from . import limits, s3, serve
 from .data import BIGDIR, IMAGE_NAME, Manifest, Sizes
 from .lines import LineSample, summarize
 from .probes import (
@@ -83,10 +83,10 @@ BENCHMARKS = [
     Benchmark("restore-image", "restore of the image (to disk, synced)", "s", "lower", "restore"),
 ]
 BY_ID = {b.id: b for b in BENCHMARKS}
-# The groups of lines measured for snapfs alone (no peer): this machine's limits, and S3.
-LINES = [*limits.LINES, *s3.LINES]
+# The groups of lines measured for snapfs alone (no peer): this machine's limits, S3, serve.
+LINES = [*limits.LINES, *s3.LINES, *serve.LINES]
 LINE_BY_ID = {line.id: line for line in LINES}
-SNAPFS_ONLY = ("limits", "s3")
+SNAPFS_ONLY = ("limits", "s3", "serve")
 GROUPS = ["mount", "walk", "lsl", "seq", "random", "tar", "restore", *SNAPFS_ONLY]
 
 
@@ -110,6 +110,7 @@ class Runner:
     lines: dict[str, list[LineSample]] = field(default_factory=dict)
     _mounts: int = 0
     _s3: s3.S3Lines | None = None
+    _serve: serve.ServeLines | None = None
 
     # --- bookkeeping -----------------------------------------------------------------------------
 
@@ -398,6 +399,11 @@ class Runner:
             self._s3 = s3.S3Lines.start(self.work, tool.repo)
         self._s3.measure(self, tool)
 
+    def bench_serve(self, tool: Tool) -> None:
+        if self._serve is None:  # one server for every round
+            self._serve = serve.ServeLines.start(tool, self.work)
+        self._serve.measure(self, tool)
+
     def run(self, groups: list[str], repeat: int) -> None:
         snapfs_only = [t for t in self.tools if t.name == "snapfs"]
         for rep in range(repeat):
@@ -412,3 +418,6 @@ class Runner:
         if self._s3 is not None:
             self._s3.close()
             self._s3 = None
+        if self._serve is not None:
+            self._serve.close()
+            self._serve = None

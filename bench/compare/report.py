@@ -178,6 +178,35 @@ def s3_table(section: dict) -> str:
     return "\n".join(lines)
 
 
+def serve_table(section: dict) -> str:
+    """Each download through `snapfs serve` beside its command-line reference, and the ratio."""
+    by = {line["line"]: line for line in section["results"]}
+    lines = [
+        "| through snapfs serve | MB/s | reference | MB/s | serve / reference (goal ≥ 0.8) |",
+        "|---|---|---|---|---|",
+    ]
+    for served, reference in (
+        ("serve-image-cold", "cat-image-cold"),
+        ("serve-zip-tree-cold", "restore-tree-cold"),
+    ):
+        a, b = by.get(served), by.get(reference)
+        if not a and not b:
+            continue
+        ratio = section["ratios"].get(f"{served}/{reference}")
+        cells = [
+            a["title"] if a else served,
+            _line_value(a),
+            b["title"] if b else reference,
+            _line_value(b),
+            _ratio(ratio),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    rss = by.get("serve-zip-rss")
+    if rss:
+        lines.append(f"| {rss['title']} | {_line_value(rss)} | | | |")
+    return "\n".join(lines)
+
+
 def chart(rat: dict[str, float], peers: list[str], path: str, title: str) -> None:
     """Horizontal bars of snapfs/peer per benchmark, log scale, lines at 1x (parity) and 2x (goal)."""
     import matplotlib
@@ -313,6 +342,18 @@ def markdown(doc: dict, png_name: str | None, notes: str | None) -> str:
             s3_table(doc["s3"]),
             "",
         ]
+    if doc.get("serve"):
+        out += [
+            "## snapfs serve",
+            "",
+            "The image and the tree downloaded through `snapfs serve` (HTTP on loopback, the"
+            " image by `/raw`, the tree as a streamed zip by `/zip`), each beside the command-line"
+            " reader of the same data in the same round, cold (page cache dropped). The zip is"
+            " extracted and every file checked; the server's peak RSS is taken over the zip alone.",
+            "",
+            serve_table(doc["serve"]),
+            "",
+        ]
     if notes:
         out += [notes.strip(), ""]
     out += [
@@ -323,7 +364,7 @@ def markdown(doc: dict, png_name: str | None, notes: str | None) -> str:
             {
                 "results": doc["results"],
                 "ratios": doc["ratios"],
-                **{k: doc[k] for k in ("limits", "s3") if doc.get(k)},
+                **{k: doc[k] for k in ("limits", "s3", "serve") if doc.get(k)},
             },
             indent=1,
         ),
@@ -376,5 +417,6 @@ __all__ = [
     "markdown_table",
     "ratios",
     "s3_table",
+    "serve_table",
     "summarize_profile",
 ]

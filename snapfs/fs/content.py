@@ -8,7 +8,7 @@ next.
 
 from __future__ import annotations
 
-from snapfs.store.readahead import SequentialWindow
+from snapfs.store.readahead import Readahead, SequentialWindow
 from snapfs.store.stream import IndexStream
 
 SEQUENTIAL_SLACK = 4 * 1024 * 1024
@@ -97,6 +97,15 @@ class Content:
         limit = self.base + self.size  # never past this file (or partition) into the next
         return self._window.after(self.stream.index, end, limit)
 
+    def read_ahead(self, pool: Readahead, offset: int, size: int) -> None:
+        """After a sequential read of [offset, offset+size): have `pool` decode the chunks a
+        reader wants next, and an S3 source fetch them all at once (not two at a time)."""
+        digests = self.readahead(offset, size)
+        if digests:
+            chunks = self.stream.chunks
+            chunks.prefetch(digests)
+            pool.warm(chunks, digests)
+
     def is_sequential(self, offset: int) -> bool:
         # The kernel's readahead keeps several requests in flight, so they may arrive a little
         # out of order: near the last read's end still counts as sequential.
@@ -113,3 +122,6 @@ class BytesContent:
 
     def read(self, offset: int, size: int, block: bool = True) -> memoryview:
         return self.data[offset : offset + size]
+
+    def read_ahead(self, pool: Readahead, offset: int, size: int) -> None:
+        """Nothing to decode: the bytes are in memory."""

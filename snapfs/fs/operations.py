@@ -261,11 +261,7 @@ class SnapfsOperations(pyfuse3.Operations):
         return data
 
     def _read_ahead(self, content: Content, off: int, size: int) -> None:
-        digests = content.readahead(off, size)
-        if digests:
-            chunks = content.stream.chunks
-            chunks.prefetch(digests)  # S3: all their GETs in flight at once, not two at a time
-            self._readahead.warm(chunks, digests)
+        content.read_ahead(self._readahead, off, size)
 
     async def release(self, fh):
         self._files.pop(fh, None)

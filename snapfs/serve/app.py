@@ -55,6 +55,7 @@ from snapfs.serve import pages
 from snapfs.serve.auth import Authenticator
 from snapfs.serve.ranges import RangeNotSatisfiable, parse_ranges
 from snapfs.store.datastore import format_backup_time, parse_namespace, parse_snapshot
+from snapfs.store.readahead import Readahead
 from snapfs.views.listing import snapshot_records
 
 log = logging.getLogger("snapfs.serve")
@@ -106,6 +107,10 @@ class Site:
     search: SearchService
     auth: Authenticator
     ns: str = ""  # where `/` leads, and the search box's default scope
+    #: Decodes the chunks a download reads next (what the mount's readahead does for a read).
+    readahead: Readahead = dataclasses.field(
+        default_factory=lambda: Readahead(2, "snapfs-readahead")
+    )
 
 
 # -- paths ------------------------------------------------------------------------------------------
@@ -197,14 +202,17 @@ def _content_type(name: bytes) -> str:
     return guessed or "application/octet-stream"
 
 
-def _blocks(node: Node, start: int, end: int) -> Iterator[bytes]:
-    """Bytes [start, end] of a file, a block at a time (each `next` runs in a worker thread)."""
+def _blocks(node: Node, start: int, end: int, pool: Readahead) -> Iterator[bytes]:
+    """Bytes [start, end] of a file, a block at a time (each `next` runs in a worker thread),
+    with the chunks after each block decoding ahead in `pool`, as the mount reads ahead."""
     content = node.open()
     offset = start
     while offset <= end:
-        data = content.read(offset, min(BLOCK, end + 1 - offset))
+        size = min(BLOCK, end + 1 - offset)
+        data = content.read(offset, size)
         if not data:
             raise SnapfsError(f"{node.where}: ended at offset {offset}, {end + 1} expected")
+        content.read_ahead(pool, offset, len(data))
         offset += len(data)
         yield bytes(data)
 
@@ -220,7 +228,9 @@ def _disposition(kind: str, name: bytes) -> str:
     return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-def file_response(request: Request, node: Node, name: bytes, *, preview: bool = False) -> Response:
+def file_response(
+    request: Request, node: Node, name: bytes, readahead: Readahead, *, preview: bool = False
+) -> Response:
     """A file's bytes with Range (single or multiple), ETag and If-Range; 416 when no range
     fits. `preview` sends text as text/plain and images inline, under a sandbox policy."""
     attr = node.attr(load=True)
@@ -256,7 +266,9 @@ def file_response(request: Request, node: Node, name: bytes, *, preview: bool = 
         headers["Content-Length"] = str(size)
         if head:
             return Response(status_code=200, headers=headers, media_type=media)
-        return StreamingResponse(_blocks(node, 0, size - 1), headers=headers, media_type=media)
+        return StreamingResponse(
+            _blocks(node, 0, size - 1, readahead), headers=headers, media_type=media
+        )
     if len(ranges) == 1:
         first, last = ranges[0]
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
@@ -264,7 +276,10 @@ def file_response(request: Request, node: Node, name: bytes, *, preview: bool = 
         if head:
             return Response(status_code=206, headers=headers, media_type=media)
         return StreamingResponse(
-            _blocks(node, first, last), status_code=206, headers=headers, media_type=media
+            _blocks(node, first, last, readahead),
+            status_code=206,
+            headers=headers,
+            media_type=media,
         )
     boundary = uuid.uuid4().hex
     parts = [
@@ -284,7 +299,7 @@ def file_response(request: Request, node: Node, name: bytes, *, preview: bool = 
     def body() -> Iterator[bytes]:
         for part, (first, last) in zip(parts, ranges, strict=True):
             yield part
-            yield from _blocks(node, first, last)
+            yield from _blocks(node, first, last, readahead)
         yield closing
 
     return StreamingResponse(body(), status_code=206, headers=headers, media_type=media)
@@ -350,7 +365,9 @@ def build_app(site: Site) -> Starlette:
         return HTMLResponse(html)
 
     def raw(request: Request, names: list[bytes]) -> Response:
-        return file_response(request, model.resolve(names), names[-1] if names else b"")
+        return file_response(
+            request, model.resolve(names), names[-1] if names else b"", site.readahead
+        )
 
     def preview(request: Request, names: list[bytes]) -> Response:
         return file_response(
@@ -402,7 +419,9 @@ def build_app(site: Site) -> Starlette:
         return JSONResponse(entries)
 
     def api_raw(request: Request, names: list[bytes]) -> Response:
-        return file_response(request, model.resolve(names), names[-1] if names else b"")
+        return file_response(
+            request, model.resolve(names), names[-1] if names else b"", site.readahead
+        )
 
     def root(request: Request) -> Response:
         start = [name for part in parse_namespace(site.ns) for name in (b"ns", part.encode())]

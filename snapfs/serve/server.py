@@ -204,7 +204,6 @@ def serve(
         indexer=ArchiveIndexer(opts.index_dir),
     )
     search = SearchService(SearchIndex(opts.search_index, crypt), model)
-    app = Guard(build_app(Site(model, search, auth, opts.ns)), auth, PAGE_POLICY)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None  # Guard logs each request, in the snapfs log format
@@ -236,9 +235,12 @@ def serve(
             await stop.wait()
             nursery.cancel_scope.deadline = trio.current_time() + 5
 
+    site = Site(model, search, auth, opts.ns)
+    app = Guard(build_app(site), auth, PAGE_POLICY)
     try:
         trio.run(main)
     finally:
+        site.readahead.close()
         model.indexer.close()
         search.close()
     return 0

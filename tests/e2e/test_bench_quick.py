@@ -61,6 +61,21 @@ def test_bench_tiny_json(tmp_path: Path) -> None:
         want = ours / theirs if by[(bench, "snapfs")]["better"] == "higher" else theirs / ours
         assert ratio == pytest.approx(want, rel=1e-3), key
 
+    # snapfs serve's lines: both downloads checked, each with its ratio to the command line.
+    serve = doc["serve"]
+    assert {line["line"] for line in serve["results"]} >= {
+        "serve-image-cold",
+        "cat-image-cold",
+        "serve-zip-tree-cold",
+        "restore-tree-cold",
+        "serve-zip-rss",
+    }
+    assert all(line["verified"] for line in serve["results"]), serve["results"]
+    assert set(serve["ratios"]) == {
+        "serve-image-cold/cat-image-cold",
+        "serve-zip-tree-cold/restore-tree-cold",
+    }
+
     # The human-facing outputs: the markdown table names every benchmark; the chart is a PNG.
     table = (out / "benchmarks.md").read_text()
     assert table.count("\n| ") >= len(benchmarks)
