@@ -28,11 +28,12 @@ def drop_caches() -> None:
         f.write("3\n")
 
 
-def peak_rss_mib(pid: int) -> float | None:
+def peak_rss_mib(pid: int, field: str = "VmHWM") -> float | None:
+    """The process's peak RSS (or another /proc status field in kB, e.g. VmRSS) in MiB."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None

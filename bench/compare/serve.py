@@ -149,6 +149,7 @@ class ServeLines:
             drop_caches()
             with open(f"/proc/{self.process.pid}/clear_refs", "w") as f:
                 f.write("5\n")  # reset VmHWM: the peak of the zip alone
+            before = peak_rss_mib(self.process.pid, "VmRSS")
             with open(out, "wb") as f:
                 start = time.perf_counter()
                 self._get(TREE_PATH, f.write)
@@ -160,7 +161,12 @@ class ServeLines:
             problem = check_tree(os.path.join(extracted, "root.pxar"), runner.manifest)
             rate = runner.manifest.tree_bytes / elapsed / 1e6
             runner.record_line("serve-zip-tree-cold", rate, problem, seconds=round(elapsed, 3))
-            runner.record_line("serve-zip-rss", rss, None if rss is not None else "no VmHWM")
+            runner.record_line(
+                "serve-zip-rss",
+                rss,
+                None if rss is not None else "no VmHWM",
+                rss_before_mib=None if before is None else round(before, 1),
+            )
         finally:
             shutil.rmtree(target, ignore_errors=True)
 
