@@ -41,12 +41,11 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
             ranges.append((max(size - length, 0), size - 1))
             continue
         start = int(first)
-        end = int(last) if last else size - 1
-        if end < start:
+        if last and int(last) < start:
             return None
         if start >= size:
             continue
-        ranges.append((start, min(end, size - 1)))
+        ranges.append((start, min(int(last) if last else size - 1, size - 1)))
     if not ranges:
         raise RangeNotSatisfiable(f"no range of {header!r} lies in a file of {size} bytes")
     return ranges
