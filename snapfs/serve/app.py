@@ -223,6 +223,16 @@ def _etag(node: Node, size: int, mtime_ns: int) -> str:
     return f'"{digest}"'
 
 
+def _none_match(header: str | None, etag: str) -> bool:
+    """Whether If-None-Match names `etag`: `*`, or a list of tags compared weakly (RFC 9110
+    §13.1.2), as caches and browsers send them."""
+    if header is None:
+        return False
+    if header.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+
+
 def _disposition(kind: str, name: bytes) -> str:
     ascii_name = name.decode("ascii", "replace").replace('"', "_").replace("\\", "_")
     return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
@@ -251,7 +261,7 @@ def file_response(
         headers["Content-Disposition"] = _disposition("inline", name)
     else:
         headers["Content-Disposition"] = _disposition("attachment", name)
-    if request.headers.get("if-none-match") == etag:
+    if _none_match(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     wanted = request.headers.get("range")
     if_range = request.headers.get("if-range")
