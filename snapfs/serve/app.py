@@ -219,7 +219,8 @@ def _blocks(node: Node, start: int, end: int, pool: Readahead) -> Iterator[bytes
 
 def _etag(node: Node, size: int, mtime_ns: int) -> str:
     """Strong: what a snapshot holds never changes, and the path names the snapshot."""
-    digest = hashlib.sha256(f"{node.path}\0{size}\0{mtime_ns}".encode()).hexdigest()[:24]
+    key = f"{node.path}\0{size}\0{mtime_ns}".encode("utf-8", "surrogateescape")
+    digest = hashlib.sha256(key).hexdigest()[:24]
     return f'"{digest}"'
 
 
@@ -234,8 +235,11 @@ def _none_match(header: str | None, etag: str) -> bool:
 
 
 def _disposition(kind: str, name: bytes) -> str:
-    ascii_name = name.decode("ascii", "replace").replace('"', "_").replace("\\", "_")
-    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+    """`filename` in printable ASCII (anything else `_`: a header value is Latin-1 and holds no
+    control character), `filename*` the name in UTF-8 (bytes that are not UTF-8 as U+FFFD)."""
+    text = name.decode("utf-8", "replace")
+    ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in text)
+    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(text, safe='')}"
 
 
 def file_response(
