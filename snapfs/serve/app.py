@@ -28,6 +28,7 @@ from email.utils import formatdate
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 from starlette.applications import Starlette
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -336,6 +337,15 @@ def _archive_response(node: Node, name: bytes, kind: str) -> Response:
 # -- handlers ---------------------------------------------------------------------------------------
 
 
+class _AnyPath(PathConvertor):
+    """`{path:path}` that matches names holding a newline too (a file name may)."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("anypath", _AnyPath())
+
+
 def build_app(site: Site) -> Starlette:
     model = site.model
 
@@ -448,12 +458,12 @@ def build_app(site: Site) -> Starlette:
     routes = [
         Route("/", root, methods=read),
         Route("/static/app.css", css, methods=read),
-        Route("/browse/{path:path}", guarded("/browse", browse), methods=read),
+        Route("/browse/{path:anypath}", guarded("/browse", browse), methods=read),
         Route("/browse", guarded("/browse", browse), methods=read),
-        Route("/raw/{path:path}", guarded("/raw", raw), methods=read),
-        Route("/preview/{path:path}", guarded("/preview", preview), methods=read),
-        Route("/zip/{path:path}", guarded("/zip", archive("zip")), methods=read),
-        Route("/tar/{path:path}", guarded("/tar", archive("tar")), methods=read),
+        Route("/raw/{path:anypath}", guarded("/raw", raw), methods=read),
+        Route("/preview/{path:anypath}", guarded("/preview", preview), methods=read),
+        Route("/zip/{path:anypath}", guarded("/zip", archive("zip")), methods=read),
+        Route("/tar/{path:anypath}", guarded("/tar", archive("tar")), methods=read),
         Route("/search", guarded("/search", search), methods=read),
         Route("/api/snapshots", guarded("", api_snapshots), methods=read),
         Route("/api/ls", guarded("", api_ls), methods=read),
