@@ -251,6 +251,8 @@ def file_response(
     attr = node.attr(load=True)
     if stat.S_ISDIR(attr.mode):
         raise RequestError(f"{node.where} is a directory (download it as zip or tar.zst)")
+    if not stat.S_ISREG(attr.mode):
+        raise RequestError(f"{node.where} is not a file: it has no content to download")
     size = attr.size
     etag = _etag(node, size, attr.mtime_ns)
     media = _content_type(name)

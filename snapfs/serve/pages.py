@@ -161,7 +161,9 @@ def directory_page(
             shown = _text(row.name) + "/"
         else:
             link = html.escape(url_of("/browse", child))
-            actions = f'<a href="{html.escape(url_of("/raw", child))}">download</a>'
+            actions = ""
+            if stat.S_ISREG(row.mode):
+                actions = f'<a href="{html.escape(url_of("/raw", child))}">download</a>'
             shown = _text(row.name)
             if row.target is not None:
                 shown += " → " + _text(row.target)
@@ -197,11 +199,16 @@ def file_page(names: Sequence[bytes], row: Row, previewable: bool) -> str:
     preview = (
         f' · <a href="{html.escape(url_of("/preview", names))}">preview</a>' if previewable else ""
     )
+    if stat.S_ISREG(row.mode):
+        links = f'<p><a href="{html.escape(url_of("/raw", names))}">download</a>{preview}</p>'
+    elif row.target is not None:
+        links = f"<p>symbolic link to {_text(row.target)}</p>"
+    else:
+        links = ""
     body = (
         f"<h1>{_text(row.name)}</h1>"
         f"<p>{stat.filemode(row.mode)} {row.uid}:{row.gid} · {_size(row.size)} "
-        f"({row.size} bytes) · modified {_when(row.mtime_ns)} UTC</p>"
-        f'<p><a href="{html.escape(url_of("/raw", names))}">download</a>{preview}</p>'
+        f"({row.size} bytes) · modified {_when(row.mtime_ns)} UTC</p>{links}"
     )
     return _page(row.name.decode("utf-8", "replace"), names, body)
 
