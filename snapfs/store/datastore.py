@@ -308,7 +308,10 @@ class Datastore:
         self, snapshot: Snapshot, file: ManifestFile, crypt: CryptConfig | None
     ) -> None:
         if file.crypt_mode == "encrypt" and crypt is None:
+            stored = self.manifest(snapshot).key_fingerprint
+            key = f" (key {format_fingerprint(stored)})" if stored is not None else ""
             raise KeyRequiredError(
-                f"snapshot {snapshot}: {file.filename} is encrypted; give its key with --keyfile"
+                f"snapshot {snapshot}{key}: {file.filename} is encrypted; "
+                "give its key with --keyfile"
             )
         self.check_key(snapshot, crypt)
