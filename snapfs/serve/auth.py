@@ -109,9 +109,11 @@ class Authenticator:
             return len(recent) >= MAX_FAILURES
 
     def check(self, header: str | None, client: str) -> str | None:
-        """The user name (or "token") the header proves, None if it proves nothing."""
+        """The user name (or "token") the header proves, None if it proves nothing. Only a
+        header that proves nothing counts as a failure: a browser's first request, and each
+        request for a path it has no credentials for yet, comes without one."""
         user = self._verify(header)
-        if user is None:
+        if user is None and header:
             with self._lock:
                 self._recent(client).append(self.clock())
             log.warning("login failed from %s%s", client, self._who(header))
