@@ -397,7 +397,7 @@ def build_app(site: Site) -> Starlette:
 
     def preview(request: Request, names: list[bytes]) -> Response:
         return file_response(
-            request, model.resolve(names), names[-1] if names else b"", preview=True
+            request, model.resolve(names), names[-1] if names else b"", site.readahead, preview=True
         )
 
     def archive(kind: str):
