@@ -839,6 +839,24 @@ def test_api_raw_of_an_image_archive_is_the_disk(server, store):
     assert status == 206 and body == image[-512:]
 
 
+def test_qemu_img_reads_an_image_over_http(server, store, tmp_path):
+    """QEMU's curl block driver (HEAD, then ranged GETs) copies the disk image byte for byte."""
+    url = f"http://127.0.0.1:{server.port}/raw/{store.vm}/drive-scsi0.img"
+    copy = tmp_path / "copy.raw"
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", url], capture_output=True, text=True
+    )
+    assert info.returncode == 0, info.stderr  # fails loudly without qemu-block-extra
+    assert json.loads(info.stdout)["virtual-size"] == store.image.stat().st_size
+    done = subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "raw", url, str(copy)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert copy.read_bytes() == store.image.read_bytes()
+
+
 def test_api_search_finds_a_file(server, store):
     status, head, body = fetch(server, "/api/search?q=deep.txt")
     assert status == 200 and head["Content-Type"] == "application/json"
