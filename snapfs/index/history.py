@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -37,6 +37,7 @@ __all__ = [
     "Located",
     "Series",
     "SearchFilter",
+    "SnapshotWriter",
     "in_namespace",
 ]
 
@@ -93,9 +94,13 @@ CREATE TABLE IF NOT EXISTS spans (
 );
 CREATE INDEX IF NOT EXISTS spans_by_series ON spans (series, first, last, version);
 CREATE INDEX IF NOT EXISTS spans_by_version ON spans (version);
-CREATE TABLE IF NOT EXISTS payload_hashes (  -- content hashes by where the bytes lie (see history)
-    place BLOB PRIMARY KEY, content BLOB NOT NULL
+CREATE TABLE IF NOT EXISTS payload_hashes (  -- content hashes by where the bytes lie
+    place BLOB PRIMARY KEY,    -- (snapfs.search.entries): equal places hold equal bytes
+    content BLOB NOT NULL,
+    series INTEGER NOT NULL,   -- the series and backup time that last stored or found it:
+    used INTEGER NOT NULL      -- kept while the series' next archive may find it again
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS payload_hashes_by_use ON payload_hashes (series, used);
 """
 
 
@@ -247,12 +252,6 @@ class HistoryIndex:
     def has_csum(self, csum: bytes) -> bool:
         return self._twin(csum) is not None
 
-    def payload_hash(self, place: bytes) -> bytes | None:
-        row = self._db.execute(
-            "SELECT content FROM payload_hashes WHERE place = ?", (place,)
-        ).fetchone()
-        return None if row is None else row[0]
-
     # -- changing it --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -301,9 +300,6 @@ class HistoryIndex:
                 "DELETE FROM series WHERE NOT EXISTS "
                 "(SELECT 1 FROM archives a WHERE a.series = series.id)"
             )
-
-    def remember_payload_hash(self, place: bytes, content: bytes) -> None:
-        self._db.execute("INSERT OR IGNORE INTO payload_hashes VALUES (?, ?)", (place, content))
 
     # -- queries ------------------------------------------------------------------------------------
 
@@ -566,7 +562,33 @@ class HistoryIndex:
                     "INSERT INTO spans VALUES (?, ?, ?, ?)", (sid, version, time + 1, last)
                 )
         self._db.execute("INSERT INTO archives VALUES (?, ?, ?)", (sid, time, csum))
+        # Places the series' previous archive did not use will not recur (in a v1 archive a
+        # small file's chunks change with its neighbours): without this the table would grow
+        # by a row per file per snapshot.
+        (previous,) = self._db.execute(
+            "SELECT max(time) FROM archives WHERE series = ? AND time < ?", (sid, time)
+        ).fetchone()
+        if previous is not None:
+            self._db.execute(
+                "DELETE FROM payload_hashes WHERE series = ? AND used < ?", (sid, previous)
+            )
         return count
+
+    def _content_by_place(self, place: bytes, sid: int, time: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT content FROM payload_hashes WHERE place = ?", (place,)
+        ).fetchone()
+        if row is None:
+            return None
+        self._db.execute(
+            "UPDATE payload_hashes SET series = ?, used = ? WHERE place = ?", (sid, time, place)
+        )
+        return row[0]
+
+    def _remember_place(self, place: bytes, content: bytes, sid: int, time: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO payload_hashes VALUES (?, ?, ?, ?)", (place, content, sid, time)
+        )
 
     def _keys_at(self, sid: int, time: int) -> dict[bytes, int]:
         rows = self._db.execute(
@@ -584,6 +606,18 @@ class SnapshotWriter:
         self._index = index
         self._where = (ns, type, bid)
         self.time = time
+
+    def places(
+        self, archive: str
+    ) -> tuple[Callable[[bytes], bytes | None], Callable[[bytes, bytes], None]]:
+        """(lookup, store) of content hashes by place, for the entries of `archive`."""
+        index = self._index
+        sid = index._series_id(Series(*self._where, archive), create=True)
+        assert sid is not None
+        return (
+            lambda place: index._content_by_place(place, sid, self.time),
+            lambda place, content: index._remember_place(place, content, sid, self.time),
+        )
 
     def add(self, archive: str, csum: bytes, entries: Iterable[IndexedEntry] | None) -> int:
         """Record one archive's entries (None: an archive of the same csum is indexed already,

@@ -27,6 +27,7 @@ from snapfs.index.history import (
     Located,
     SearchFilter,
     Series,
+    SnapshotWriter,
     in_namespace,
 )
 from snapfs.progress import Progress
@@ -330,7 +331,7 @@ class SearchIndex:
 
     def _index_archive(
         self,
-        writer,
+        writer: SnapshotWriter,
         part: HistoryIndex,
         reader: SnapshotReader,
         names: PxarNames,
@@ -366,7 +367,7 @@ class SearchIndex:
                 ForwardReader(stream, readahead), name=f"{reader.snapshot}/{names.name}"
             )
             content_index = stream.index
-        hashes = HashCache(part.payload_hash, part.remember_payload_hash)
+        hashes = HashCache(*writer.places(names.name))
         report.entries += writer.add(
             names.name, csum, archive_entries(accessor, content_index, hashes)
         )

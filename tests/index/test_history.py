@@ -170,3 +170,29 @@ def test_an_index_of_another_schema_is_refused_with_its_path(tmp_path):
     db.commit()
     with pytest.raises(Exception, match=str(path)):
         HistoryIndex.open(str(path))
+
+
+def test_content_hashes_by_place_are_kept_only_while_they_may_recur(tmp_path):
+    """A v1 archive's small files change places with every backup: the table of hashes by place
+    holds what the series' last two archives used, not a row per file per snapshot."""
+    index = HistoryIndex.open(str(tmp_path / "i.sqlite"))
+    for day in range(20):
+        with index.snapshot("", "host", "web1", day * 86400, None) as writer:
+            lookup, store = writer.places("root.pxar")
+            assert lookup(b"stable-place") in (None, b"h" * 32)
+            store(b"stable-place", b"h" * 32)  # a big file that never moves
+            for n in range(50):
+                place = f"{day}:{n}".encode()  # small files: a new place every day
+                assert lookup(place) is None
+                store(place, bytes(32))
+            writer.add("root.pxar", bytes([day]), _entries({b"/a.txt": 0}).values())
+    db = sqlite3.connect(tmp_path / "i.sqlite")
+    (rows,) = db.execute("SELECT count(*) FROM payload_hashes").fetchone()
+    assert rows == 1 + 2 * 50
+    lookup, _ = (
+        HistoryIndex.open(str(tmp_path / "i.sqlite"))
+        .snapshot("", "host", "web1", 99 * 86400, None)
+        .__enter__()
+        .places("root.pxar")
+    )
+    assert lookup(b"stable-place") == b"h" * 32
