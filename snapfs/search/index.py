@@ -57,7 +57,9 @@ def default_index_path(source: str, endpoint_url: str | None = None) -> str:
     if source.startswith("s3://"):
         identity = f"{source} {endpoint_url or ''}"
     else:
-        identity = os.path.realpath(source)
+        # abspath, not realpath: naming the index must not touch the source (a datastore on a
+        # hung network filesystem would hang the command before it could say so).
+        identity = os.path.abspath(source)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     digest = hashlib.sha256(identity.encode()).hexdigest()[:24]
     return os.path.join(base, "snapfs", "search", f"{digest}.sqlite")
