@@ -157,6 +157,12 @@ class SearchFilter:
 
 
 _VERSION_COLUMNS = "p.path, v.type, v.mode, v.uid, v.gid, v.size, v.mtime_ns, v.content, v.meta"
+#: Queries that start from paths go path -> its versions -> their spans, in that order and by
+#: those indexes: SQLite's planner, without statistics, would rather walk every span of a series.
+_FROM_PATHS = (
+    "paths p CROSS JOIN versions v ON v.path = p.id "
+    "CROSS JOIN spans s INDEXED BY spans_by_version ON s.version = v.id"
+)
 
 
 class HistoryIndex:
@@ -328,11 +334,12 @@ class HistoryIndex:
         if query.ns:
             where.append("(r.ns = ? OR r.ns GLOB ?)")
             args.extend([query.ns, _glob_escape(query.ns) + "/*"])
-        # Paths first: a GLOB over the distinct paths is a scan of one small table.
+        # Paths first: a GLOB over the distinct paths is a scan of one small table (CROSS JOIN
+        # keeps SQLite to that order; left to itself it scans every span).
         rows = self._db.execute(
             f"SELECT r.ns, r.type, r.bid, r.archive, a.time, {_VERSION_COLUMNS} "
-            "FROM paths p JOIN versions v ON v.path = p.id JOIN spans s ON s.version = v.id "
-            "JOIN series r ON r.id = s.series JOIN archives a ON a.series = s.series "
+            f"FROM {_FROM_PATHS} CROSS JOIN series r ON r.id = s.series "
+            "CROSS JOIN archives a ON a.series = s.series "
             f"AND a.time BETWEEN s.first AND coalesce(s.last, {_OPEN_END}) "
             f"WHERE {' AND '.join(where)} ORDER BY p.path, r.ns, r.type, r.bid, r.archive, a.time",
             args,
@@ -347,9 +354,8 @@ class HistoryIndex:
             if sid is None:
                 continue
             rows = self._db.execute(
-                f"SELECT a.time, {_VERSION_COLUMNS} FROM paths p "
-                "JOIN versions v ON v.path = p.id JOIN spans s ON s.version = v.id "
-                "JOIN archives a ON a.series = s.series "
+                f"SELECT a.time, {_VERSION_COLUMNS} FROM {_FROM_PATHS} "
+                "CROSS JOIN archives a ON a.series = s.series "
                 f"AND a.time BETWEEN s.first AND coalesce(s.last, {_OPEN_END}) "
                 "WHERE p.path = ? AND s.series = ? ORDER BY a.time",
                 (path, sid),
@@ -367,9 +373,8 @@ class HistoryIndex:
             return {}
         prefix = directory.rstrip(b"/") + b"/"
         rows = self._db.execute(
-            f"SELECT a.time, {_VERSION_COLUMNS} FROM paths p "
-            "JOIN versions v ON v.path = p.id JOIN spans s ON s.version = v.id "
-            "JOIN archives a ON a.series = s.series "
+            f"SELECT a.time, {_VERSION_COLUMNS} FROM {_FROM_PATHS} "
+            "CROSS JOIN archives a ON a.series = s.series "
             f"AND a.time BETWEEN s.first AND coalesce(s.last, {_OPEN_END}) "
             "WHERE s.series = ? AND p.path > ? AND p.path < ? ORDER BY a.time",
             (sid, prefix, prefix[:-1] + b"0"),  # '0' follows '/': every path below the directory
