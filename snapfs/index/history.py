@@ -43,6 +43,9 @@ __all__ = [
 SCHEMA_VERSION = 1
 #: An open span's end in comparisons: later than any backup time.
 _OPEN_END = 1 << 62
+#: `changes` reads the two archives whole when more spans start between them than 1 in this
+#: many paths (snapshots far apart, where most paths have changed).
+_WHOLE_STATES_BELOW = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -93,6 +96,7 @@ CREATE TABLE IF NOT EXISTS spans (
 );
 CREATE INDEX IF NOT EXISTS spans_by_series ON spans (series, first, last, version);
 CREATE INDEX IF NOT EXISTS spans_by_version ON spans (version);
+CREATE INDEX IF NOT EXISTS spans_by_end ON spans (series, last);
 CREATE TABLE IF NOT EXISTS payload_hashes (  -- content hashes by where the bytes lie (see history)
     place BLOB PRIMARY KEY, content BLOB NOT NULL
 ) WITHOUT ROWID;
@@ -311,6 +315,53 @@ class HistoryIndex:
             (sid, time, time),
         )
         return {row[0]: IndexedEntry(*row) for row in rows}
+
+    def changes(
+        self, series: Series, a: int, b: int
+    ) -> dict[bytes, tuple[IndexedEntry | None, IndexedEntry | None]]:
+        """The entries that differ between the series' archives at times `a` and `b`, by path:
+        (the one at `a`, the one at `b`), None where there is none.
+
+        When a path's versions at `a` and `b` differ, the span holding the first ends between
+        the two times and the span holding the second starts between them; so only the spans
+        that start or end between them are read, and two adjacent snapshots cost what changed
+        between them, not what they hold. Far apart, when more spans start between them than
+        1 in _WHOLE_STATES_BELOW paths, the two archives are read whole instead."""
+        sid = self._series_id(series, create=False)
+        if sid is None or a == b:
+            return {}
+        low, high = min(a, b), max(a, b)
+        (starting,) = self._db.execute(
+            "SELECT count(*) FROM spans INDEXED BY spans_by_series "
+            "WHERE series = ? AND first > ? AND first <= ?",
+            (sid, low, high),
+        ).fetchone()
+        (paths,) = self._db.execute("SELECT coalesce(max(id), 0) FROM paths").fetchone()
+        if starting * _WHOLE_STATES_BELOW > paths:
+            old, new = self.state(series, a), self.state(series, b)
+        else:
+            old, new = {}, {}
+            columns = f"s.first, coalesce(s.last, {_OPEN_END}), {_VERSION_COLUMNS}"
+            joins = "JOIN versions v ON v.id = s.version JOIN paths p ON p.id = v.path"
+            rows = self._db.execute(
+                f"SELECT {columns} FROM spans s INDEXED BY spans_by_series {joins} "
+                "WHERE s.series = ?1 AND s.first > ?2 AND s.first <= ?3 UNION ALL "
+                f"SELECT {columns} FROM spans s INDEXED BY spans_by_end {joins} "
+                "WHERE s.series = ?1 AND s.last >= ?2 AND s.last < ?3",
+                (sid, low, high),
+            )
+            for first, last, *fields in rows:
+                entry = IndexedEntry(*fields)
+                if first <= a <= last:
+                    old[entry.path] = entry
+                if first <= b <= last:
+                    new[entry.path] = entry
+        found = {}
+        for path in old.keys() | new.keys():
+            pair = (old.get(path), new.get(path))
+            if pair[0] != pair[1]:
+                found[path] = pair
+        return found
 
     def search(self, query: SearchFilter) -> Iterator[Located]:
         """Every (snapshot, version) where the version matches, ordered by path then time."""

@@ -160,6 +160,19 @@ class SearchIndex:
             found.update(part.state(series, at))
         return found
 
+    def changes(
+        self, series: Series, a: int, b: int
+    ) -> dict[bytes, tuple[IndexedEntry | None, IndexedEntry | None]]:
+        """What differs between the series' archives at `a` and `b`: path -> (old, new)."""
+        for part in self.parts:
+            times = part.archive_times(series)
+            if a in times and b in times:
+                return part.changes(series, a, b)
+        # The two archives are in different parts (a key given to some snapshots only).
+        old, new = self.state(series, a), self.state(series, b)
+        pairs = {path: (old.get(path), new.get(path)) for path in old.keys() | new.keys()}
+        return {path: pair for path, pair in pairs.items() if pair[0] != pair[1]}
+
     def history(self, series: Iterable[Series], path: bytes) -> list[Located]:
         wanted = list(series)
         found = [hit for part in self.parts for hit in part.history(wanted, path)]

@@ -1,6 +1,6 @@
-"""HistoryIndex queries against the archives they were built from: what each archive holds and
-a path's history, on random histories (archives added out of order, pruned), and the query plans
-that keep them cheap on a long history."""
+"""HistoryIndex queries against the archives they were built from: what each archive holds, a
+path's history and the changes between two archives, on random histories (archives added out of
+order, pruned), and the query plans that keep them cheap on a long history."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from snapfs.index import history as history_module
 from snapfs.index.history import HistoryIndex, IndexedEntry, SearchFilter, Series
 
 SERIES = Series("", "host", "web1", "root.pxar")
@@ -42,8 +43,11 @@ def build(history: dict[int, dict[bytes, IndexedEntry]], order: list[int]) -> Hi
     return index
 
 
+@pytest.mark.parametrize("whole", [False, True], ids=["from-spans", "whole-states"])
 @pytest.mark.parametrize("seed", range(40))
-def test_states_and_history_match_the_archives(seed):
+def test_states_history_and_changes_match_the_archives(seed, whole, monkeypatch):
+    # changes() either way: from the spans between the two archives, or the two archives whole
+    monkeypatch.setattr(history_module, "_WHOLE_STATES_BELOW", 10**9 if whole else 0)
     rng = random.Random(seed)
     history = random_history(rng, rng.randrange(2, 12))
     times = list(history)
@@ -58,6 +62,15 @@ def test_states_and_history_match_the_archives(seed):
         times.remove(gone)
     for time in times:
         assert index.state(SERIES, time) == history[time]
+    for a in times:
+        for b in times:
+            old, new = history[a], history[b]
+            expected = {
+                path: (old.get(path), new.get(path))
+                for path in old.keys() | new.keys()
+                if old.get(path) != new.get(path)
+            }
+            assert index.changes(SERIES, a, b) == expected
     for path in {p for held in history.values() for p in held}:
         found = [(hit.time, hit.entry) for hit in index.history([SERIES], path)]
         assert found == [(t, history[t][path]) for t in times if path in history[t]]
@@ -79,3 +92,26 @@ def test_path_queries_go_from_the_path_to_its_versions_and_their_spans():
         plan = " / ".join(row[3] for row in index._db.execute("EXPLAIN QUERY PLAN " + query))
         assert "versions_by_path" in plan and "spans_by_version" in plan, plan
         assert "spans_by_series" not in plan, plan
+
+
+def test_changes_of_adjacent_archives_read_only_the_spans_between_them():
+    """1,000 paths over 20 archives, two changing per archive: a diff of two adjacent ones
+    reads what changed between them, by index, not the series' spans."""
+    held = {b"/f%04d" % i: entry(b"/f%04d" % i, 0) for i in range(1000)}
+    history = {}
+    for n, time in enumerate(range(100, 300, 10)):
+        for i in (n, n + 500) if n else ():
+            held[b"/f%04d" % i] = entry(b"/f%04d" % i, n % 4 + 1)
+        history[time] = dict(held)
+    index = build(history, list(history))
+    traced: list[str] = []
+    index._db.set_trace_callback(traced.append)
+    changes = index.changes(SERIES, 280, 290)
+    index._db.set_trace_callback(None)
+    assert changes == {
+        path: (history[280][path], history[290][path]) for path in (b"/f0019", b"/f0519")
+    }
+    (query,) = [q for q in traced if "UNION ALL" in q]
+    plan = " / ".join(row[3] for row in index._db.execute("EXPLAIN QUERY PLAN " + query))
+    assert "spans_by_series (series=? AND first>? AND first<?)" in plan, plan
+    assert "spans_by_end (series=? AND last>? AND last<?)" in plan, plan
