@@ -44,6 +44,9 @@ __all__ = [
 SCHEMA_VERSION = 1
 #: An open span's end in comparisons: later than any backup time.
 _OPEN_END = 1 << 62
+#: `changes` reads the two archives whole when more spans start between them than 1 in this
+#: many paths (snapshots far apart, where most paths have changed).
+_WHOLE_STATES_BELOW = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -94,6 +97,7 @@ CREATE TABLE IF NOT EXISTS spans (
 );
 CREATE INDEX IF NOT EXISTS spans_by_series ON spans (series, first, last, version);
 CREATE INDEX IF NOT EXISTS spans_by_version ON spans (version);
+CREATE INDEX IF NOT EXISTS spans_by_end ON spans (series, last);
 CREATE TABLE IF NOT EXISTS payload_hashes (  -- content hashes by where the bytes lie
     place BLOB PRIMARY KEY,    -- (snapfs.search.entries): equal places hold equal bytes
     content BLOB NOT NULL,
@@ -176,6 +180,12 @@ class SearchFilter:
 #: Path ids per `IN (...)` list: SQLite takes at most 32766 parameters in one statement.
 _IN_BATCH = 500
 _VERSION_COLUMNS = "p.path, v.type, v.mode, v.uid, v.gid, v.size, v.mtime_ns, v.content, v.meta"
+#: Queries that start from paths go path -> its versions -> their spans, in that order and by
+#: those indexes: SQLite's planner, without statistics, would rather walk every span of a series.
+_FROM_PATHS = (
+    "paths p CROSS JOIN versions v ON v.path = p.id "
+    "CROSS JOIN spans s INDEXED BY spans_by_version ON s.version = v.id"
+)
 
 
 class HistoryIndex:
@@ -316,31 +326,52 @@ class HistoryIndex:
         )
         return {row[0]: IndexedEntry(*row) for row in rows}
 
-    def difference(
+    def changes(
         self, series: Series, a: int, b: int
-    ) -> tuple[dict[bytes, IndexedEntry], dict[bytes, IndexedEntry]]:
-        """The entries of the series' archives at `a` and at `b` that the other does not hold,
-        by path: what a diff of two snapshots of one series needs, found from the spans alone
-        (a version both hold is never read)."""
+    ) -> dict[bytes, tuple[IndexedEntry | None, IndexedEntry | None]]:
+        """The entries that differ between the series' archives at times `a` and `b`, by path:
+        (the one at `a`, the one at `b`), None where there is none.
+
+        When a path's versions at `a` and `b` differ, the span holding the first ends between
+        the two times and the span holding the second starts between them; so only the spans
+        that start or end between them are read, and two adjacent snapshots cost what changed
+        between them, not what they hold. Far apart, when more spans start between them than
+        1 in _WHOLE_STATES_BELOW paths, the two archives are read whole instead."""
         sid = self._series_id(series, create=False)
-        if sid is None:
-            return {}, {}
-        covers_a = f"(s.first <= :a AND coalesce(s.last, {_OPEN_END}) >= :a)"
-        covers_b = f"(s.first <= :b AND coalesce(s.last, {_OPEN_END}) >= :b)"
-        rows = self._db.execute(
-            f"SELECT {covers_a}, {_VERSION_COLUMNS} FROM spans s "
-            "JOIN versions v ON v.id = s.version JOIN paths p ON p.id = v.path "
-            "WHERE s.series = :sid AND s.first <= max(:a, :b) "
-            f"AND coalesce(s.last, {_OPEN_END}) >= min(:a, :b) AND {covers_a} != {covers_b}",
-            {"sid": sid, "a": a, "b": b},
-        )
-        only: tuple[dict[bytes, IndexedEntry], dict[bytes, IndexedEntry]] = ({}, {})
-        for row in rows:
-            only[0 if row[0] else 1][row[1]] = IndexedEntry(*row[1:])
-        # A version both hold through two spans (it left the series and came back) is no change.
-        for path in [p for p, entry in only[0].items() if only[1].get(p) == entry]:
-            del only[0][path], only[1][path]
-        return only
+        if sid is None or a == b:
+            return {}
+        low, high = min(a, b), max(a, b)
+        (starting,) = self._db.execute(
+            "SELECT count(*) FROM spans INDEXED BY spans_by_series "
+            "WHERE series = ? AND first > ? AND first <= ?",
+            (sid, low, high),
+        ).fetchone()
+        (paths,) = self._db.execute("SELECT coalesce(max(id), 0) FROM paths").fetchone()
+        if starting * _WHOLE_STATES_BELOW > paths:
+            old, new = self.state(series, a), self.state(series, b)
+        else:
+            old, new = {}, {}
+            columns = f"s.first, coalesce(s.last, {_OPEN_END}), {_VERSION_COLUMNS}"
+            joins = "JOIN versions v ON v.id = s.version JOIN paths p ON p.id = v.path"
+            rows = self._db.execute(
+                f"SELECT {columns} FROM spans s INDEXED BY spans_by_series {joins} "
+                "WHERE s.series = ?1 AND s.first > ?2 AND s.first <= ?3 UNION ALL "
+                f"SELECT {columns} FROM spans s INDEXED BY spans_by_end {joins} "
+                "WHERE s.series = ?1 AND s.last >= ?2 AND s.last < ?3",
+                (sid, low, high),
+            )
+            for first, last, *fields in rows:
+                entry = IndexedEntry(*fields)
+                if first <= a <= last:
+                    old[entry.path] = entry
+                if first <= b <= last:
+                    new[entry.path] = entry
+        found = {}
+        for path in old.keys() | new.keys():
+            pair = (old.get(path), new.get(path))
+            if pair[0] != pair[1]:
+                found[path] = pair
+        return found
 
     def search(self, query: SearchFilter) -> Iterator[Located]:
         """Every (snapshot, version) where the version matches, ordered by path then time."""
@@ -364,11 +395,12 @@ class HistoryIndex:
         if query.ns:
             where.append("(r.ns = ? OR r.ns GLOB ?)")
             args.extend([query.ns, _glob_escape(query.ns) + "/*"])
-        # Paths first: a GLOB over the distinct paths is a scan of one small table.
+        # Paths first: a GLOB over the distinct paths is a scan of one small table (CROSS JOIN
+        # keeps SQLite to that order; left to itself it scans every span).
         rows = self._db.execute(
             f"SELECT r.ns, r.type, r.bid, r.archive, a.time, {_VERSION_COLUMNS} "
-            "FROM paths p JOIN versions v ON v.path = p.id JOIN spans s ON s.version = v.id "
-            "JOIN series r ON r.id = s.series JOIN archives a ON a.series = s.series "
+            f"FROM {_FROM_PATHS} CROSS JOIN series r ON r.id = s.series "
+            "CROSS JOIN archives a ON a.series = s.series "
             f"AND a.time BETWEEN s.first AND coalesce(s.last, {_OPEN_END}) "
             f"WHERE {' AND '.join(where)} ORDER BY p.path, r.ns, r.type, r.bid, r.archive, a.time",
             args,
@@ -383,9 +415,8 @@ class HistoryIndex:
             if sid is None:
                 continue
             rows = self._db.execute(
-                f"SELECT a.time, {_VERSION_COLUMNS} FROM paths p "
-                "JOIN versions v ON v.path = p.id JOIN spans s ON s.version = v.id "
-                "JOIN archives a ON a.series = s.series "
+                f"SELECT a.time, {_VERSION_COLUMNS} FROM {_FROM_PATHS} "
+                "CROSS JOIN archives a ON a.series = s.series "
                 f"AND a.time BETWEEN s.first AND coalesce(s.last, {_OPEN_END}) "
                 "WHERE p.path = ? AND s.series = ? ORDER BY a.time",
                 (path, sid),

@@ -138,15 +138,16 @@ def _diff_pxar(
 ) -> Iterator[Change]:
     for snapshot in (a, b):
         index.require_snapshot(snapshot)
-    series_a, series_b = _series(a, name), _series(b, name)
-    if series_a == series_b:
-        old, new = index.difference(series_a, a.time, b.time)
+    series = (_series(a, name), _series(b, name))
+    if series[0] == series[1]:  # two snapshots of one group: only what changed is read
+        pairs = index.changes(series[0], a.time, b.time)
     else:
-        old, new = index.state(series_a, a.time), index.state(series_b, b.time)
-    for entry_path in sorted(old.keys() | new.keys()):
+        old, new = index.state(series[0], a.time), index.state(series[1], b.time)
+        pairs = {p: (old.get(p), new.get(p)) for p in old.keys() | new.keys()}
+    for entry_path in sorted(pairs):
         if path is not None and not _below(entry_path, path):
             continue
-        before, after = old.get(entry_path), new.get(entry_path)
+        before, after = pairs[entry_path]
         change = classify(before, after)
         if change in ("M", "?") and readers is not None:
             assert before is not None and after is not None

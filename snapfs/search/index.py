@@ -163,15 +163,18 @@ class SearchIndex:
             found.update(part.state(series, at))
         return found
 
-    def difference(
+    def changes(
         self, series: Series, a: int, b: int
-    ) -> tuple[dict[bytes, IndexedEntry], dict[bytes, IndexedEntry]]:
-        only: tuple[dict[bytes, IndexedEntry], dict[bytes, IndexedEntry]] = ({}, {})
+    ) -> dict[bytes, tuple[IndexedEntry | None, IndexedEntry | None]]:
+        """What differs between the series' archives at `a` and `b`: path -> (old, new)."""
         for part in self.parts:
-            old, new = part.difference(series, a, b)
-            only[0].update(old)
-            only[1].update(new)
-        return only
+            times = part.archive_times(series)
+            if a in times and b in times:
+                return part.changes(series, a, b)
+        # The two archives are in different parts (a key given to some snapshots only).
+        old, new = self.state(series, a), self.state(series, b)
+        pairs = {path: (old.get(path), new.get(path)) for path in old.keys() | new.keys()}
+        return {path: pair for path, pair in pairs.items() if pair[0] != pair[1]}
 
     def history(self, series: Iterable[Series], path: bytes) -> list[Located]:
         wanted = list(series)

@@ -69,11 +69,12 @@ def _check(index: HistoryIndex, model: dict) -> None:
         for (ns_b, type_b, bid_b, b), new in model.items():
             if (ns, type_, bid) != (ns_b, type_b, bid_b):
                 continue
-            only = index.difference(Series(ns, type_, bid, "root.pxar"), a, b)
-            assert only == (
-                {p: e for p, e in old.items() if new.get(p) != e},
-                {p: e for p, e in new.items() if old.get(p) != e},
-            )
+            changes = index.changes(Series(ns, type_, bid, "root.pxar"), a, b)
+            assert changes == {
+                p: (old.get(p), new.get(p))
+                for p in old.keys() | new.keys()
+                if old.get(p) != new.get(p)
+            }
     found = {
         ((hit.series.ns, hit.series.type, hit.series.id, hit.time), hit.entry)
         for hit in index.search(SearchFilter(name_glob="*.conf"))
