@@ -41,7 +41,7 @@ __all__ = [
     "in_namespace",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: payload_hashes records which series used a place, and when
 #: An open span's end in comparisons: later than any backup time.
 _OPEN_END = 1 << 62
 #: `changes` reads the two archives whole when more spans start between them than 1 in this
