@@ -51,6 +51,11 @@ class Progress:
         if nbytes:
             self._bar.update(nbytes)
 
+    def note(self, text: str) -> None:
+        """Say more than the count beside the bar (verify: bytes, GETs, problems so far)."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from snapfs.cli._common import (
     EXIT_ERROR,
@@ -18,6 +19,8 @@ EXAMPLES: dict[str, list[str]] = {
     "verify": [
         "snapfs verify /srv/datastore",
         "snapfs verify /srv/datastore vm/100 --keyfile /root/pbs.key --json",
+        "snapfs verify s3://bucket/store --subset 1/7 --resume /var/lib/snapfs/verify.state",
+        "snapfs verify s3://bucket/store --cluster tcp://scheduler:8786",
     ],
 }
 
@@ -34,28 +37,98 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="TYPE/ID/TIME or TYPE/ID (default: all in --ns and below)",
     )
     add_key_options(p)
+    add_work_options(p)
+    p.add_argument(
+        "--subset",
+        metavar="n/t|P%",
+        help="check only the n-th of t slices of the chunk folders (the same slice every run, "
+        "so t runs cover the store), or a random P%% of them",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="STATE",
+        help="keep finished shards in STATE; after a crash or Ctrl-C the same command "
+        "continues where it stopped (a finished run's STATE starts afresh)",
+    )
     add_json_option(p, "machine-readable report on stdout")
     p.set_defaults(func=cmd_verify)
 
 
+def add_work_options(parser: argparse.ArgumentParser) -> None:
+    """--workers and --cluster: where the work of `verify` runs."""
+    g = parser.add_argument_group("where the work runs")
+    g.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="local worker processes (default: one per core; 1 = in this process)",
+    )
+    g.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run on a Dask distributed scheduler, e.g. tcp://scheduler:8786 "
+        "(pip install 'snapfs[cluster]'); each worker needs snapfs, its own S3 credentials "
+        "and, for encrypted backups, the key file at the same path",
+    )
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    from snapfs.cluster import open_pool
     from snapfs.progress import Progress
     from snapfs.store.datastore import parse_namespace
     from snapfs.verify import select_snapshots, verify
+    from snapfs.verify.shards import ShardContext, give_key
 
-    datastore = source_options(args).open()
+    source = source_options(args)
+    keys = key_options(args)
+    datastore = source.open()
     snapshots = select_snapshots(datastore, parse_namespace(args.ns), args.snapshot)
-    progress = Progress.for_terminal(quiet=args.json, desc="verify")
-    progress.start(total_bytes=None)
-    try:
-        report = verify(
-            datastore,
-            snapshots,
-            key_options(args).crypt_config(),
-            on_chunk=lambda n: progress.update(n, 1),
-        )
-    finally:
-        progress.close()
+    crypt = keys.crypt_config()
+    context = ShardContext(
+        source,
+        keys if keys.keyfile else None,
+        crypt.fingerprint if crypt is not None else None,
+    )
+    progress = Progress.for_terminal(quiet=args.json, desc="verify", unit="chunk")
+    problems = gets = checked_bytes = 0
+
+    def shard_done(result) -> None:
+        nonlocal problems, gets, checked_bytes
+        problems += len(result.bad)
+        gets += result.gets
+        checked_bytes += result.bytes
+        progress.note(f"{checked_bytes / 1e6:,.0f} MB, {gets} GETs, {problems} bad")
+        progress.update(result.checked)
+
+    with open_pool(
+        args.workers,
+        args.cluster,
+        initializer=give_key,
+        initargs=(crypt.key if crypt is not None else None,),
+    ) as pool:
+        try:
+            report = verify(
+                datastore,
+                snapshots,
+                crypt,
+                context=context,
+                pool=pool,
+                subset=args.subset,
+                state_path=args.resume,
+                selection=f"{args.ns}:{args.snapshot or ''}",
+                on_plan=progress.start,
+                on_shard=shard_done,
+            )
+        except KeyboardInterrupt:
+            if args.resume:
+                print(
+                    f"snapfs: finished shards are kept in {args.resume}: "
+                    "run the same command to continue",
+                    file=sys.stderr,
+                )
+            raise
+        finally:
+            progress.close()
     if args.json:
         print_json(report.to_dict())
     else:

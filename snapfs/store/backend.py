@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from snapfs.errors import MissingChunkError, NotFoundError, SnapfsError
@@ -47,6 +48,14 @@ class Backend(ABC):
     def read_chunk(self, digest: bytes) -> bytes:
         """The raw DataBlob bytes of a chunk; MissingChunkError if the store lacks it."""
 
+    @abstractmethod
+    def list_chunks(self, prefix: str) -> set[bytes]:
+        """The digests stored under `.chunks/<prefix>/`, `prefix` being 4 lower-case hex digits.
+
+        One folder (one listing) at a time, as the store shards them: a whole store may hold
+        hundreds of millions of chunks and is never listed in one go.
+        """
+
     def _parts(self, path: str) -> list[str]:
         """The components of a datastore path. Paths come from our own model, but a listing may
         hold any name: never let one climb out of the datastore."""
@@ -59,10 +68,26 @@ class Backend(ABC):
         return MissingChunkError(f"chunk {digest.hex()} is missing from {self.name}")
 
 
+def chunk_prefix(digest: bytes) -> str:
+    """The 4-hex folder PBS keeps a chunk in, one of 65,536."""
+    return digest[:2].hex()
+
+
+def parse_chunk_names(names: Iterable[str]) -> set[bytes]:
+    """The digests among a chunk folder's names; anything else there (`.bad` copies) is not one."""
+    found = set()
+    for name in names:
+        if len(name) == 64:
+            try:
+                found.add(bytes.fromhex(name))
+            except ValueError:
+                continue
+    return found
+
+
 def chunk_path(digest: bytes) -> str:
     """The relative path PBS stores a chunk at: `.chunks/<first 4 hex>/<64 hex>`."""
-    hexdigest = digest.hex()
-    return f".chunks/{hexdigest[:4]}/{hexdigest}"
+    return f".chunks/{chunk_prefix(digest)}/{digest.hex()}"
 
 
 class LocalBackend(Backend):
@@ -127,3 +152,12 @@ class LocalBackend(Backend):
             # An S3 datastore's cache keeps 0-byte files for evicted chunks (docs/formats.md §3).
             raise MissingChunkError(f"chunk {digest.hex()} is an empty placeholder in {self.root}")
         return data
+
+    def list_chunks(self, prefix: str) -> set[bytes]:
+        folder = os.path.join(self.root, ".chunks", prefix)
+        try:
+            return parse_chunk_names(os.listdir(folder))
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            raise SnapfsError(f"{folder}: cannot list: {exc.strerror}") from None

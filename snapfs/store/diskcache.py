@@ -208,6 +208,9 @@ class DiskCache(Backend):
     def list_dir(self, path: str) -> DirListing:
         return self.backend.list_dir(path)
 
+    def list_chunks(self, prefix: str) -> set[bytes]:
+        return self.backend.list_chunks(prefix)  # what the store holds, not what is cached
+
     def read_chunk(self, digest: bytes) -> bytes:
         hexdigest = digest.hex()
         rel = os.path.join("chunks", hexdigest[:4], hexdigest)

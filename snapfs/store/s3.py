@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from functools import partial
 
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
-from snapfs.store.backend import Backend, DirListing, chunk_path
+from snapfs.store.backend import Backend, DirListing, chunk_path, parse_chunk_names
 from snapfs.store.readahead import Readahead
 from snapfs.store.s3_requests import S3Requests, S3Settings
 from snapfs.store.singleflight import SingleFlight
@@ -191,6 +191,11 @@ class S3Backend(S3Requests, Backend):
             self._list_one(path)
         with self._list_lock:
             return self._listings[path][1]
+
+    def list_chunks(self, prefix: str) -> set[bytes]:
+        key_prefix = f"{self.store}/.chunks/{prefix}/"
+        _, objects = self._list(key_prefix, None, f"listing chunks {prefix}")
+        return parse_chunk_names(key[len(key_prefix) :] for key, _ in objects)
 
     def _list_one(self, path: str) -> None:
         prefix = self._key(path) + "/"

@@ -20,37 +20,36 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from snapfs.cluster import InlinePool, WorkPool
 from snapfs.errors import (
     KeyRequiredError,
-    MissingChunkError,
     NotFoundError,
     SnapfsError,
     UsageError,
     WrongKeyError,
 )
 from snapfs.format.archive_names import FileType, PxarNames, archive_kind, short_name
-from snapfs.format.blob import decode_blob, decode_chunk
+from snapfs.format.blob import decode_blob
 from snapfs.format.crypt import CryptConfig, format_fingerprint
 from snapfs.format.index import DynamicIndex, FixedIndex
 from snapfs.store.datastore import BACKUP_TYPES, Datastore, Group, Snapshot, parse_snapshot
-from snapfs.store.pipeline import ordered
-
-DEFAULT_WORKERS = 8
-#: Chunk checks under way per worker: enough that one slow GET does not idle the others, few
-#: enough that millions of chunks never stand in memory as futures at once.
-CHECKS_PER_WORKER = 8
-
-# Chunk states. CRC_ONLY: an encrypted chunk checked without its key (magic and CRC only).
-OK, CRC_ONLY, MISSING, CORRUPT = "ok", "crc-only", "missing", "corrupt"
-
-
-@dataclass
-class ChunkStatus:
-    state: str
-    message: str = ""
-    size: int | None = None  # decoded length, when it could be decoded
+from snapfs.verify.shards import (
+    CRC_ONLY,
+    OK,
+    WRONG_SIZE,
+    ChunkStatus,
+    Shard,
+    ShardContext,
+    ShardResult,
+    Subset,
+    adopt_store,
+    check_shard,
+    plan_shards,
+)
+from snapfs.verify.state import ResumeState
 
 
 @dataclass
@@ -109,20 +108,36 @@ class SnapshotResult:
 @dataclass
 class VerifyReport:
     snapshots: list[SnapshotResult] = field(default_factory=list)
+    chunks_referenced: int = 0  # distinct chunks the selected snapshots' indexes name
     chunks_checked: int = 0
     bytes_checked: int = 0
+    gets: int = 0
+    lists: int = 0
+    subset: str = "all"
+    where: str = "this process"
+    shards: int = 0
+    shards_resumed: int = 0  # finished by an earlier run, read back from --resume
+    shard_errors: list[str] = field(default_factory=list)  # shards that could not be checked
     elapsed: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.snapshots)
+        return not self.shard_errors and all(s.ok for s in self.snapshots)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "snapshots": [s.to_dict() for s in self.snapshots],
+            "chunks_referenced": self.chunks_referenced,
             "chunks_checked": self.chunks_checked,
             "bytes_checked": self.bytes_checked,
+            "gets": self.gets,
+            "lists": self.lists,
+            "subset": self.subset,
+            "workers": self.where,
+            "shards": self.shards,
+            "shards_resumed": self.shards_resumed,
+            "shard_errors": self.shard_errors,
             "elapsed": round(self.elapsed, 3),
         }
 
@@ -140,10 +155,19 @@ class VerifyReport:
                 )
                 out += [f"           affects {a}" for a in b.affected]
             out += [f"         note: {n}" for n in s.notes]
+        out += [f"error: {e}" for e in self.shard_errors]
         failed = sum(not s.ok for s in self.snapshots)
+        counted = f"{self.chunks_checked}"
+        size = f"{self.bytes_checked / 1e6:.1f} MB"
+        if self.subset != "all":
+            counted += f" of {self.chunks_referenced}"
+            size += f", --subset {self.subset}"
+        if self.shards_resumed:
+            size += f", {self.shards_resumed} of {self.shards} shards done before (--resume)"
         out.append(
-            f"verified {len(self.snapshots)} snapshots: {len(self.snapshots) - failed} ok, {failed} failed; "
-            f"{self.chunks_checked} chunks ({self.bytes_checked / 1e6:.1f} MB) checked in {self.elapsed:.1f}s"
+            f"verified {len(self.snapshots)} snapshots: {len(self.snapshots) - failed} ok, "
+            f"{failed} failed; {counted} chunks ({size}) checked in {self.elapsed:.1f}s "
+            f"on {self.where}"
         )
         return out
 
@@ -182,46 +206,110 @@ class _IndexJob:
 
 
 class Verifier:
+    """One verify run: manifests, blobs and indexes here; the chunk checks in shards on `pool`.
+
+    `on_shard(result)` is called as each shard finishes (the progress bar); `state_path` keeps
+    finished shards for a rerun (snapfs.verify.state).
+    """
+
     def __init__(
         self,
         datastore: Datastore,
         crypt: CryptConfig | None = None,
         *,
-        workers: int = DEFAULT_WORKERS,
-        on_chunk: Callable[[int], None] | None = None,
+        context: ShardContext,
+        pool: WorkPool | None = None,
+        subset: str | None = None,
+        state_path: str | None = None,
+        selection: str = "",
+        on_plan: Callable[[int], None] | None = None,
+        on_shard: Callable[[ShardResult], None] | None = None,
     ) -> None:
         self.datastore = datastore
         self.crypt = crypt
-        self.workers = workers
-        self.on_chunk = on_chunk
+        self.context = context
+        self.pool = pool or InlinePool()
+        self.subset_text = subset
+        self.state_path = state_path
+        self.selection = selection
+        self.on_plan = on_plan
+        self.on_shard = on_shard
         self.chunk_status: dict[bytes, ChunkStatus] = {}
+        # Shards run in this process use this store, its open connections and its counters.
+        adopt_store(context, datastore.backend, crypt)
 
     def run(self, snapshots: list[Snapshot]) -> VerifyReport:
         started = time.monotonic()
-        report = VerifyReport()
+        report = VerifyReport(where=self.pool.where)
         jobs: list[_IndexJob] = []
         for snapshot in snapshots:
             result = SnapshotResult(snapshot)
             report.snapshots.append(result)
             jobs += self._check_snapshot_files(result)
-        digests = {d for job in jobs for d in _digests(job.index)} - self.chunk_status.keys()
-        for digest, future in ordered(
-            digests,
-            self._check_chunk,
-            workers=self.workers,
-            window=CHECKS_PER_WORKER * self.workers,
-            thread_name="snapfs-verify",
-        ):
-            status = future.result()
-            self.chunk_status[digest] = status
-            report.chunks_checked += 1
-            report.bytes_checked += status.size or 0
-            if self.on_chunk is not None:
-                self.on_chunk(status.size or 0)
+        referenced: dict[bytes, int] = {}
+        for job in jobs:
+            for start, end, digest in job.index.chunks():
+                referenced.setdefault(digest, end - start)
+        report.chunks_referenced = len(referenced)
+
+        state = None
+        subset = Subset.parse(self.subset_text)
+        if self.state_path is not None:
+            run = {
+                "source": self.datastore.name,
+                "selection": self.selection,
+                "subset": subset.spec,
+            }
+            state = ResumeState.open(self.state_path, {**run, "seed": subset.seed})
+            subset = Subset(subset.spec, state.run["seed"])
+        report.subset = subset.spec
+        shards = plan_shards(referenced, subset)
+        report.shards = len(shards)
+        finished = state.finished if state is not None else {}
+        todo: list[Shard] = []
+        for shard in shards:
+            done = finished.get(shard.number)
+            if done is not None and done.fingerprint == shard.fingerprint:
+                self._take(report, shard, done)
+                report.shards_resumed += 1
+            else:
+                todo.append(shard)
+        if self.on_plan is not None:
+            self.on_plan(sum(len(s.chunks) for s in todo))
+        for shard, outcome in self.pool.run(partial(check_shard, self.context), todo):
+            if isinstance(outcome, BaseException):
+                first, last = shard.prefixes[0], shard.prefixes[-1]
+                report.shard_errors.append(
+                    f"chunks under .chunks/{first}..{last} not checked: {_one_line(outcome)}"
+                )
+                continue
+            if state is not None:
+                state.record(outcome)
+            self._take(report, shard, outcome)
+            if self.on_shard is not None:
+                self.on_shard(outcome)
+        if state is not None and not report.shard_errors:
+            state.complete()
         for job in jobs:
             self._collect_bad(job)
+        if not subset.is_all:
+            for result in report.snapshots:
+                if result.chunks:
+                    result.notes.append(
+                        f"only the chunks of --subset {subset.spec} were checked "
+                        f"({report.chunks_checked} of {report.chunks_referenced} in this run)"
+                    )
         report.elapsed = time.monotonic() - started
         return report
+
+    def _take(self, report: VerifyReport, shard: Shard, result: ShardResult) -> None:
+        """Book a shard's outcome: every chunk it checked gets a status (right unless named)."""
+        for digest, size in shard.chunks:
+            self.chunk_status[digest] = result.bad.get(digest) or ChunkStatus(OK, size=size)
+        report.chunks_checked += result.checked
+        report.bytes_checked += result.bytes
+        report.gets += result.gets
+        report.lists += result.lists
 
     # -- per snapshot: manifest, blobs, indexes
 
@@ -277,34 +365,17 @@ class Verifier:
             )
         return jobs
 
-    # -- per chunk
-
-    def _check_chunk(self, digest: bytes) -> ChunkStatus:
-        try:
-            raw = self.datastore.backend.read_chunk(digest)
-        except MissingChunkError as exc:
-            return ChunkStatus(MISSING, str(exc))
-        except SnapfsError as exc:
-            return ChunkStatus(MISSING, str(exc))
-        try:
-            data = decode_chunk(raw, digest, self.crypt, name=f"chunk {digest.hex()}")
-        except KeyRequiredError:
-            return ChunkStatus(CRC_ONLY)
-        except SnapfsError as exc:
-            return ChunkStatus(CORRUPT, str(exc))
-        except Exception as exc:  # a decoder bug must fail the chunk, not the whole verify
-            return ChunkStatus(CORRUPT, f"chunk {digest.hex()}: cannot decode: {exc}")
-        return ChunkStatus(OK, size=len(data))
-
     # -- reporting
 
     def _collect_bad(self, job: _IndexJob) -> None:
         bad: dict[bytes, BadChunk] = {}
         for start, end, digest in job.index.chunks():
-            status = self.chunk_status[digest]
+            status = self.chunk_status.get(digest)
+            if status is None:
+                continue  # outside this run's --subset
             state, message = status.state, status.message
-            if state == OK and status.size != end - start:
-                state = "wrong-size"
+            if state in (OK, WRONG_SIZE) and status.size != end - start:
+                state = WRONG_SIZE
                 message = f"decodes to {status.size} bytes, the index says {end - start}"
             if state in (OK, CRC_ONLY):
                 continue
@@ -377,12 +448,36 @@ def verify(
     snapshots: list[Snapshot],
     crypt: CryptConfig | None = None,
     *,
-    workers: int = DEFAULT_WORKERS,
-    on_chunk: Callable[[int], None] | None = None,
+    context: ShardContext | None = None,
+    pool: WorkPool | None = None,
+    subset: str | None = None,
+    state_path: str | None = None,
+    selection: str = "",
+    on_plan: Callable[[int], None] | None = None,
+    on_shard: Callable[[ShardResult], None] | None = None,
 ) -> VerifyReport:
-    """Verify the snapshots; see the module docstring for what is checked."""
-    return Verifier(datastore, crypt, workers=workers, on_chunk=on_chunk).run(snapshots)
+    """Verify the snapshots; see the module docstring for what is checked.
+
+    Without a pool, the shards run in this process; `context` (needed by the process pools)
+    defaults to one naming the open datastore, for this process only.
+    """
+    if context is None:
+        from snapfs.store.sources import SourceOptions
+
+        context = ShardContext(SourceOptions(datastore.name))
+    return Verifier(
+        datastore,
+        crypt,
+        context=context,
+        pool=pool,
+        subset=subset,
+        state_path=state_path,
+        selection=selection,
+        on_plan=on_plan,
+        on_shard=on_shard,
+    ).run(snapshots)
 
 
-def _digests(index: FixedIndex | DynamicIndex) -> set[bytes]:
-    return {index.digest(i) for i in range(index.chunk_count)}
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{text}" if isinstance(exc, SnapfsError) else f"{exc.__class__.__name__}: {text}"

@@ -1,0 +1,262 @@
+"""The chunk checks of a verify, cut into shards any worker can run on its own.
+
+PBS keeps chunks in 65,536 folders named by the first four hex digits of their digest. A shard is
+a run of 64 consecutive folders (so 1,024 shards cover a store): its worker lists each folder
+once (one S3 LIST per prefix, never one listing of the whole store), reports the referenced chunks
+that are not there as missing without asking for them, and fetches, decrypts, decompresses and
+hashes the rest. Only what is wrong comes back, so a shard's result is small however many
+chunks it checked.
+
+A shard carries what the coordinator read from the indexes (each digest with the length its
+index gives) and a `ShardContext` naming the store and key *without any secret*: a worker opens
+the store with its own credentials (environment, AWS profile) and its own copy of the key file.
+
+`Subset` picks which folders a run checks, so a weekly job can cover a big store in t runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+from snapfs.errors import (
+    KeyRequiredError,
+    MissingChunkError,
+    SnapfsError,
+    UsageError,
+    WrongKeyError,
+)
+from snapfs.format.blob import decode_chunk
+from snapfs.format.crypt import CryptConfig, format_fingerprint
+from snapfs.keysource import KeyOptions
+from snapfs.store.backend import Backend
+from snapfs.store.pipeline import ordered
+from snapfs.store.sources import SourceOptions
+
+PREFIXES = 65536
+PREFIXES_PER_SHARD = 64
+#: Chunk checks under way per worker: enough that one slow GET does not idle the others, few
+#: enough that a shard's chunks never all stand in memory at once.
+CHECKS_PER_THREAD = 8
+
+# Chunk states. CRC_ONLY: an encrypted chunk checked without its key (magic and CRC only).
+OK, CRC_ONLY, MISSING, CORRUPT, WRONG_SIZE = "ok", "crc-only", "missing", "corrupt", "wrong-size"
+
+
+@dataclass
+class ChunkStatus:
+    state: str
+    message: str = ""
+    size: int | None = None  # decoded length, when it could be decoded
+
+
+def check_chunk(backend: Backend, crypt: CryptConfig | None, digest: bytes) -> ChunkStatus:
+    """Fetch one chunk and check it against its digest; never raises for a bad chunk."""
+    try:
+        raw = backend.read_chunk(digest)
+    except MissingChunkError as exc:
+        return ChunkStatus(MISSING, str(exc))
+    except SnapfsError as exc:
+        return ChunkStatus(MISSING, str(exc))
+    try:
+        data = decode_chunk(raw, digest, crypt, name=f"chunk {digest.hex()}")
+    except KeyRequiredError:
+        return ChunkStatus(CRC_ONLY)
+    except SnapfsError as exc:
+        return ChunkStatus(CORRUPT, str(exc))
+    except Exception as exc:  # a decoder bug must fail the chunk, not the whole verify
+        return ChunkStatus(CORRUPT, f"chunk {digest.hex()}: cannot decode: {exc}")
+    return ChunkStatus(OK, size=len(data))
+
+
+# -- which folders a run checks -------------------------------------------------------------------
+
+_SLICE = re.compile(r"(\d+)/(\d+)")
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
+
+
+@dataclass(frozen=True)
+class Subset:
+    """All folders, the n-th of t slices (`n/t`, the same folders every run), or a random
+    fraction (`5%`, drawn from `seed`, which a resumed run takes from its state file)."""
+
+    spec: str = "all"
+    seed: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | None, seed: int | None = None) -> Subset:
+        if text is None or text == "all":
+            return cls()
+        if m := _SLICE.fullmatch(text):
+            n, t = int(m[1]), int(m[2])
+            if not 1 <= n <= t <= PREFIXES:
+                raise UsageError(f"--subset {text}: expected n/t with 1 <= n <= t <= {PREFIXES}")
+            return cls(text)
+        if m := _PERCENT.fullmatch(text):
+            if not 0 < float(m[1]) <= 100:
+                raise UsageError(f"--subset {text}: the percentage must be above 0 and at most 100")
+            return cls(text, seed if seed is not None else random.SystemRandom().getrandbits(63))
+        raise UsageError(f"--subset {text!r}: expected n/t (e.g. 1/7) or a percentage (e.g. 5%)")
+
+    def prefixes(self) -> frozenset[int]:
+        """The folders (as numbers 0..65535) this subset checks."""
+        if m := _SLICE.fullmatch(self.spec):
+            n, t = int(m[1]), int(m[2])
+            return frozenset(range(n - 1, PREFIXES, t))
+        if m := _PERCENT.fullmatch(self.spec):
+            count = max(1, round(PREFIXES * float(m[1]) / 100))
+            return frozenset(random.Random(self.seed).sample(range(PREFIXES), count))
+        return frozenset(range(PREFIXES))
+
+    @property
+    def is_all(self) -> bool:
+        return self.spec == "all"
+
+
+# -- shards ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Folders `first`..`first+63` of the subset, and the referenced chunks in them."""
+
+    number: int
+    prefixes: tuple[str, ...]
+    chunks: tuple[tuple[bytes, int], ...]  # (digest, length an index gives it), sorted
+
+    @property
+    def fingerprint(self) -> str:
+        """Names exactly what the shard checks: a resumed run reuses a finished shard only if
+        it would check the same chunks (new backups since add chunks, prunes remove some)."""
+        h = hashlib.blake2b(digest_size=16)
+        for digest, size in self.chunks:
+            h.update(digest)
+            h.update(size.to_bytes(8, "little"))
+        return h.hexdigest()
+
+
+def plan_shards(referenced: dict[bytes, int], subset: Subset) -> list[Shard]:
+    """The shards holding the subset's referenced chunks; folders with none are not listed."""
+    chosen = subset.prefixes()
+    by_prefix: dict[int, list[tuple[bytes, int]]] = {}
+    for digest, size in referenced.items():
+        number = int.from_bytes(digest[:2], "big")
+        if number in chosen:
+            by_prefix.setdefault(number, []).append((digest, size))
+    by_shard: dict[int, list[int]] = {}
+    for number in sorted(by_prefix):
+        by_shard.setdefault(number // PREFIXES_PER_SHARD, []).append(number)
+    return [
+        Shard(
+            shard,
+            tuple(f"{p:04x}" for p in numbers),
+            tuple(sorted(c for p in numbers for c in by_prefix[p])),
+        )
+        for shard, numbers in sorted(by_shard.items())
+    ]
+
+
+@dataclass(frozen=True)
+class ShardContext:
+    """What a worker needs to open the store: no password, no S3 key (its own environment has
+    them), only where the key file is and which key it must be."""
+
+    source: SourceOptions
+    key: KeyOptions | None = None
+    fingerprint: bytes | None = None
+    threads: int = 8
+
+
+@dataclass
+class ShardResult:
+    number: int
+    fingerprint: str
+    checked: int = 0  # chunks looked for, missing ones included
+    bytes: int = 0  # decoded bytes checked
+    gets: int = 0
+    lists: int = 0
+    crc_only: int = 0
+    seconds: float = 0.0
+    #: Chunks that are not right (missing, corrupt, or decoding to another length than the
+    #: shard's index said); every chunk not named here is right (or CRC-checked, without a key).
+    bad: dict[bytes, ChunkStatus] = field(default_factory=dict)
+
+
+def check_shard(context: ShardContext, shard: Shard) -> ShardResult:
+    """Runs on a worker: list the shard's folders, then check every referenced chunk in them."""
+    started = time.monotonic()
+    backend, crypt = _opened(context)
+    result = ShardResult(shard.number, shard.fingerprint, checked=len(shard.chunks))
+    present: set[bytes] = set()
+    for prefix in shard.prefixes:
+        present |= backend.list_chunks(prefix)
+        result.lists += 1
+    there = []
+    for digest, size in shard.chunks:
+        if digest in present:
+            there.append((digest, size))
+        else:
+            result.bad[digest] = ChunkStatus(
+                MISSING, f"chunk {digest.hex()} is missing from {backend.name}"
+            )
+    for (digest, size), future in ordered(
+        there,
+        lambda chunk: check_chunk(backend, crypt, chunk[0]),
+        workers=context.threads,
+        window=CHECKS_PER_THREAD * context.threads,
+        thread_name="snapfs-verify",
+    ):
+        status = future.result()
+        result.gets += 1
+        result.bytes += status.size or 0
+        if status.state == CRC_ONLY:
+            result.crc_only += 1
+        elif status.state != OK or status.size != size:
+            result.bad[digest] = status
+    result.seconds = time.monotonic() - started
+    return result
+
+
+# -- the store, opened once per worker process ----------------------------------------------------
+
+_open_lock = threading.Lock()
+_stores: dict[ShardContext, tuple[Backend, CryptConfig | None]] = {}
+_given_key: bytes | None = None
+
+
+def adopt_store(context: ShardContext, backend: Backend, crypt: CryptConfig | None) -> None:
+    """Shards run in this process use the coordinator's own store and key (and its counters)."""
+    with _open_lock:
+        _stores[context] = (backend, crypt)
+
+
+def give_key(key: bytes | None) -> None:
+    """A local worker process's initializer: the key the parent unlocked (over the pipe between
+    the two, never through a task), so a password typed once is not asked for again."""
+    global _given_key
+    _given_key = key
+
+
+def _opened(context: ShardContext) -> tuple[Backend, CryptConfig | None]:
+    with _open_lock:
+        found = _stores.get(context)
+        if found is not None:
+            return found
+        backend = context.source.open().backend
+        crypt = None
+        if _given_key is not None:
+            crypt = CryptConfig(_given_key)
+        elif context.key is not None:
+            crypt = context.key.crypt_config()
+        expected = context.fingerprint
+        if crypt is not None and expected is not None and crypt.fingerprint != expected:
+            raise WrongKeyError(
+                f"this worker's key {format_fingerprint(crypt.fingerprint)} is not the "
+                f"key the verify was started with ({format_fingerprint(expected)})"
+            )
+        _stores[context] = (backend, crypt)
+        return backend, crypt
