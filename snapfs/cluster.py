@@ -119,9 +119,20 @@ class ProcessPool(WorkPool):
         while remaining:
             broken: BaseException | None = None
             executor = self._executor()
+
+            def submit(
+                fn: Callable[[T], R], item: T, executor: ProcessPoolExecutor = executor
+            ) -> Future:
+                try:
+                    return executor.submit(fn, item)
+                except BrokenProcessPool as exc:  # a worker died between two submits
+                    failed: Future = Future()
+                    failed.set_exception(exc)
+                    return failed
+
             try:
                 for i, outcome in _bounded(
-                    executor.submit, work, items, list(remaining), self.workers, _Finished()
+                    submit, work, items, list(remaining), self.workers, _Finished()
                 ):
                     if isinstance(outcome, BrokenProcessPool):
                         broken = outcome
