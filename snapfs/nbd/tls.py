@@ -105,10 +105,10 @@ class TlsStream:
         self._lock = threading.Lock()  # the SSL object and its BIOs
         self._send_lock = threading.Lock()  # taken before _lock: bytes leave in the order made
 
-    def handshake(self, timeout: float = HANDSHAKE_TIMEOUT) -> None:
-        """Complete the handshake the client starts, or raise (ssl.SSLError, TimeoutError, ...);
-        then `send_alert` tells the client why."""
-        self.sock.settimeout(timeout)
+    def handshake(self) -> None:
+        """Complete the handshake the client starts within HANDSHAKE_TIMEOUT seconds, or raise
+        (ssl.SSLError, TimeoutError, ...); then `send_alert` tells the client why."""
+        self.sock.settimeout(HANDSHAKE_TIMEOUT)
         try:
             while True:
                 try:

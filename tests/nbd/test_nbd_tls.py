@@ -26,6 +26,7 @@ from support.serving import backup_image, server_env, snapfs_command
 
 from snapfs.errors import UsageError
 from snapfs.nbd import protocol as P
+from snapfs.nbd import tls
 from snapfs.nbd.exports import datastore_exports
 from snapfs.nbd.tls import tls_context
 from snapfs.store.backend import LocalBackend
@@ -208,7 +209,21 @@ def test_every_option_before_starttls_needs_tls(tls_served, image, pki):
     assert c.recv_option_reply()[1] == P.REP_ERR_INVALID
     c.go(export)
     assert c.read(0, 4096) == image[2][:4096]
-    c.disconnect()
+    c.send_request(P.CMD_DISC, 0, 0)
+    assert c.sock.recv(1) == b""  # TLS's close_notify, as the protocol asks after a DISC
+    c.close()
+
+
+def test_stalled_handshake_is_dropped(tls_served, pki, monkeypatch, caplog):
+    """A client that sends STARTTLS and then nothing does not hold its thread forever."""
+    monkeypatch.setattr(tls, "HANDSHAKE_TIMEOUT", 0.5)
+    c = tls_served.client(None)
+    c.send_option(P.OPT_STARTTLS)
+    assert c.recv_option_reply()[1] == P.REP_ACK
+    c.sock.settimeout(30)  # a hang fails the test instead of stopping it
+    assert c.sock.recv(1) == b""
+    c.close()
+    assert "no handshake within the time allowed" in caplog.text
 
 
 def test_stranger_certificate_gets_no_option_answered(tls_served, pki):

@@ -72,7 +72,10 @@ class NbdClient:
         _, reply, data = self.recv_option_reply()
         if reply != P.REP_ACK:
             raise NbdClientError(f"STARTTLS: reply 0x{reply:x}: {data!r}", reply)
-        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+        # An end without TLS's close_notify is an error here, not a quiet end of the stream.
+        self.sock = context.wrap_socket(
+            self.sock, server_hostname=server_hostname, suppress_ragged_eofs=False
+        )
 
     def list_exports(self) -> list[str]:
         self.send_option(P.OPT_LIST)
