@@ -23,6 +23,9 @@ EXAMPLES: dict[str, list[str]] = {
     "nbd": [
         "snapfs nbd /srv/datastore vm/100/2024-06-01T10:00:00Z drive-scsi0.img "
         "--overlay /var/tmp/vm100.overlay",
+        "snapfs nbd /srv/datastore vm/100/2024-06-01T10:00:00Z --listen 0.0.0.0:10809 "
+        "--tls-cert /etc/snapfs/nbd-cert.pem --tls-key /etc/snapfs/nbd-key.pem "
+        "--tls-ca /etc/snapfs/ca-cert.pem",
     ],
 }
 
@@ -55,16 +58,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help="parallel chunk fetches (default 8)"
     )
-    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS (STARTTLS) with this certificate")
-    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    g = p.add_argument_group("TLS (NBD STARTTLS; with --tls-cert a client without TLS is refused)")
+    g.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="server certificate (PEM, with any intermediates after it); clients connect "
+        "with nbds:// URLs",
+    )
+    g.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM, unencrypted)")
+    g.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="CA certificate(s) (PEM): every client must present a certificate signed by one",
+    )
     p.set_defaults(func=cmd_nbd)
 
 
 def cmd_nbd(args: argparse.Namespace) -> int:
     """Serve until a signal; one URL per export on stdout once listening."""
     from snapfs.nbd.exports import datastore_exports
-    from snapfs.nbd.listen import listener_url, open_listener, tls_context
+    from snapfs.nbd.listen import listener_url, open_listener
     from snapfs.nbd.server import NbdServer
+    from snapfs.nbd.tls import tls_context
     from snapfs.store.cache import ChunkCache
     from snapfs.store.datastore import parse_namespace
 
@@ -72,7 +87,9 @@ def cmd_nbd(args: argparse.Namespace) -> int:
         raise UsageError("give --listen or --socket, not both")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
-    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    if args.tls_ca and not args.tls_cert:
+        raise UsageError("--tls-ca needs --tls-cert and --tls-key (the server's own certificate)")
+    tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     cache = ChunkCache(args.cache_size)
     exports = datastore_exports(
         source_options(args).open(),
@@ -91,10 +108,13 @@ def cmd_nbd(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
     for export in exports:
-        print(listener_url(listener, export.name), flush=True)
+        print(listener_url(listener, export.name, tls=tls is not None), flush=True)
+    mode = f"overlay {args.overlay}" if args.overlay else "read-only"
+    if tls is not None:
+        mode += ", TLS required" + (", client certificates from --tls-ca" if args.tls_ca else "")
     print(
-        f"snapfs: serving {len(exports)} image(s) on {listener_url(listener)} "
-        f"({'overlay ' + args.overlay if args.overlay else 'read-only'}); Ctrl-C stops",
+        f"snapfs: serving {len(exports)} image(s) on "
+        f"{listener_url(listener, tls=tls is not None)} ({mode}); Ctrl-C stops",
         file=sys.stderr,
         flush=True,
     )

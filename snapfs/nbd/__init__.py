@@ -6,5 +6,5 @@ as the mount, so a local datastore, S3 and the on-disk cache all work, and the c
 guest reads stay decoded in memory.
 
 protocol.py holds the wire format, server.py the server, exports.py what it serves, overlay.py the
-copy-on-write file, listen.py the sockets. The `snapfs nbd` command itself is snapfs/cli/nbd.py.
+copy-on-write file, listen.py the sockets, tls.py TLS (STARTTLS, client certificates). The `snapfs nbd` command itself is snapfs/cli/nbd.py.
 """

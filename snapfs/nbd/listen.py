@@ -1,5 +1,5 @@
-"""Where `snapfs nbd` listens: TCP (loopback unless told otherwise) or a Unix socket, with
-optional TLS, and the nbd:// URL a client is given for it.
+"""Where `snapfs nbd` listens: TCP (loopback unless told otherwise) or a Unix socket, and the
+nbd:// (nbds:// with TLS) URL a client is given for it. TLS itself is in tls.py.
 """
 
 from __future__ import annotations
@@ -7,11 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import ssl
 
 from snapfs.errors import SnapfsError, UsageError
 
-__all__ = ["DEFAULT_PORT", "listener_url", "open_listener", "tls_context"]
+__all__ = ["DEFAULT_PORT", "listener_url", "open_listener"]
 
 DEFAULT_PORT = 10809
 
@@ -68,20 +67,12 @@ def _socket_in_use(path: str) -> bool:
         probe.close()
 
 
-def listener_url(sock: socket.socket, export: str = "") -> str:
-    """The nbd:// (or nbd+unix://) URL qemu and libnbd take for this listener."""
+def listener_url(sock: socket.socket, export: str = "", tls: bool = False) -> str:
+    """The nbd:// (or nbd+unix://) URL qemu and libnbd take for this listener; nbds:// (or
+    nbds+unix://) when it requires TLS, the scheme by which libnbd insists on TLS."""
+    scheme = "nbds" if tls else "nbd"
     if sock.family == socket.AF_UNIX:
-        return f"nbd+unix:///{export}?socket={sock.getsockname()}"
+        return f"{scheme}+unix:///{export}?socket={sock.getsockname()}"
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
-    return f"nbd://{host}:{port}/{export}"
-
-
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise UsageError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
-    return ctx
+    return f"{scheme}://{host}:{port}/{export}"

@@ -6,8 +6,8 @@ Names follow the protocol document (github.com/NetworkBlockDevice/nbd doc/proto.
 
 from __future__ import annotations
 
-import socket
 import struct
+from typing import Protocol
 
 NBDMAGIC = 0x4E42444D41474943  # "NBDMAGIC"
 IHAVEOPT = 0x49484156454F5054  # "IHAVEOPT"
@@ -91,7 +91,13 @@ MAX_PAYLOAD = 32 * 1024 * 1024
 PREFERRED_BLOCK = 4096
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+class Receiver(Protocol):
+    """What bytes are read from: a socket, or the TLS stream over one (tls.py)."""
+
+    def recv_into(self, buffer: memoryview, nbytes: int, /) -> int: ...
+
+
+def recv_exactly(sock: Receiver, n: int) -> bytes | None:
     """Exactly n bytes from the socket, or None if the peer closes the connection first."""
     buf = bytearray(n)
     view = memoryview(buf)

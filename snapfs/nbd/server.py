@@ -1,7 +1,7 @@
 """The NBD server: handshake, option negotiation and the requests of the transmission phase.
 
 Protocol: newstyle fixed handshake; NBD_OPT_EXPORT_NAME, LIST, INFO, GO (with NBD_INFO_EXPORT,
-NAME, DESCRIPTION and BLOCK_SIZE), ABORT, optional STARTTLS; simple replies only (structured
+NAME, DESCRIPTION and BLOCK_SIZE), ABORT, STARTTLS; simple replies only (structured
 replies, metadata contexts and extended headers are answered NBD_REP_ERR_UNSUP, which every client
 handles). Commands: READ, CACHE, DISC, FLUSH, and with an overlay WRITE and WRITE_ZEROES.
 
@@ -10,6 +10,10 @@ decoded in the cache is answered right there (a warm 4 KiB read costs one dict l
 sendmsg), others go to a worker pool so a slow chunk (S3) does not hold up the requests behind it.
 Replies may leave out of order, which NBD allows (the client matches them by cookie). zstd, AES and
 SHA-256 release the GIL, so the workers and the readahead decode on both cores.
+
+TLS (tls.py) is the protocol's FORCEDTLS mode: with a context, every option before
+NBD_OPT_STARTTLS but ABORT is answered NBD_REP_ERR_TLS_REQD, NBD_OPT_EXPORT_NAME closes the
+connection, and no export byte is sent in clear.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from snapfs.errors import SnapfsError
 from snapfs.nbd import protocol as P
 from snapfs.nbd.exports import Export
+from snapfs.nbd.tls import TlsStream
 from snapfs.store.readahead import Readahead, SequentialWindow
 from snapfs.store.stream import IndexStream
 
@@ -109,7 +114,7 @@ class NbdServer:
         with self._lock:
             self._connections.add(conn)
         try:
-            _Connection(self, conn).run()
+            _Connection(self, conn, peer).run()
         except (OSError, ProtocolError) as exc:
             log.debug("connection %s ended: %s", peer, exc)
         except Exception:
@@ -147,12 +152,14 @@ class NbdServer:
 
 
 class _Connection:
-    def __init__(self, server: NbdServer, sock: socket.socket) -> None:
+    def __init__(self, server: NbdServer, sock: socket.socket, peer: object) -> None:
         self.server = server
-        self.sock: socket.socket = sock
+        self.sock = sock
+        self.peer = peer
         self.send_lock = threading.Lock()
         self.no_zeroes = False
-        self.tls_done = False
+        self.tls: TlsStream | None = None  # after STARTTLS every byte goes through it
+        self.refused_clear = False
         self.pending = 0
         self.idle = threading.Condition()
         self.next_offset = -1
@@ -161,15 +168,15 @@ class _Connection:
     # -- plumbing ----------------------------------------------------------------------------------
 
     def recv_exactly(self, n: int) -> bytes:
-        data = P.recv_exactly(self.sock, n)
+        data = P.recv_exactly(self.tls or self.sock, n)
         if data is None:
             raise ProtocolError(f"client closed the connection before {n} bytes were read")
         return data
 
     def send(self, *buffers: bytes | memoryview) -> None:
         with self.send_lock:
-            if isinstance(self.sock, ssl.SSLSocket):
-                self.sock.sendall(b"".join(buffers))
+            if self.tls is not None:
+                self.tls.sendall(*buffers)
                 return
             todo = [memoryview(b).cast("B") for b in buffers if len(b)]
             while todo:
@@ -196,6 +203,8 @@ class _Connection:
         export = self.negotiate()
         if export is not None:
             self.transmit(export)
+        if self.tls is not None:
+            self.tls.close_notify()
 
     def negotiate(self) -> Export | None:
         while True:
@@ -205,13 +214,14 @@ class _Connection:
             if length > MAX_OPTION_LENGTH:
                 raise ProtocolError(f"option {option} of {length} bytes is too long")
             data = self.recv_exactly(length)
-            if self.server.tls is not None and not self.tls_done and option != P.OPT_STARTTLS:
-                if option == P.OPT_EXPORT_NAME:
+            if self.server.tls is not None and self.tls is None:
+                if option == P.OPT_EXPORT_NAME:  # cannot be answered with an error
+                    self.refuse_clear()
                     raise ProtocolError("NBD_OPT_EXPORT_NAME before STARTTLS")
-                if option == P.OPT_ABORT:
-                    return None
-                self.option_reply(option, P.REP_ERR_TLS_REQD, b"TLS is required")
-                continue
+                if option not in (P.OPT_STARTTLS, P.OPT_ABORT):
+                    self.refuse_clear()
+                    self.option_reply(option, P.REP_ERR_TLS_REQD, b"TLS is required")
+                    continue
             if option == P.OPT_EXPORT_NAME:
                 export = self.lookup(data.decode("utf-8", "replace"))
                 if export is None:
@@ -296,16 +306,38 @@ class _Connection:
         self.option_reply(option, P.REP_ACK)
         return export
 
+    def refuse_clear(self) -> None:
+        """Log (once per connection) that a client tried to go on without TLS."""
+        if not self.refused_clear:
+            self.refused_clear = True
+            log.warning("client %s refused: it did not start TLS", _peer_name(self.peer))
+
     def starttls(self, data: bytes) -> None:
         if self.server.tls is None:
             self.option_reply(P.OPT_STARTTLS, P.REP_ERR_UNSUP, b"TLS is not configured")
             return
-        if data or self.tls_done:
-            self.option_reply(P.OPT_STARTTLS, P.REP_ERR_INVALID, b"TLS already on or bad data")
+        if self.tls is not None:
+            self.option_reply(P.OPT_STARTTLS, P.REP_ERR_INVALID, b"TLS is already on")
+            return
+        if data:
+            self.option_reply(P.OPT_STARTTLS, P.REP_ERR_INVALID, b"STARTTLS takes no data")
             return
         self.option_reply(P.OPT_STARTTLS, P.REP_ACK)
-        self.sock = self.server.tls.wrap_socket(self.sock, server_side=True)
-        self.tls_done = True
+        stream = TlsStream(self.sock, self.server.tls)
+        try:
+            stream.handshake()
+        except OSError as exc:  # ssl.SSLError, or the client hung up (it may distrust our CA)
+            log.warning(
+                "client %s refused: TLS handshake failed: %s",
+                _peer_name(self.peer),
+                _handshake_failure(exc),
+            )
+            stream.send_alert()  # after the log line: a client that sees it finds the line
+            raise ProtocolError("TLS handshake failed") from None
+        self.tls = stream  # nothing negotiated before STARTTLS is kept: there is no such state
+        name = stream.peer_name()
+        certificate = "no client certificate" if name is None else f"certificate of {name!r}"
+        log.info("client %s started TLS (%s)", _peer_name(self.peer), certificate)
 
     # -- transmission ------------------------------------------------------------------------------
 
@@ -454,3 +486,23 @@ class _Connection:
             self.server.report(f"export {export.name}: flush: {exc}")
             return reply_error(exc)
         return 0
+
+
+def _peer_name(peer: object) -> str:
+    """host:port of a TCP peer; a Unix socket's peer has no name."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "on the Unix socket"
+
+
+def _handshake_failure(exc: OSError) -> str:
+    """Why a TLS handshake failed, in a few words."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"client certificate: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        if exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return "the client presented no certificate"
+        return str(exc.reason or exc)
+    if isinstance(exc, TimeoutError):
+        return "no handshake within the time allowed"
+    return f"{exc.strerror or exc} (does the client trust this server's certificate?)"

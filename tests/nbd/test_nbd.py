@@ -17,14 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.mounting import tmpfs
-from support.nbd_client import NbdClient, NbdClientError
+from support.nbd_client import NbdClientError
+from support.nbd_serving import Served
 from support.vectors import IMAGE_SHA256, VECTOR_PASSWORD
 
 from snapfs.backup import backup, parse_backup_source
 from snapfs.errors import BadMagicError, MissingChunkError, UsageError
 from snapfs.format.keyfile import KeyFile
 from snapfs.nbd import protocol as P
-from snapfs.nbd.exports import Export, datastore_exports
+from snapfs.nbd.exports import datastore_exports
 from snapfs.nbd.listen import listener_url, open_listener
 from snapfs.nbd.overlay import Overlay
 from snapfs.nbd.server import NbdServer, reply_error
@@ -35,31 +36,6 @@ from snapfs.store.datastore import Datastore
 GOLDEN_SIZE = 13635072
 GOLDEN_PLAIN = "vm/100/2024-06-01T10:00:00Z"
 GOLDEN_ENCRYPTED = "vm/100/2024-06-01T14:00:00Z"
-
-
-class Served:
-    """An NbdServer on 127.0.0.1:<free port>, in a thread, for one test."""
-
-    def __init__(self, exports: list[Export]) -> None:
-        self.listener = open_listener("127.0.0.1:0")
-        self.address = self.listener.getsockname()[:2]
-        self.server = NbdServer(exports)
-        self.thread = threading.Thread(target=self.server.serve, args=(self.listener,))
-        self.thread.start()
-
-    def url(self, name: str = "") -> str:
-        return listener_url(self.listener, name)
-
-    def client(self, name: str | None = "") -> NbdClient:
-        c = NbdClient.connect(self.address)
-        if name is not None:
-            c.go(name)
-        return c
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture

@@ -9,5 +9,7 @@ Test modules import helpers from here, never from each other:
 * golden_listing: the golden pxar listing, checked against a mounted archive;
 * mini_pxar: an independent pxar emitter; stores: datastores holding given archive bytes;
 * restore_listing: a restored tree in the golden listing's format;
-* guest: a tiny bootable Linux guest and its disk.
+* guest: a tiny bootable Linux guest and its disk;
+* nbd_client: a minimal NBD client; nbd_serving: an NBD server in a thread, `snapfs nbd` run;
+* certs: a CA with server and client certificates, and an untrusted one, for the TLS tests.
 """

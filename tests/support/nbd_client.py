@@ -1,4 +1,5 @@
-"""A minimal NBD client (fixed newstyle, NBD_OPT_GO, simple replies), for tests and benchmarks.
+"""A minimal NBD client (fixed newstyle, NBD_OPT_GO, STARTTLS, simple replies), for tests and
+benchmarks.
 
 Not a general client: it speaks exactly what snapfs's server speaks, and lets a caller pipeline
 requests (`send_read` many, then `recv_reply`) to measure the server rather than the round trip.
@@ -7,6 +8,7 @@ requests (`send_read` many, then `recv_reply`) to measure the server rather than
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 
 from snapfs.errors import SnapfsError
@@ -63,6 +65,17 @@ class NbdClient:
         if magic != P.REPLY_MAGIC:
             raise NbdClientError(f"bad option reply magic 0x{magic:x}")
         return option, reply, self.recv_exactly(length)
+
+    def starttls(self, context: ssl.SSLContext, server_hostname: str = "127.0.0.1") -> None:
+        """NBD_OPT_STARTTLS, then the TLS handshake; every later byte is encrypted."""
+        self.send_option(P.OPT_STARTTLS)
+        _, reply, data = self.recv_option_reply()
+        if reply != P.REP_ACK:
+            raise NbdClientError(f"STARTTLS: reply 0x{reply:x}: {data!r}", reply)
+        # An end without TLS's close_notify is an error here, not a quiet end of the stream.
+        self.sock = context.wrap_socket(
+            self.sock, server_hostname=server_hostname, suppress_ragged_eofs=False
+        )
 
     def list_exports(self) -> list[str]:
         self.send_option(P.OPT_LIST)

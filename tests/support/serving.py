@@ -158,7 +158,7 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def _read_line(proc: subprocess.Popen, deadline: float) -> str:
+def read_line(proc: subprocess.Popen, deadline: float) -> str:
     """The first line the process writes to stdout, waiting until `deadline` at most."""
     fd = proc.stdout.fileno()
     data = b""
@@ -189,7 +189,7 @@ def served(source: Path, *options: object, env: dict[str, str], log: Path) -> It
         )
     try:
         try:
-            line = _read_line(proc, time.monotonic() + START_TIMEOUT)
+            line = read_line(proc, time.monotonic() + START_TIMEOUT)
         except (TimeoutError, EOFError) as exc:
             raise AssertionError(
                 f"snapfs serve did not start ({exc}):\n{log.read_text()}"
