@@ -53,6 +53,16 @@ class DirHandle:
         """Up to `count` entries from position `start`; `next_offset` resumes after each."""
         return list(itertools.islice(self.items(start), count))
 
+    def all_items(self, batch: int = 1000) -> list[DirItem]:
+        """Every entry, read `batch` at a time as the kernel reads them, so a handle that takes a
+        lock per read (DecodingHandle) holds it for one batch at a time, not the whole listing."""
+        found: list[DirItem] = []
+        start = 0
+        while got := self.read(start, batch):
+            found += got
+            start = got[-1].next_offset
+        return found
+
     def items(self, start: int) -> Iterator[DirItem]:
         """The entries from position `start`, made one at a time: the kernel's buffer takes a
         few dozen per request, so an in-memory handle builds only what it sends."""

@@ -8,6 +8,7 @@ content, list it, resolve it). It holds no reference to the accessor or its byte
 from __future__ import annotations
 
 import enum
+import stat
 from dataclasses import dataclass
 
 
@@ -116,3 +117,19 @@ class Entry:
     def mtime(self) -> tuple[int, int]:
         """(seconds, nanoseconds) with 0 <= nanoseconds < 10**9, floor-based like statx."""
         return divmod(self.mtime_ns, 1_000_000_000)
+
+
+_TYPE_LETTERS = {
+    stat.S_IFDIR: "d",
+    stat.S_IFREG: "f",
+    stat.S_IFLNK: "l",
+    stat.S_IFCHR: "c",
+    stat.S_IFBLK: "b",
+    stat.S_IFIFO: "p",
+    stat.S_IFSOCK: "s",
+}
+
+
+def type_letter(mode: int) -> str:
+    """The letter `find -type` uses for a mode's file type: f d l c b p s (`?` for none)."""
+    return _TYPE_LETTERS.get(stat.S_IFMT(mode), "?")

@@ -13,27 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import stat
 from collections.abc import Callable, Iterator
 
 from snapfs.format.index import DynamicIndex, FixedIndex
 from snapfs.index.archive import entry_extra
 from snapfs.index.history import IndexedEntry
 from snapfs.pxar.accessor import Accessor
-from snapfs.pxar.entry import Entry, EntryKind
+from snapfs.pxar.entry import Entry, EntryKind, type_letter
 
-__all__ = ["HashCache", "archive_entries", "entry_type"]
+__all__ = ["HashCache", "archive_entries"]
 
 _READ_BLOCK = 4 << 20
 _EMPTY = hashlib.sha256(b"").digest()
-_TYPES = {
-    EntryKind.DIRECTORY: "d",
-    EntryKind.FILE: "f",
-    EntryKind.HARDLINK: "f",
-    EntryKind.SYMLINK: "l",
-    EntryKind.FIFO: "p",
-    EntryKind.SOCKET: "s",
-}
 
 
 class HashCache:
@@ -48,13 +39,6 @@ class HashCache:
         self.reused = 0  # files whose hash was known by place
 
 
-def entry_type(entry: Entry) -> str:
-    """The letter `find -type` uses: f d l c b p s (a hard link is the file it names)."""
-    if entry.kind is EntryKind.DEVICE:
-        return "b" if stat.S_ISBLK(entry.mode) else "c"
-    return _TYPES[entry.kind]
-
-
 def archive_entries(
     accessor: Accessor, content_index: FixedIndex | DynamicIndex, hashes: HashCache
 ) -> Iterator[IndexedEntry]:
@@ -67,7 +51,7 @@ def archive_entries(
             content = _content_hash(accessor, target, content_index, hashes)
         yield IndexedEntry(
             entry.path or b"/",
-            entry_type(target),
+            type_letter(target.mode),
             target.mode,
             target.uid,
             target.gid,

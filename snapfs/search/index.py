@@ -270,7 +270,8 @@ class SearchIndex:
         readahead = Readahead(DECODERS, "snapfs-search-decode")
         try:
             for snapshot in todo:
-                self._index_snapshot(datastore, snapshot, cache, readahead, report)
+                done = snapshot_key(snapshot) in plain_done
+                self._index_snapshot(datastore, snapshot, done, cache, readahead, report)
                 progress.update(1)
         finally:
             readahead.close()
@@ -283,10 +284,13 @@ class SearchIndex:
         self,
         datastore: Datastore,
         snapshot: Snapshot,
+        done_plain: bool,
         cache: ChunkCache,
         readahead: Readahead,
         report: RefreshReport,
     ) -> None:
+        """Index what the snapshot holds that is not in yet: its plain archives unless
+        `done_plain`, its encrypted ones when the key is at hand."""
         name = _label(snapshot)
         info = datastore.snapshot_info(snapshot)
         if info.manifest is None:
@@ -310,7 +314,6 @@ class SearchIndex:
         )
         key = snapshot_key(snapshot)
         try:
-            done_plain = key in self.plain.done_snapshots()
             reader = SnapshotReader(datastore, snapshot, self.crypt if have_key else None, cache)
             if not done_plain:
                 with self.plain.snapshot(*key, needed if encrypted else None) as writer:
@@ -390,9 +393,8 @@ def _earliest(held: list[tuple[int, IndexedEntry]]) -> list[tuple[int, IndexedEn
 
 
 def _crypt_mode(manifest: Manifest, names: PxarNames) -> str:
-    files = {f.filename: f for f in manifest.files}
-    file = files.get(names.unified) or files[names.meta]
-    return file.crypt_mode
+    """The crypt mode of the file that names the archive (unified, or the split pair's meta)."""
+    return next(f.crypt_mode for f in manifest.files if f.filename in (names.unified, names.meta))
 
 
 def _label(snapshot: Snapshot) -> str:

@@ -50,6 +50,7 @@ from snapfs.errors import (
 from snapfs.fs.model import FsModel
 from snapfs.fs.node import Node
 from snapfs.index.history import SearchFilter
+from snapfs.pxar.entry import type_letter
 from snapfs.search.index import SearchIndex
 from snapfs.search.report import distinct_versions, entry_fields, hit_record
 from snapfs.serve import pages
@@ -183,18 +184,12 @@ def _row(name: bytes, node: Node, load: bool = True) -> pages.Row:
 
 def _listing(node: Node) -> list[tuple[pages.Row, Node]]:
     """Every entry of a directory node, with the child node (for its details)."""
-    handle = node.opendir()
     rows: list[tuple[pages.Row, Node]] = []
-    start = 0
-    while batch := handle.read(start, 1000):
-        for item in batch:
-            attr = item.attr
-            target = item.node.readlink() if stat.S_ISLNK(attr.mode) else None
-            row = pages.Row(
-                item.name, attr.mode, attr.size, attr.mtime_ns, attr.uid, attr.gid, target
-            )
-            rows.append((row, item.node))
-        start = batch[-1].next_offset
+    for item in node.opendir().all_items():
+        attr = item.attr
+        target = item.node.readlink() if stat.S_ISLNK(attr.mode) else None
+        row = pages.Row(item.name, attr.mode, attr.size, attr.mtime_ns, attr.uid, attr.gid, target)
+        rows.append((row, item.node))
     return rows
 
 
@@ -431,7 +426,7 @@ def build_app(site: Site) -> Starlette:
         for row, _ in _listing(node):
             entry = {
                 "name": row.name.decode("utf-8", "backslashreplace"),
-                "type": _kind(row.mode),
+                "type": type_letter(row.mode),
                 "size": row.size,
                 "mtime": format_backup_time(row.mtime_ns // 10**9),
                 "mtime_ns": row.mtime_ns,
@@ -475,21 +470,6 @@ def build_app(site: Site) -> Starlette:
         Route("/api/search", guarded("", search), methods=read),
     ]
     return Starlette(routes=routes)
-
-
-def _kind(mode: int) -> str:
-    for test, letter in (
-        (stat.S_ISDIR, "d"),
-        (stat.S_ISREG, "f"),
-        (stat.S_ISLNK, "l"),
-        (stat.S_ISCHR, "c"),
-        (stat.S_ISBLK, "b"),
-        (stat.S_ISFIFO, "p"),
-        (stat.S_ISSOCK, "s"),
-    ):
-        if test(mode):
-            return letter
-    return "?"
 
 
 def _search_hits(hits: list) -> list[pages.SearchHit]:

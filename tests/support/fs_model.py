@@ -30,14 +30,7 @@ def walk(model: FsModel, path: str):
 
 
 def listing(model: FsModel, node, batch: int = 1000) -> list:
-    handle = model.opendir(node)
-    items, start = [], 0
-    while True:
-        got = model.readdir(handle, start, batch)
-        if not got:
-            return items
-        items += got
-        start = got[-1].next_offset
+    return model.opendir(node).all_items(batch)
 
 
 def ops_for(path) -> SnapfsOperations:
