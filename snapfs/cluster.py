@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -55,10 +55,13 @@ class WorkPool(ABC):
 
     @abstractmethod
     def run(
-        self, work: Callable[[T], R], items: Sequence[T]
+        self, work: Callable[[T], R], items: Iterable[T]
     ) -> Iterator[tuple[T, R | BaseException]]:
         """Each item with `work(item)`'s value or exception, as they finish. `work` must be a
-        picklable module-level callable (or a functools.partial of one) for the process pools."""
+        picklable module-level callable (or a functools.partial of one) for the process pools.
+
+        Items are taken from `items` only as a worker frees up, so a generator may make each
+        one just in time (the search index ships the content hashes known at that moment)."""
 
     def close(self) -> None:  # noqa: B027 (only the pools with workers have any to let go)
         """Let the workers go."""
@@ -77,7 +80,7 @@ class InlinePool(WorkPool):
     where = "this process"
 
     def run(
-        self, work: Callable[[T], R], items: Sequence[T]
+        self, work: Callable[[T], R], items: Iterable[T]
     ) -> Iterator[tuple[T, R | BaseException]]:
         for item in items:
             try:
@@ -112,11 +115,19 @@ class ProcessPool(WorkPool):
         )
 
     def run(
-        self, work: Callable[[T], R], items: Sequence[T]
+        self, work: Callable[[T], R], items: Iterable[T]
     ) -> Iterator[tuple[T, R | BaseException]]:
-        remaining = list(range(len(items)))
+        source = enumerate(items)
+        unfinished: dict[int, T] = {}  # submitted, no outcome yet: run again if the pool breaks
+
+        def feed() -> Iterator[tuple[int, T]]:
+            yield from list(unfinished.items())
+            for i, item in source:
+                unfinished[i] = item
+                yield i, item
+
         restarts = 0
-        while remaining:
+        while True:
             broken: BaseException | None = None
             executor = self._executor()
 
@@ -131,14 +142,11 @@ class ProcessPool(WorkPool):
                     return failed
 
             try:
-                for i, outcome in _bounded(
-                    submit, work, items, list(remaining), self.workers, _Finished()
-                ):
+                for i, outcome in _bounded(submit, work, feed(), self.workers, _Finished()):
                     if isinstance(outcome, BrokenProcessPool):
                         broken = outcome
                         break
-                    remaining.remove(i)
-                    yield items[i], outcome
+                    yield unfinished.pop(i), outcome
             finally:
                 executor.shutdown(wait=True, cancel_futures=True)
             if broken is None:
@@ -147,10 +155,10 @@ class ProcessPool(WorkPool):
             if restarts > PROCESS_POOL_RESTARTS:
                 failure = ShardFailed(
                     f"a worker process died {restarts} times in a row ({broken}); "
-                    f"{len(remaining)} shards not run"
+                    f"{len(unfinished)} shards and the ones after them not run"
                 )
-                for i in remaining:
-                    yield items[i], failure
+                for i, _ in feed():
+                    yield unfinished.pop(i), failure
                 return
 
 
@@ -182,8 +190,15 @@ class DaskPool(WorkPool):
         self.where = f"Dask scheduler {address} ({self.workers} worker threads)"
 
     def run(
-        self, work: Callable[[T], R], items: Sequence[T]
+        self, work: Callable[[T], R], items: Iterable[T]
     ) -> Iterator[tuple[T, R | BaseException]]:
+        taken: dict[int, T] = {}
+
+        def numbered() -> Iterator[tuple[int, T]]:
+            for i, item in enumerate(items):
+                taken[i] = item
+                yield i, item
+
         def submit(fn: Callable[[T], R], item: T) -> Future:
             # pure=False: two shards with equal lists must still both run (and Dask must not
             # hash a megabyte of digests to name the task).
@@ -233,21 +248,19 @@ def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, 
 def _bounded(
     submit: Callable[..., Any],
     work: Callable[[T], R],
-    items: Sequence[T],
-    order: Sequence[int] | range,
+    items: Iterator[tuple[int, T]],
     workers: int,
     finished: _Finished,
 ) -> Iterator[tuple[int, R | BaseException]]:
-    """Submit items[i] for i in `order`, never more than two per worker in flight, and yield
-    (i, value or exception) as each finishes. `finished` hands back futures as they finish:
+    """Submit each numbered item, never more than two per worker in flight, and yield
+    (number, value or exception) as each finishes. `finished` hands back futures as they finish:
     concurrent.futures' and Dask's alike."""
     window = 2 * workers
     pending: dict[Any, int] = {}
-    todo = iter(order)
     try:
         while True:
-            for i in todo:
-                future = submit(work, items[i])
+            for i, item in items:
+                future = submit(work, item)
                 pending[future] = i
                 finished.add(future)
                 if len(pending) >= window:

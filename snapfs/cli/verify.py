@@ -76,8 +76,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from snapfs.cluster import open_pool
     from snapfs.progress import Progress
     from snapfs.store.datastore import parse_namespace
+    from snapfs.store.workers import WorkerStore, give_key
     from snapfs.verify import select_snapshots, verify
-    from snapfs.verify.shards import ShardContext, give_key
+    from snapfs.verify.shards import ShardContext
 
     source = source_options(args)
     keys = key_options(args)
@@ -85,9 +86,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     snapshots = select_snapshots(datastore, parse_namespace(args.ns), args.snapshot)
     crypt = keys.crypt_config()
     context = ShardContext(
-        source,
-        keys if keys.keyfile else None,
-        crypt.fingerprint if crypt is not None else None,
+        WorkerStore(
+            source,
+            keys if keys.keyfile else None,
+            crypt.fingerprint if crypt is not None else None,
+        )
     )
     progress = Progress.for_terminal(quiet=args.json, desc="verify", unit="chunk")
     problems = gets = checked_bytes = 0

@@ -45,7 +45,6 @@ from snapfs.verify.shards import (
     ShardContext,
     ShardResult,
     Subset,
-    adopt_store,
     check_shard,
     plan_shards,
 )
@@ -236,7 +235,7 @@ class Verifier:
         self.on_shard = on_shard
         self.chunk_status: dict[bytes, ChunkStatus] = {}
         # Shards run in this process use this store, its open connections and its counters.
-        adopt_store(context, datastore.backend, crypt)
+        context.store.adopt(datastore, crypt)
 
     def run(self, snapshots: list[Snapshot]) -> VerifyReport:
         started = time.monotonic()
@@ -463,8 +462,9 @@ def verify(
     """
     if context is None:
         from snapfs.store.sources import SourceOptions
+        from snapfs.store.workers import WorkerStore
 
-        context = ShardContext(SourceOptions(datastore.name))
+        context = ShardContext(WorkerStore(SourceOptions(datastore.name)))
     return Verifier(
         datastore,
         crypt,

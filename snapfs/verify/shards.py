@@ -8,8 +8,8 @@ hashes the rest. Only what is wrong comes back, so a shard's result is small how
 chunks it checked.
 
 A shard carries what the coordinator read from the indexes (each digest with the length its
-index gives) and a `ShardContext` naming the store and key *without any secret*: a worker opens
-the store with its own credentials (environment, AWS profile) and its own copy of the key file.
+index gives) and a `ShardContext` naming the store and key *without any secret*
+(snapfs.store.workers).
 
 `Subset` picks which folders a run checks, so a weekly job can cover a big store in t runs.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -28,14 +27,12 @@ from snapfs.errors import (
     MissingChunkError,
     SnapfsError,
     UsageError,
-    WrongKeyError,
 )
 from snapfs.format.blob import decode_chunk
-from snapfs.format.crypt import CryptConfig, format_fingerprint
-from snapfs.keysource import KeyOptions
+from snapfs.format.crypt import CryptConfig
 from snapfs.store.backend import Backend
 from snapfs.store.pipeline import ordered
-from snapfs.store.sources import SourceOptions
+from snapfs.store.workers import WorkerStore
 
 PREFIXES = 65536
 PREFIXES_PER_SHARD = 64
@@ -162,12 +159,9 @@ def plan_shards(referenced: dict[bytes, int], subset: Subset) -> list[Shard]:
 
 @dataclass(frozen=True)
 class ShardContext:
-    """What a worker needs to open the store: no password, no S3 key (its own environment has
-    them), only where the key file is and which key it must be."""
+    """What a worker needs: the store (named, no secret in it) and how many chunks at once."""
 
-    source: SourceOptions
-    key: KeyOptions | None = None
-    fingerprint: bytes | None = None
+    store: WorkerStore
     threads: int = 8
 
 
@@ -189,7 +183,8 @@ class ShardResult:
 def check_shard(context: ShardContext, shard: Shard) -> ShardResult:
     """Runs on a worker: list the shard's folders, then check every referenced chunk in them."""
     started = time.monotonic()
-    backend, crypt = _opened(context)
+    datastore, crypt = context.store.open()
+    backend = datastore.backend
     result = ShardResult(shard.number, shard.fingerprint, checked=len(shard.chunks))
     present: set[bytes] = set()
     for prefix in shard.prefixes:
@@ -219,44 +214,3 @@ def check_shard(context: ShardContext, shard: Shard) -> ShardResult:
             result.bad[digest] = status
     result.seconds = time.monotonic() - started
     return result
-
-
-# -- the store, opened once per worker process ----------------------------------------------------
-
-_open_lock = threading.Lock()
-_stores: dict[ShardContext, tuple[Backend, CryptConfig | None]] = {}
-_given_key: bytes | None = None
-
-
-def adopt_store(context: ShardContext, backend: Backend, crypt: CryptConfig | None) -> None:
-    """Shards run in this process use the coordinator's own store and key (and its counters)."""
-    with _open_lock:
-        _stores[context] = (backend, crypt)
-
-
-def give_key(key: bytes | None) -> None:
-    """A local worker process's initializer: the key the parent unlocked (over the pipe between
-    the two, never through a task), so a password typed once is not asked for again."""
-    global _given_key
-    _given_key = key
-
-
-def _opened(context: ShardContext) -> tuple[Backend, CryptConfig | None]:
-    with _open_lock:
-        found = _stores.get(context)
-        if found is not None:
-            return found
-        backend = context.source.open().backend
-        crypt = None
-        if _given_key is not None:
-            crypt = CryptConfig(_given_key)
-        elif context.key is not None:
-            crypt = context.key.crypt_config()
-        expected = context.fingerprint
-        if crypt is not None and expected is not None and crypt.fingerprint != expected:
-            raise WrongKeyError(
-                f"this worker's key {format_fingerprint(crypt.fingerprint)} is not the "
-                f"key the verify was started with ({format_fingerprint(expected)})"
-            )
-        _stores[context] = (backend, crypt)
-        return backend, crypt

@@ -25,8 +25,9 @@ from snapfs.keysource import KeyOptions
 from snapfs.store.backend import LocalBackend
 from snapfs.store.datastore import Datastore, parse_namespace
 from snapfs.store.sources import SourceOptions
+from snapfs.store.workers import WorkerStore, give_key
 from snapfs.verify import select_snapshots, verify
-from snapfs.verify.shards import PREFIXES, ShardContext, Subset, give_key, plan_shards
+from snapfs.verify.shards import PREFIXES, ShardContext, Subset, plan_shards
 
 KEY = bytes.fromhex("6bed763d839f13dd6855e5a9f69a15628c34100da6a5030d1e0a6a1935375e5a")
 V1 = "host/testhost/2024-06-01T11:00:00Z"
@@ -56,7 +57,9 @@ def _digest_at(store: Path, snapshot: str, archive: str, offset: int) -> str:
 
 def _run(store: Path, crypt: CryptConfig | None, pool: WorkPool | None = None, **kwargs) -> dict:
     ds = Datastore(LocalBackend(store))
-    context = ShardContext(SourceOptions(str(store)), None, crypt.fingerprint if crypt else None)
+    context = ShardContext(
+        WorkerStore(SourceOptions(str(store)), None, crypt.fingerprint if crypt else None)
+    )
     report = verify(
         ds,
         select_snapshots(ds, parse_namespace(""), None),
@@ -181,7 +184,9 @@ def test_the_task_carries_no_secret(tmp_path):
     import pickle
 
     context = ShardContext(
-        SourceOptions("s3://bucket/store"), KeyOptions(str(tmp_path / "key.json")), b"f" * 32
+        WorkerStore(
+            SourceOptions("s3://bucket/store"), KeyOptions(str(tmp_path / "key.json")), b"f" * 32
+        )
     )
     assert KEY not in pickle.dumps(context)
     assert KEY.hex().encode() not in pickle.dumps(context)
