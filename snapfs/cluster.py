@@ -207,8 +207,8 @@ class DaskPool(WorkPool):
         from distributed import as_completed
 
         finished = as_completed(loop=self._client.loop)
-        for i, outcome in _bounded(submit, work, items, range(len(items)), self.workers, finished):
-            yield items[i], outcome
+        for i, outcome in _bounded(submit, work, numbered(), self.workers, finished):
+            yield taken.pop(i), outcome
 
     def close(self) -> None:
         self._client.close()

@@ -18,7 +18,7 @@ import re
 import sys
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snapfs import logs
 from snapfs.errors import UsageError
@@ -26,6 +26,10 @@ from snapfs.keysource import KeyOptions
 from snapfs.store.cache import DEFAULT_CACHE_SIZE
 from snapfs.store.sources import DEFAULT_CACHE_DIR_SIZE, BackendOptions, SourceOptions
 from snapfs.store.stats import PRICE_TABLES
+
+if TYPE_CHECKING:
+    from snapfs.cluster import WorkPool
+    from snapfs.format.crypt import CryptConfig
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -210,6 +214,24 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_work_options(parser: argparse.ArgumentParser, default: str) -> None:
+    """--workers and --cluster: where the work of `verify` and `index` runs (`work_pool`)."""
+    g = parser.add_argument_group("where the work runs")
+    g.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help=f"local worker processes (default: {default}; 1 = in this process)",
+    )
+    g.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run on a Dask distributed scheduler, e.g. tcp://scheduler:8786 "
+        "(pip install 'snapfs[cluster]'); each worker needs snapfs, its own S3 credentials "
+        "and, for encrypted backups, the key file at the same path",
+    )
+
+
 def add_json_option(
     parser: argparse.ArgumentParser, help: str | None = "machine-readable output"
 ) -> None:
@@ -235,6 +257,23 @@ def source_options(args: argparse.Namespace) -> SourceOptions:
 
 def key_options(args: argparse.Namespace) -> KeyOptions:
     return KeyOptions(args.keyfile, args.password_file)
+
+
+def work_pool(
+    args: argparse.Namespace, crypt: CryptConfig | None, default_workers: int | None = None
+) -> WorkPool:
+    """The pool --workers/--cluster ask for; local worker processes get the unlocked key from
+    this process (a cluster's workers unlock their own copy: snapfs.store.workers)."""
+    from snapfs.cluster import open_pool
+    from snapfs.store.workers import give_key
+
+    workers = args.workers if args.workers is not None or args.cluster else default_workers
+    return open_pool(
+        workers,
+        args.cluster,
+        initializer=give_key,
+        initargs=(crypt.key if crypt is not None else None,),
+    )
 
 
 def print_json(value: Any) -> None:

@@ -19,14 +19,17 @@ from snapfs.cli._common import (
     add_source,
     add_source_argument,
     add_source_options,
+    add_work_options,
     key_options,
     print_json,
     size_type,
     source_options,
+    work_pool,
 )
 from snapfs.errors import UsageError
 
 if TYPE_CHECKING:
+    from snapfs.cluster import WorkPool
     from snapfs.search.index import SearchIndex
     from snapfs.store.datastore import Datastore
 
@@ -34,6 +37,7 @@ EXAMPLES: dict[str, list[str]] = {
     "index": [
         "snapfs index /srv/datastore",
         "snapfs index s3://pbs-bucket/store1 --endpoint-url https://s3.example.com --keyfile pbs.key",
+        "snapfs index s3://pbs-bucket/store1 --workers 4",
     ],
     "search": [
         "snapfs search /srv/datastore 'invoice-*.pdf'",
@@ -71,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_source(p)
     _add_index_options(p, refresh=False)
+    add_work_options(p, default="1: in this process")
     add_json_option(p)
     p.set_defaults(func=cmd_index)
 
@@ -152,13 +157,29 @@ def _open(args: argparse.Namespace) -> tuple[Datastore, SearchIndex]:
     return datastore, SearchIndex(_index_path(args), key_options(args).crypt_config())
 
 
-def _refresh(args: argparse.Namespace, datastore: Datastore, index: SearchIndex, ns: tuple):
+def _refresh(
+    args: argparse.Namespace,
+    datastore: Datastore,
+    index: SearchIndex,
+    ns: tuple,
+    pool: WorkPool | None = None,
+):
     from snapfs.progress import Progress
+    from snapfs.store.workers import WorkerStore
 
     if getattr(args, "no_refresh", False):
         return None
     progress = Progress.for_terminal(quiet=args.json, desc="index", unit="snapshot")
-    report = index.refresh(datastore, ns, progress)
+    store = None
+    if pool is not None:
+        keys = key_options(args)
+        crypt = index.crypt
+        store = WorkerStore(
+            source_options(args),
+            keys if keys.keyfile else None,
+            crypt.fingerprint if crypt is not None else None,
+        )
+    report = index.refresh(datastore, ns, progress, pool=pool, store=store)
     for line in report.warnings():
         print(f"snapfs: warning: {line}", file=sys.stderr)
     return report
@@ -174,7 +195,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     datastore, index = _open(args)
     try:
-        report = _refresh(args, datastore, index, parse_namespace(args.ns))
+        with work_pool(args, index.crypt, default_workers=1) as pool:
+            report = _refresh(args, datastore, index, parse_namespace(args.ns), pool)
     finally:
         index.close()
     assert report is not None

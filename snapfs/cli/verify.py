@@ -10,9 +10,11 @@ from snapfs.cli._common import (
     add_json_option,
     add_key_options,
     add_source,
+    add_work_options,
     key_options,
     print_json,
     source_options,
+    work_pool,
 )
 
 EXAMPLES: dict[str, list[str]] = {
@@ -37,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="TYPE/ID/TIME or TYPE/ID (default: all in --ns and below)",
     )
     add_key_options(p)
-    add_work_options(p)
+    add_work_options(p, default="one per core")
     p.add_argument(
         "--subset",
         metavar="n/t|P%",
@@ -54,29 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_verify)
 
 
-def add_work_options(parser: argparse.ArgumentParser) -> None:
-    """--workers and --cluster: where the work of `verify` runs."""
-    g = parser.add_argument_group("where the work runs")
-    g.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="local worker processes (default: one per core; 1 = in this process)",
-    )
-    g.add_argument(
-        "--cluster",
-        metavar="ADDRESS",
-        help="run on a Dask distributed scheduler, e.g. tcp://scheduler:8786 "
-        "(pip install 'snapfs[cluster]'); each worker needs snapfs, its own S3 credentials "
-        "and, for encrypted backups, the key file at the same path",
-    )
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
-    from snapfs.cluster import open_pool
     from snapfs.progress import Progress
     from snapfs.store.datastore import parse_namespace
-    from snapfs.store.workers import WorkerStore, give_key
+    from snapfs.store.workers import WorkerStore
     from snapfs.verify import select_snapshots, verify
     from snapfs.verify.shards import ShardContext
 
@@ -103,12 +86,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         progress.note(f"{checked_bytes / 1e6:,.0f} MB, {gets} GETs, {problems} bad")
         progress.update(result.checked)
 
-    with open_pool(
-        args.workers,
-        args.cluster,
-        initializer=give_key,
-        initargs=(crypt.key if crypt is not None else None,),
-    ) as pool:
+    with work_pool(args, crypt) as pool:
         try:
             report = verify(
                 datastore,

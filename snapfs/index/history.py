@@ -605,6 +605,17 @@ class HistoryIndex:
             )
         return count
 
+    def known_places(self, series: Series) -> dict[bytes, bytes]:
+        """The content hashes by place last used by `series`: what a walk of its next archive
+        elsewhere (a worker, snapfs.search.walks) can reuse without asking the index."""
+        sid = self._series_id(series, create=False)
+        if sid is None:
+            return {}
+        rows = self._db.execute(
+            "SELECT place, content FROM payload_hashes WHERE series = ?", (sid,)
+        )
+        return dict(rows)
+
     def _content_by_place(self, place: bytes, sid: int, time: int) -> bytes | None:
         row = self._db.execute(
             "SELECT content FROM payload_hashes WHERE place = ?", (place,)

@@ -14,9 +14,11 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from snapfs.cluster import WorkPool
 from snapfs.errors import KeyRequiredError, NotFoundError, SnapfsError
 from snapfs.format.archive_names import ArchiveKind, PxarNames, archive_kind
 from snapfs.format.crypt import CryptConfig, format_fingerprint
@@ -31,22 +33,27 @@ from snapfs.index.history import (
     in_namespace,
 )
 from snapfs.progress import Progress
-from snapfs.pxar.accessor import Accessor
 from snapfs.search.entries import HashCache, archive_entries
 from snapfs.search.sealed import seal, sealed_path, unseal
+from snapfs.search.walks import (
+    CACHE_SIZE,
+    DECODERS,
+    ArchiveWalk,
+    SnapshotWalk,
+    archive_csum,
+    open_walk,
+    walk_snapshot,
+)
 from snapfs.store.cache import ChunkCache
 from snapfs.store.datastore import Datastore, Group, Snapshot
-from snapfs.store.readahead import ForwardReader, Readahead
+from snapfs.store.readahead import Readahead
+from snapfs.store.workers import WorkerStore
 from snapfs.views.archives import SnapshotReader
 
 log = logging.getLogger("snapfs.search")
 
 __all__ = ["RefreshReport", "SearchIndex", "default_index_path", "pxar_archives"]
 
-#: Threads decoding chunks ahead of the indexing walk (zstd, AES and SHA-256 release the GIL).
-DECODERS = 2
-#: Chunks kept decoded while indexing: the walk's window and the hashing reads behind it.
-CACHE_SIZE = 64 << 20
 
 SnapshotKey = tuple[str, str, str, int]  # ns, type, id, time
 
@@ -223,8 +230,13 @@ class SearchIndex:
         progress: Progress | None = None,
         *,
         group: Group | None = None,
+        pool: WorkPool | None = None,
+        store: WorkerStore | None = None,
     ) -> RefreshReport:
-        """Bring the index up to the datastore's snapshots in `ns` and below (or of `group`)."""
+        """Bring the index up to the datastore's snapshots in `ns` and below (or of `group`).
+
+        With a `pool` of workers (and the `store` they open, snapfs.store.workers), the archive
+        walks run there and this process only writes; without one, everything runs here."""
         start = time.perf_counter()
         report = RefreshReport()
         progress = progress or Progress.disabled()
@@ -266,31 +278,115 @@ class SearchIndex:
                     report.need_key.setdefault(plain_done[key], []).append(str(snapshot))
         todo.sort(key=lambda s: (s.time, s))
         progress.start(len(todo))
-        cache = ChunkCache(CACHE_SIZE)
-        readahead = Readahead(DECODERS, "snapfs-search-decode")
         try:
-            for snapshot in todo:
-                done = snapshot_key(snapshot) in plain_done
-                self._index_snapshot(datastore, snapshot, done, cache, readahead, report)
-                progress.update(1)
+            if pool is not None and store is not None and pool.workers > 1:
+                store.adopt(datastore, self.crypt)
+                self._refresh_on(pool, store, datastore, todo, plain_done, report, progress)
+            else:
+                self._refresh_here(datastore, todo, plain_done, report, progress)
         finally:
-            readahead.close()
             progress.close()
             self.save()
         report.seconds = time.perf_counter() - start
         return report
 
-    def _index_snapshot(
+    def _refresh_here(
         self,
         datastore: Datastore,
-        snapshot: Snapshot,
-        done_plain: bool,
-        cache: ChunkCache,
-        readahead: Readahead,
+        todo: list[Snapshot],
+        plain_done: dict,
         report: RefreshReport,
+        progress: Progress,
     ) -> None:
-        """Index what the snapshot holds that is not in yet: its plain archives unless
-        `done_plain`, its encrypted ones when the key is at hand."""
+        """Walk and write each snapshot in turn, in this process, streaming its entries."""
+        cache = ChunkCache(CACHE_SIZE)
+        readahead = Readahead(DECODERS, "snapfs-search-decode")
+        try:
+            for snapshot in todo:
+                plan = self._plan(datastore, snapshot, snapshot_key(snapshot) in plain_done, report)
+                if plan is not None:
+                    reader = SnapshotReader(
+                        datastore, snapshot, self.crypt if plan.have_key else None, cache
+                    )
+
+                    def walk(
+                        writer: SnapshotWriter, names: PxarNames, _private: bool, reader=reader
+                    ) -> _Walk:
+                        hashes = HashCache(*writer.places(names.name))
+                        accessor, content_index = open_walk(reader, names, readahead)
+                        return archive_entries(accessor, content_index, hashes), hashes
+
+                    self._write(plan, report, walk)
+                progress.update(1)
+        finally:
+            readahead.close()
+
+    def _refresh_on(
+        self,
+        pool: WorkPool,
+        store: WorkerStore,
+        datastore: Datastore,
+        todo: list[Snapshot],
+        plain_done: dict,
+        report: RefreshReport,
+        progress: Progress,
+    ) -> None:
+        """Walk the snapshots on `pool`'s workers and write each here as its walk comes back
+        (in the order they finish: the index gives the same answers in any order)."""
+        plans: dict[Snapshot, _Plan] = {}
+
+        def tasks() -> Iterator[SnapshotWalk]:
+            for snapshot in todo:
+                plan = self._plan(datastore, snapshot, snapshot_key(snapshot) in plain_done, report)
+                walks = [] if plan is None else self._walks(plan)
+                if not walks:  # nothing to read: copied by checksum, or nothing at all
+                    if plan is not None:
+                        self._write(plan, report, _no_walk)
+                    progress.update(1)
+                    continue
+                plans[snapshot] = plan
+                yield SnapshotWalk(store, snapshot, tuple(walks))
+
+        for task, outcome in pool.run(walk_snapshot, tasks()):
+            plan = plans.pop(task.snapshot)
+            if isinstance(outcome, BaseException):
+                report.failed.append(f"{_label(task.snapshot)}: {outcome}")
+                log.info("%s: not indexed: %s", _label(task.snapshot), outcome)
+            else:
+                walked = {
+                    (a.private, a.names.name): w
+                    for a, w in zip(task.archives, outcome, strict=True)
+                }
+
+                def take(
+                    writer: SnapshotWriter, names: PxarNames, private: bool, walked=walked
+                ) -> _Walk:
+                    done = walked[(private, names.name)]
+                    remember = writer.places(names.name)[1]
+                    for place, content in done.places.items():
+                        remember(place, content)
+                    return done.entries, done
+
+                self._write(plan, report, take)
+            progress.update(1)
+
+    def _walks(self, plan: _Plan) -> list[ArchiveWalk]:
+        """The archives of `plan` a worker must read, each with the hashes its series knows."""
+        walks = []
+        for part, archives, _fingerprint in plan.parts:
+            private = part is not self.plain
+            for names, csum in archives:
+                if not part.has_csum(csum):
+                    series = Series(*plan.key[:3], names.name)
+                    walks.append(ArchiveWalk(names, private, part.known_places(series)))
+        return walks
+
+    def _plan(
+        self, datastore: Datastore, snapshot: Snapshot, done_plain: bool, report: RefreshReport
+    ) -> _Plan | None:
+        """What indexing the snapshot takes: its plain archives unless `done_plain`, its
+        encrypted ones when the key is at hand. None (and the reason in `report`) if nothing
+        can be indexed."""
         name = _label(snapshot)
         info = datastore.snapshot_info(snapshot)
         if info.manifest is None:
@@ -298,7 +394,7 @@ class SearchIndex:
                 report.failed.append(f"{name}: {info.problem}")
             else:
                 report.incomplete.append(name)
-            return
+            return None
         manifest = info.manifest
         archives = pxar_archives(manifest)
         encrypted = {
@@ -312,76 +408,78 @@ class SearchIndex:
             and self.private is not None
             and manifest.key_fingerprint in (None, self.crypt.fingerprint)
         )
-        key = snapshot_key(snapshot)
+        parts: list[tuple[HistoryIndex, list[tuple[PxarNames, bytes]], str | None]] = []
         try:
-            reader = SnapshotReader(datastore, snapshot, self.crypt if have_key else None, cache)
             if not done_plain:
-                with self.plain.snapshot(*key, needed if encrypted else None) as writer:
-                    for archive in sorted(set(archives) - encrypted):
-                        self._index_archive(
-                            writer, self.plain, reader, archives[archive], readahead, report
-                        )
+                plain = [
+                    (archives[a], archive_csum(manifest, archives[a]))
+                    for a in sorted(set(archives) - encrypted)
+                ]
+                parts.append((self.plain, plain, needed if encrypted else None))
             if encrypted and have_key:
                 assert self.private is not None
-                with self.private.snapshot(*key, needed) as writer:
-                    for archive in sorted(encrypted):
-                        self._index_archive(
-                            writer, self.private, reader, archives[archive], readahead, report
-                        )
-            elif encrypted:
-                report.need_key.setdefault(needed or "unknown", []).append(name)
-                return
+                private = [
+                    (archives[a], archive_csum(manifest, archives[a])) for a in sorted(encrypted)
+                ]
+                parts.append((self.private, private, needed))
+        except (KeyError, SnapfsError) as exc:
+            report.failed.append(f"{name}: manifest: {exc}")
+            return None
+        missing_key = bool(encrypted) and not have_key
+        return _Plan(
+            snapshot, snapshot_key(snapshot), parts, have_key, needed if missing_key else None
+        )
+
+    def _write(
+        self,
+        plan: _Plan,
+        report: RefreshReport,
+        walk: Callable[[SnapshotWriter, PxarNames, bool], _Walk],
+    ) -> None:
+        """Each part's archives in one transaction per part: copied when an archive of the same
+        checksum is in already, else the entries `walk` gives."""
+        name = _label(plan.snapshot)
+        try:
+            for part, archives, fingerprint in plan.parts:
+                with part.snapshot(*plan.key, fingerprint) as writer:
+                    for names, csum in archives:
+                        if part.has_csum(csum):
+                            report.entries += writer.add(names.name, csum, None)
+                            report.copied += 1
+                            continue
+                        entries, hashes = walk(writer, names, part is not self.plain)
+                        report.entries += writer.add(names.name, csum, entries)
+                        report.archives += 1
+                        report.hashed += hashes.hashed
+                        report.reused_hashes += hashes.reused
         except SnapfsError as exc:
             report.failed.append(f"{name}: {exc}")
             log.info("%s: not indexed: %s", name, exc)
             return
+        if plan.need_key is not None:
+            report.need_key.setdefault(plan.need_key, []).append(name)
+            return
         report.indexed += 1
 
-    def _index_archive(
-        self,
-        writer: SnapshotWriter,
-        part: HistoryIndex,
-        reader: SnapshotReader,
-        names: PxarNames,
-        readahead: Readahead,
-        report: RefreshReport,
-    ) -> None:
-        manifest = reader.manifest
-        files = {f.filename: f for f in manifest.files}
-        split = names.meta in files and names.unified not in files
-        if split:
-            payload = files.get(names.payload)
-            csum = hashlib.sha256(
-                files[names.meta].csum + (payload.csum if payload else b"")
-            ).digest()
-        else:
-            csum = files[names.unified].csum
-        if part.has_csum(csum):
-            report.entries += writer.add(names.name, csum, None)
-            report.copied += 1
-            return
-        if split:
-            meta_stream = reader.stream(names.meta)
-            payload_stream = reader.stream(names.payload)
-            accessor = Accessor(
-                ForwardReader(meta_stream, readahead),
-                ForwardReader(payload_stream, readahead),
-                name=f"{reader.snapshot}/{names.name}",
-            )
-            content_index = payload_stream.index
-        else:
-            stream = reader.stream(names.unified)
-            accessor = Accessor(
-                ForwardReader(stream, readahead), name=f"{reader.snapshot}/{names.name}"
-            )
-            content_index = stream.index
-        hashes = HashCache(*writer.places(names.name))
-        report.entries += writer.add(
-            names.name, csum, archive_entries(accessor, content_index, hashes)
-        )
-        report.archives += 1
-        report.hashed += hashes.hashed
-        report.reused_hashes += hashes.reused
+
+#: A walk's entries, and what counted its hashing (`hashed`, `reused`).
+_Walk = tuple[Iterable[IndexedEntry], Any]
+
+
+def _no_walk(writer: SnapshotWriter, names: PxarNames, private: bool) -> _Walk:
+    raise AssertionError(f"{names.name}: planned as copied, yet not indexed")
+
+
+@dataclass
+class _Plan:
+    """What indexing one snapshot writes: per part, its archives with their checksums and the
+    key fingerprint recorded with the snapshot."""
+
+    snapshot: Snapshot
+    key: SnapshotKey
+    parts: list[tuple[HistoryIndex, list[tuple[PxarNames, bytes]], str | None]]
+    have_key: bool
+    need_key: str | None  # encrypted archives left out for want of this key
 
 
 def _earliest(held: list[tuple[int, IndexedEntry]]) -> list[tuple[int, IndexedEntry]]:

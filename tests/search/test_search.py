@@ -540,3 +540,70 @@ def _done_snapshots(index: Path) -> int:
             db.close()
     except sqlite3.OperationalError:
         return 0  # not created yet
+
+
+def _every_state(index: Path, keyfile: Path | None) -> dict:
+    """Each archive of each series at each of its times, as the index answers it."""
+    from snapfs.search.index import opened
+
+    crypt = KeyOptions(str(keyfile), None).crypt_config() if keyfile else None
+    with opened(str(index), crypt) as idx:
+        return {
+            (series, at): idx.state(series, at)
+            for series in idx.series()
+            for at in idx.archive_times(series)
+        }
+
+
+def _index_report(store: Store, index: Path, *args: object) -> dict:
+    proc = store.run("index", store.path, "--index", index, "--json", *args, key=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    # How many files were hashed and how many reused a known hash depends on which walks ran
+    # at once; their sum does not.
+    report["files"] = report.pop("hashed") + report.pop("reused_hashes")
+    return {k: v for k, v in report.items() if k not in ("index", "seconds")}
+
+
+def test_an_index_built_by_worker_processes_answers_as_one_built_here(store, tmp_path):
+    here, spread = tmp_path / "here.sqlite", tmp_path / "spread.sqlite"
+    report_here = _index_report(store, here)
+    report_spread = _index_report(store, spread, "--workers", "2")
+    assert report_spread == report_here
+    assert report_here["indexed"] == 8 and report_here["failed"] == []
+    states = _every_state(here, store.keyfile)
+    assert states == _every_state(spread, store.keyfile)
+    assert len(states) == 6  # web1 x4, prod/db, vault (sealed part, with the key)...
+    # ...and a refresh after a new snapshot, by workers, adds only it, as one here does.
+    copy = tmp_path / "ds"
+    shutil.copytree(store.path, copy, symlinks=True)
+    tree = tmp_path / "tree"
+    _write(tree / "one.txt", b"one\n")
+    backup(
+        copy,
+        [parse_backup_source(f"root.pxar:{tree}")],
+        backup_type="host",
+        backup_id="web2",
+        backup_time=T0,
+    )
+    for index, extra in ((here, ()), (spread, ("--workers", "2"))):
+        proc = store.run("index", copy, "--index", index, "--json", *extra, key=True)
+        assert json.loads(proc.stdout)["indexed"] == 1, proc.stderr
+    assert _every_state(here, store.keyfile) == _every_state(spread, store.keyfile)
+
+
+@pytest.mark.slow
+def test_an_index_built_on_a_dask_cluster_answers_as_one_built_here(store, tmp_path):
+    from distributed import LocalCluster
+
+    here, spread = tmp_path / "here.sqlite", tmp_path / "cluster.sqlite"
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        report = _index_report(store, spread, "--cluster", cluster.scheduler_address)
+    assert report == _index_report(store, here)
+    assert _every_state(here, store.keyfile) == _every_state(spread, store.keyfile)

@@ -79,6 +79,7 @@ def cluster(damaged_bucket):
             n_workers=2,
             threads_per_worker=1,
             processes=True,
+            host="127.0.0.1",
             dashboard_address=None,
             env=worker_env,
         ) as local,
