@@ -150,7 +150,14 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--ca-bundle",
         metavar="FILE",
-        help="CA certificates (PEM) to check the endpoint's TLS certificate with",
+        help="CA certificates (PEM) to check the endpoint's TLS certificate with "
+        "(default: AWS_CA_BUNDLE, else the system's)",
+    )
+    g.add_argument(
+        "--no-verify-tls",
+        action="store_true",
+        default=None,
+        help="do not check the endpoint's TLS certificate (warns; for a test endpoint only)",
     )
     g.add_argument(
         "--s3-connections", type=int, metavar="N", help="parallel S3 connections (default: 8)"

@@ -10,9 +10,12 @@ S3Backend's business (s3.py).
 from __future__ import annotations
 
 import logging
+import os
 import random
+import re
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -52,11 +55,20 @@ _REGION_CODES = frozenset(
     {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 )
 _READ_BLOCK = 256 * 1024
+# What OpenSSL says after "certificate verify failed:" (e.g. "unable to get local issuer
+# certificate", "Hostname mismatch, certificate is not valid for 'x'."), up to "(_ssl.c:NNN)".
+_VERIFY_REASON = re.compile(r"certificate verify failed: ([^(\]]+?)\s*(?:\(_ssl|\]|$)")
+# urllib3's own host name check (used for IP addresses): "hostname 'h' doesn't match 'n'".
+_HOST_MISMATCH = re.compile(r"hostname '[^']*' doesn't match (?:either of )?'[^']*'(?:, '[^']*')*")
+_SSL_REASON = re.compile(r"\[SSL: [A-Z_]+\] ([^(\]]+?)\s*(?:\(_ssl|\]|$)")
 
 # botocore's DEBUG logs print request headers (the access key id in Authorization) and bodies; a
 # user's --debug is about snapfs, so those loggers never go below WARNING.
 for _name in ("botocore", "boto3", "urllib3", "s3transfer"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# urllib3 logs a failed host name check (with the whole certificate) before raising it; the error
+# snapfs makes of it says the same in one line.
+logging.getLogger("urllib3.connection").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,8 @@ class S3Settings:
     region: str | None = None
     profile: str | None = None
     path_style: bool = False
-    ca_bundle: str | None = None
+    ca_bundle: str | None = None  # None: AWS_CA_BUNDLE, the profile's ca_bundle, else the system's
+    verify_tls: bool = True  # False only on --no-verify-tls, with a warning
     connections: int = DEFAULT_CONNECTIONS
     rate_limit: int | None = None  # bytes per second over all connections
     list_ttl: float | None = None  # None: listings are cached for the life of the backend
@@ -156,7 +169,7 @@ class S3Requests:
         )
         try:
             return session.client(
-                "s3", endpoint_url=s.endpoint_url, verify=s.ca_bundle or True, config=config
+                "s3", endpoint_url=s.endpoint_url, verify=self._verify(), config=config
             )
         except ValueError:
             # Not echoed: a malformed URL may still hold a password (botocore's message repeats it).
@@ -167,6 +180,35 @@ class S3Requests:
             raise SnapfsError(
                 f"{self.name}: cannot create the S3 client: {type(exc).__name__}"
             ) from None
+
+    def _verify(self) -> str | bool | None:
+        """botocore's `verify`: a CA file, False on --no-verify-tls, None for botocore's own choice.
+
+        None (not True) lets botocore honour AWS_CA_BUNDLE and a profile's `ca_bundle`, as the AWS
+        CLI does. A CA file that is not there fails here, in one line, not at the first request.
+        """
+        s = self.settings
+        if not s.verify_tls:
+            if s.ca_bundle:
+                raise UsageError("--ca-bundle and --no-verify-tls contradict each other")
+            from urllib3.exceptions import InsecureRequestWarning
+
+            # Said once here, not by urllib3 on every request.
+            warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+            where = without_userinfo(s.endpoint_url or "the AWS endpoint")
+            log.warning(
+                "%s: --no-verify-tls: the TLS certificate of %s is not checked; "
+                "anyone on the network path can read and change what snapfs reads",
+                self.name,
+                where,
+            )
+            return False
+        for name, path in (("--ca-bundle", s.ca_bundle), ("AWS_CA_BUNDLE", _env_ca_bundle())):
+            if path:
+                if not os.path.isfile(path):
+                    raise UsageError(f"{name} {path}: no such file (a PEM file of CA certificates)")
+                return path
+        return None
 
     @staticmethod
     def _refuse_writes(model, **_kwargs) -> None:
@@ -269,9 +311,7 @@ class S3Requests:
                 f"{self.name}: incomplete S3 credentials (an access key without its secret, or the reverse)"
             )
         if isinstance(exc, bx.SSLError):
-            return SnapfsError(
-                f"{self.name}: TLS certificate check failed for {self.endpoint} (give the CA with --ca-bundle)"
-            )
+            return SnapfsError(f"{self.name}: {self._tls_failure(str(exc))}")
         if isinstance(
             exc, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ProxyConnectionError
         ):
@@ -289,6 +329,26 @@ class S3Requests:
         if isinstance(exc, OSError):
             return _Transient(f"I/O error talking to {self.endpoint} ({type(exc).__name__})")
         return exc
+
+    def _tls_failure(self, text: str) -> str:
+        """One line for a failed TLS handshake: the endpoint and OpenSSL's reason, nothing else
+        of botocore's message (it repeats the URL, which may hold a password)."""
+        verify = _VERIFY_REASON.search(text) or _HOST_MISMATCH.search(text)
+        if verify:
+            reason = verify.group(verify.lastindex or 0).rstrip(".")
+            hint = (
+                "the certificate is for another host name"
+                if "match"
+                in reason.lower()  # "Hostname mismatch", "hostname 'h' doesn't match 'n'"
+                else "give the endpoint's CA with --ca-bundle"
+            )
+            return (
+                f"TLS certificate check failed for {self.endpoint}: "
+                f"certificate verify failed: {reason} ({hint})"
+            )
+        other = _SSL_REASON.search(text)
+        reason = other.group(1).rstrip(".") if other else "unknown TLS error"
+        return f"TLS handshake with {self.endpoint} failed: {reason}"
 
     def _guarded(self, what: str, call: Callable[[], T]) -> Callable[[], T]:
         def run() -> T:
@@ -378,6 +438,10 @@ class S3Requests:
                 raise SnapfsError(
                     f"{self.name}: {what}: truncated listing without a continuation token"
                 )
+
+
+def _env_ca_bundle() -> str | None:
+    return os.environ.get("AWS_CA_BUNDLE") or None
 
 
 class _NotFound(Exception):

@@ -29,6 +29,7 @@ class BackendOptions:
     profile: str | None = None
     path_style: bool = False
     ca_bundle: str | None = None
+    no_verify_tls: bool = False
     s3_connections: int | None = None
     rate_limit: int | None = None
     cache_dir: str | None = None
@@ -80,6 +81,8 @@ def source_option_argv(options: BackendOptions) -> list[str]:
         argv += [flag, str(value)]
     if options.path_style:
         argv.append("--path-style")
+    if options.no_verify_tls:
+        argv.append("--no-verify-tls")
     return argv
 
 
@@ -114,6 +117,7 @@ def _open_s3(source: str, options: BackendOptions) -> Backend:
         profile=options.profile,
         path_style=bool(options.path_style),
         ca_bundle=options.ca_bundle,
+        verify_tls=not options.no_verify_tls,
         connections=connections,
         rate_limit=options.rate_limit,
         list_ttl=options.refresh_interval or None,
