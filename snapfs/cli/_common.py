@@ -145,7 +145,15 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
         "--path-style",
         action="store_true",
         default=None,
-        help="address the bucket as https://ENDPOINT/BUCKET/KEY instead of https://BUCKET.ENDPOINT/KEY",
+        help="address the bucket as https://ENDPOINT/BUCKET/KEY (the default with --endpoint-url; "
+        "AWS itself gets https://BUCKET.ENDPOINT/KEY)",
+    )
+    g.add_argument(
+        "--virtual-host-style",
+        action="store_true",
+        default=None,
+        help="address the bucket as https://BUCKET.ENDPOINT/KEY also with --endpoint-url, for "
+        "servers that only serve buckets as host names",
     )
     g.add_argument(
         "--ca-bundle",

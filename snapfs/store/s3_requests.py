@@ -79,6 +79,7 @@ class S3Settings:
     region: str | None = None
     profile: str | None = None
     path_style: bool = False
+    virtual_host_style: bool = False  # botocore's "auto" is path-style for an endpoint_url
     ca_bundle: str | None = None  # None: AWS_CA_BUNDLE, the profile's ca_bundle, else the system's
     verify_tls: bool = True  # False only on --no-verify-tls, with a warning
     connections: int = DEFAULT_CONNECTIONS
@@ -162,7 +163,7 @@ class S3Requests:
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
             retries={"total_max_attempts": 1, "mode": "standard"},  # we retry, counting and pacing
-            s3={"addressing_style": "path" if s.path_style else "auto"},
+            s3={"addressing_style": self._addressing()},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             user_agent_extra="snapfs",
@@ -180,6 +181,15 @@ class S3Requests:
             raise SnapfsError(
                 f"{self.name}: cannot create the S3 client: {type(exc).__name__}"
             ) from None
+
+    def _addressing(self) -> str:
+        """botocore's addressing style. "auto" means BUCKET.s3.amazonaws.com on AWS but
+        ENDPOINT/BUCKET for an --endpoint-url, so a server that wants BUCKET.ENDPOINT (virtual
+        hosts only) needs --virtual-host-style."""
+        s = self.settings
+        if s.path_style and s.virtual_host_style:
+            raise UsageError("--path-style and --virtual-host-style contradict each other")
+        return "path" if s.path_style else "virtual" if s.virtual_host_style else "auto"
 
     def _verify(self) -> str | bool | None:
         """botocore's `verify`: a CA file, False on --no-verify-tls, None for botocore's own choice.
@@ -273,8 +283,9 @@ class S3Requests:
             if code == "NoSuchBucket":
                 return NotFoundError(f"s3://{self.bucket}: no such bucket at {self.endpoint}")
             if status in _RETRY_STATUS or code in _RETRY_CODES:
+                named = code if code != str(status) else ""  # a body without S3's <Code>
                 return _Transient(
-                    f"HTTP {status} {code}".strip(),
+                    f"HTTP {status} {named}".strip(),
                     throttled=code in _THROTTLE_CODES or status == 429,
                 )
             if code in _REGION_CODES or status == 301:
@@ -366,7 +377,11 @@ class S3Requests:
 
     # -- GET and LIST ----------------------------------------------------------------------------
 
-    def _read_body(self, response, key: str) -> bytes:
+    def _read_body(self, response, key: str, listed: tuple[str, int] | None = None) -> bytes:
+        """The whole body, checked against its Content-Length and, when `listed` (etag, size) from
+        a listing names the same version, against the listed size: a Content-Length that says
+        less than the object has cannot be caught otherwise, and a file has no checksum of its
+        own (a chunk does: ChunkReader checks its digest)."""
         body = response["Body"]
         expected = response.get("ContentLength")
         try:
@@ -385,6 +400,10 @@ class S3Requests:
             body.close()
         if expected is not None and len(data) != expected:
             raise _Transient(f"short read of {key}: {len(data)} of {expected} bytes")
+        if listed is not None and response.get("ETag") == listed[0] and len(data) != listed[1]:
+            raise _Transient(
+                f"the server sent {len(data)} bytes of {listed[1]}, the size its listing gave"
+            )
         self.stats_counters.add("bytes_downloaded", len(data))
         return data
 
@@ -394,6 +413,7 @@ class S3Requests:
         what: str,
         missing: Callable[[], SnapfsError],
         if_none_match: str | None = None,
+        listed: tuple[str, int] | None = None,
     ) -> tuple[bytes | None, str]:
         def call() -> tuple[bytes | None, str]:
             kwargs = {"Bucket": self.bucket, "Key": key}
@@ -407,17 +427,18 @@ class S3Requests:
                     self.stats_counters.add("not_modified")
                     return None, if_none_match or ""
                 raise
-            return self._read_body(response, key), response.get("ETag", "")
+            return self._read_body(response, key, listed), response.get("ETag", "")
 
         return self._request(what, "get_requests", self._guarded(what, call), missing=missing)
 
     def _list(
         self, prefix: str, delimiter: str | None, what: str
-    ) -> tuple[list[str], list[tuple[str, str]]]:
-        """(common prefixes, [(key, etag)]) of every page under `prefix`."""
+    ) -> tuple[list[str], list[tuple[str, str, int]]]:
+        """(common prefixes, [(key, etag, size)]) of every page under `prefix`."""
         prefixes: list[str] = []
-        objects: list[tuple[str, str]] = []
+        objects: list[tuple[str, str, int]] = []
         token: str | None = None
+        tokens: set[str] = set()
         while True:
             kwargs = {"Bucket": self.bucket, "Prefix": prefix}
             if delimiter:
@@ -430,7 +451,9 @@ class S3Requests:
                 self._guarded(what, lambda kw=kwargs: self._client.list_objects_v2(**kw)),
             )
             prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes") or ())
-            objects.extend((o["Key"], o.get("ETag", "")) for o in page.get("Contents") or ())
+            objects.extend(
+                (o["Key"], o.get("ETag", ""), o.get("Size", -1)) for o in page.get("Contents") or ()
+            )
             if not page.get("IsTruncated"):
                 return prefixes, objects
             token = page.get("NextContinuationToken")
@@ -438,6 +461,12 @@ class S3Requests:
                 raise SnapfsError(
                     f"{self.name}: {what}: truncated listing without a continuation token"
                 )
+            if token in tokens:
+                raise SnapfsError(
+                    f"{self.name}: {what}: the server repeated a continuation token "
+                    "(a listing that never ends)"
+                )
+            tokens.add(token)
 
 
 def _env_ca_bundle() -> str | None:

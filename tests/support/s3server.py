@@ -285,16 +285,14 @@ def s3server(tmp_path_factory) -> Iterator[S3Server]:
     yield from _serve(start_server, tmp_path_factory.mktemp("seaweed"))
 
 
-@pytest.fixture(scope="session")
-def moto_s3server(tmp_path_factory) -> Iterator[S3Server]:
-    yield from _serve(start_moto_server, tmp_path_factory.mktemp("moto"))
-
-
 @pytest.fixture(scope="session", params=IMPLEMENTATIONS)
-def any_s3server(request) -> S3Server:
-    """Each implementation in turn (test ids [seaweedfs] and [moto]); one server each per session."""
-    fixture = "s3server" if request.param == "seaweedfs" else "moto_s3server"
-    return request.getfixturevalue(fixture)
+def any_s3server(request, tmp_path_factory) -> Iterator[S3Server]:
+    """Each implementation in turn (test ids [seaweedfs] and [moto]); one server each per session,
+    SeaweedFS being the same as `s3server`'s."""
+    if request.param == "seaweedfs":
+        yield request.getfixturevalue("s3server")
+    else:
+        yield from _serve(start_moto_server, tmp_path_factory.mktemp("moto"))
 
 
 @pytest.fixture(scope="session")
@@ -305,13 +303,9 @@ def s3_vectors(s3server, vectors) -> str:
 
 
 @pytest.fixture(scope="session")
-def moto_s3_vectors(moto_s3server, vectors) -> str:
-    upload_datastore(moto_s3server.client(), BUCKET, VECTOR_STORE, vectors / "datastore")
-    return f"s3://{BUCKET}/{VECTOR_STORE}"
-
-
-@pytest.fixture(scope="session")
-def any_s3_vectors(any_s3server, request) -> str:
+def any_s3_vectors(any_s3server, vectors, request) -> str:
     """s3_vectors in the bucket of `any_s3server` (uploaded once per server and session)."""
-    fixture = "s3_vectors" if any_s3server.implementation == "seaweedfs" else "moto_s3_vectors"
-    return request.getfixturevalue(fixture)
+    if any_s3server.implementation == "seaweedfs":
+        return request.getfixturevalue("s3_vectors")
+    upload_datastore(any_s3server.client(), BUCKET, VECTOR_STORE, vectors / "datastore")
+    return f"s3://{BUCKET}/{VECTOR_STORE}"
