@@ -1,4 +1,6 @@
-"""S3 source against a real S3 server (SeaweedFS) holding the golden vectors in PBS 4's S3 layout.
+"""S3 source against real S3 servers holding the golden vectors in PBS 4's S3 layout: each test runs
+against SeaweedFS and moto (`any_s3server`), but for the identity tests, SeaweedFS only (moto does
+not check credentials).
 
 snapfs always runs with the Read+List identity. Faults are injected with botocore event hooks in
 front of the real server (the only mock: the fault itself).
