@@ -347,10 +347,11 @@ class S3Requests:
         verify = _VERIFY_REASON.search(text) or _HOST_MISMATCH.search(text)
         if verify:
             reason = verify.group(verify.lastindex or 0).rstrip(".")
+            # "Hostname mismatch, ..." (OpenSSL), "hostname 'h' doesn't match 'n'" (urllib3)
+            other_host = "match" in reason.lower()
             hint = (
                 "the certificate is for another host name"
-                if "match"
-                in reason.lower()  # "Hostname mismatch", "hostname 'h' doesn't match 'n'"
+                if other_host
                 else "give the endpoint's CA with --ca-bundle"
             )
             return (
@@ -400,7 +401,13 @@ class S3Requests:
             body.close()
         if expected is not None and len(data) != expected:
             raise _Transient(f"short read of {key}: {len(data)} of {expected} bytes")
-        if listed is not None and response.get("ETag") == listed[0] and len(data) != listed[1]:
+        if (
+            listed is not None
+            and listed[0]  # without an ETag the listing may be of another version
+            and listed[1] >= 0  # a listing without a Size
+            and response.get("ETag") == listed[0]
+            and len(data) != listed[1]
+        ):
             raise _Transient(
                 f"the server sent {len(data)} bytes of {listed[1]}, the size its listing gave"
             )
