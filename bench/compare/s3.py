@@ -61,7 +61,7 @@ class S3Lines:
     """A running SeaweedFS holding the image's snapshot; measure() runs one round of the lines."""
 
     folder: str
-    server: Any  # support.s3server.SeaweedServer
+    server: Any  # support.s3server.S3Server
     digests: set[str]  # the image's distinct chunks, hex
     image_bytes: int
 

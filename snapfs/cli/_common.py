@@ -149,12 +149,27 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
         "--path-style",
         action="store_true",
         default=None,
-        help="address the bucket as https://ENDPOINT/BUCKET/KEY instead of https://BUCKET.ENDPOINT/KEY",
+        help="address the bucket as https://ENDPOINT/BUCKET/KEY (the default with --endpoint-url; "
+        "AWS itself gets https://BUCKET.ENDPOINT/KEY)",
+    )
+    g.add_argument(
+        "--virtual-host-style",
+        action="store_true",
+        default=None,
+        help="address the bucket as https://BUCKET.ENDPOINT/KEY also with --endpoint-url, for "
+        "servers that only serve buckets as host names",
     )
     g.add_argument(
         "--ca-bundle",
         metavar="FILE",
-        help="CA certificates (PEM) to check the endpoint's TLS certificate with",
+        help="CA certificates (PEM) to check the endpoint's TLS certificate with "
+        "(default: AWS_CA_BUNDLE, else the system's)",
+    )
+    g.add_argument(
+        "--no-verify-tls",
+        action="store_true",
+        default=None,
+        help="do not check the endpoint's TLS certificate (warns; for a test endpoint only)",
     )
     g.add_argument(
         "--s3-connections", type=int, metavar="N", help="parallel S3 connections (default: 8)"

@@ -59,6 +59,7 @@ class S3Backend(S3Requests, Backend):
         super().__init__(bucket, store, settings, client)
         self._listings: dict[str, tuple[float, DirListing]] = {}
         self._etags: dict[str, str] = {}
+        self._listed: dict[str, tuple[str, int]] = {}  # (etag, size) from listings only
         self._list_lock = threading.Lock()
         self._flights: SingleFlight[bytes, bytes] = SingleFlight()
         self._ready: OrderedDict[bytes, bytes] = OrderedDict()
@@ -85,11 +86,14 @@ class S3Backend(S3Requests, Backend):
     def read_file_conditional(self, path: str, etag: str | None) -> tuple[bytes | None, str]:
         """(bytes, etag) of a file, or (None, etag) when it still has `etag` (HTTP 304)."""
         key = self._key(path)
+        with self._list_lock:
+            listed = self._listed.get(path.strip("/"))
         data, new_etag = self._get(
             key,
             f"file {path}",
             lambda: NotFoundError(f"{self.name}: no such file {path}"),
             if_none_match=etag,
+            listed=listed,
         )
         if new_etag:
             with self._list_lock:
@@ -204,11 +208,13 @@ class S3Backend(S3Requests, Backend):
         files: list[str] = []
         stamp = time.monotonic()
         with self._list_lock:
-            for key, etag in objects:
+            for key, etag, size in objects:
                 name = key[len(prefix) :]
                 if name and "/" not in name:
                     files.append(name)
-                    self._etags[f"{path}/{name}" if path else name] = etag
+                    rel = f"{path}/{name}" if path else name
+                    self._etags[rel] = etag
+                    self._listed[rel] = (etag, size)
             self._listings[path] = (stamp, DirListing(dirs, sorted(files)))
 
     def _list_tree(self, path: str) -> None:
@@ -218,7 +224,8 @@ class S3Backend(S3Requests, Backend):
         dirs: dict[str, set[str]] = {path: set()}
         files: dict[str, list[str]] = {path: []}
         etags: dict[str, str] = {}
-        for key, etag in objects:
+        listed: dict[str, tuple[str, int]] = {}
+        for key, etag, size in objects:
             rel = [p for p in key[len(prefix) :].split("/")]
             is_marker = rel[-1] == ""  # a "folder/" object some tools create
             names = [p for p in rel if p]
@@ -234,17 +241,20 @@ class S3Backend(S3Requests, Backend):
             if not is_marker:
                 files[here].append(names[-1])
                 etags[f"{here}/{names[-1]}"] = etag
+                listed[f"{here}/{names[-1]}"] = (etag, size)
         stamp = time.monotonic()
         with self._list_lock:
             for folder, sub in dirs.items():
                 self._listings[folder] = (stamp, DirListing(sorted(sub), sorted(files[folder])))
             self._etags.update(etags)
+            self._listed.update(listed)
 
     def refresh(self) -> None:
         """Forget every listing: the next list_dir asks the bucket again (new snapshots appear)."""
         with self._list_lock:
             self._listings.clear()
             self._etags.clear()
+            self._listed.clear()
 
     def check_store(self) -> None:
         """Fail early, in one line, on a wrong endpoint, bucket, credentials, region or store."""

@@ -10,9 +10,12 @@ S3Backend's business (s3.py).
 from __future__ import annotations
 
 import logging
+import os
 import random
+import re
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -52,11 +55,20 @@ _REGION_CODES = frozenset(
     {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
 )
 _READ_BLOCK = 256 * 1024
+# What OpenSSL says after "certificate verify failed:" (e.g. "unable to get local issuer
+# certificate", "Hostname mismatch, certificate is not valid for 'x'."), up to "(_ssl.c:NNN)".
+_VERIFY_REASON = re.compile(r"certificate verify failed: ([^(\]]+?)\s*(?:\(_ssl|\]|$)")
+# urllib3's own host name check (used for IP addresses): "hostname 'h' doesn't match 'n'".
+_HOST_MISMATCH = re.compile(r"hostname '[^']*' doesn't match (?:either of )?'[^']*'(?:, '[^']*')*")
+_SSL_REASON = re.compile(r"\[SSL: [A-Z_]+\] ([^(\]]+?)\s*(?:\(_ssl|\]|$)")
 
 # botocore's DEBUG logs print request headers (the access key id in Authorization) and bodies; a
 # user's --debug is about snapfs, so those loggers never go below WARNING.
 for _name in ("botocore", "boto3", "urllib3", "s3transfer"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# urllib3 logs a failed host name check (with the whole certificate) before raising it; the error
+# snapfs makes of it says the same in one line.
+logging.getLogger("urllib3.connection").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,9 @@ class S3Settings:
     region: str | None = None
     profile: str | None = None
     path_style: bool = False
-    ca_bundle: str | None = None
+    virtual_host_style: bool = False  # botocore's "auto" is path-style for an endpoint_url
+    ca_bundle: str | None = None  # None: AWS_CA_BUNDLE, the profile's ca_bundle, else the system's
+    verify_tls: bool = True  # False only on --no-verify-tls, with a warning
     connections: int = DEFAULT_CONNECTIONS
     rate_limit: int | None = None  # bytes per second over all connections
     list_ttl: float | None = None  # None: listings are cached for the life of the backend
@@ -149,14 +163,14 @@ class S3Requests:
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
             retries={"total_max_attempts": 1, "mode": "standard"},  # we retry, counting and pacing
-            s3={"addressing_style": "path" if s.path_style else "auto"},
+            s3={"addressing_style": self._addressing()},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             user_agent_extra="snapfs",
         )
         try:
             return session.client(
-                "s3", endpoint_url=s.endpoint_url, verify=s.ca_bundle or True, config=config
+                "s3", endpoint_url=s.endpoint_url, verify=self._verify(), config=config
             )
         except ValueError:
             # Not echoed: a malformed URL may still hold a password (botocore's message repeats it).
@@ -167,6 +181,44 @@ class S3Requests:
             raise SnapfsError(
                 f"{self.name}: cannot create the S3 client: {type(exc).__name__}"
             ) from None
+
+    def _addressing(self) -> str:
+        """botocore's addressing style. "auto" means BUCKET.s3.amazonaws.com on AWS but
+        ENDPOINT/BUCKET for an --endpoint-url, so a server that wants BUCKET.ENDPOINT (virtual
+        hosts only) needs --virtual-host-style."""
+        s = self.settings
+        if s.path_style and s.virtual_host_style:
+            raise UsageError("--path-style and --virtual-host-style contradict each other")
+        return "path" if s.path_style else "virtual" if s.virtual_host_style else "auto"
+
+    def _verify(self) -> str | bool | None:
+        """botocore's `verify`: a CA file, False on --no-verify-tls, None for botocore's own choice.
+
+        None (not True) lets botocore honour AWS_CA_BUNDLE and a profile's `ca_bundle`, as the AWS
+        CLI does. A CA file that is not there fails here, in one line, not at the first request.
+        """
+        s = self.settings
+        if not s.verify_tls:
+            if s.ca_bundle:
+                raise UsageError("--ca-bundle and --no-verify-tls contradict each other")
+            from urllib3.exceptions import InsecureRequestWarning
+
+            # Said once here, not by urllib3 on every request.
+            warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+            where = without_userinfo(s.endpoint_url or "the AWS endpoint")
+            log.warning(
+                "%s: --no-verify-tls: the TLS certificate of %s is not checked; "
+                "anyone on the network path can read and change what snapfs reads",
+                self.name,
+                where,
+            )
+            return False
+        for name, path in (("--ca-bundle", s.ca_bundle), ("AWS_CA_BUNDLE", _env_ca_bundle())):
+            if path:
+                if not os.path.isfile(path):
+                    raise UsageError(f"{name} {path}: no such file (a PEM file of CA certificates)")
+                return path
+        return None
 
     @staticmethod
     def _refuse_writes(model, **_kwargs) -> None:
@@ -231,8 +283,9 @@ class S3Requests:
             if code == "NoSuchBucket":
                 return NotFoundError(f"s3://{self.bucket}: no such bucket at {self.endpoint}")
             if status in _RETRY_STATUS or code in _RETRY_CODES:
+                named = code if code != str(status) else ""  # a body without S3's <Code>
                 return _Transient(
-                    f"HTTP {status} {code}".strip(),
+                    f"HTTP {status} {named}".strip(),
                     throttled=code in _THROTTLE_CODES or status == 429,
                 )
             if code in _REGION_CODES or status == 301:
@@ -269,9 +322,7 @@ class S3Requests:
                 f"{self.name}: incomplete S3 credentials (an access key without its secret, or the reverse)"
             )
         if isinstance(exc, bx.SSLError):
-            return SnapfsError(
-                f"{self.name}: TLS certificate check failed for {self.endpoint} (give the CA with --ca-bundle)"
-            )
+            return SnapfsError(f"{self.name}: {self._tls_failure(str(exc))}")
         if isinstance(
             exc, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ProxyConnectionError
         ):
@@ -290,6 +341,27 @@ class S3Requests:
             return _Transient(f"I/O error talking to {self.endpoint} ({type(exc).__name__})")
         return exc
 
+    def _tls_failure(self, text: str) -> str:
+        """One line for a failed TLS handshake: the endpoint and OpenSSL's reason, nothing else
+        of botocore's message (it repeats the URL, which may hold a password)."""
+        verify = _VERIFY_REASON.search(text) or _HOST_MISMATCH.search(text)
+        if verify:
+            reason = verify.group(verify.lastindex or 0).rstrip(".")
+            # "Hostname mismatch, ..." (OpenSSL), "hostname 'h' doesn't match 'n'" (urllib3)
+            other_host = "match" in reason.lower()
+            hint = (
+                "the certificate is for another host name"
+                if other_host
+                else "give the endpoint's CA with --ca-bundle"
+            )
+            return (
+                f"TLS certificate check failed for {self.endpoint}: "
+                f"certificate verify failed: {reason} ({hint})"
+            )
+        other = _SSL_REASON.search(text)
+        reason = other.group(1).rstrip(".") if other else "unknown TLS error"
+        return f"TLS handshake with {self.endpoint} failed: {reason}"
+
     def _guarded(self, what: str, call: Callable[[], T]) -> Callable[[], T]:
         def run() -> T:
             try:
@@ -306,7 +378,11 @@ class S3Requests:
 
     # -- GET and LIST ----------------------------------------------------------------------------
 
-    def _read_body(self, response, key: str) -> bytes:
+    def _read_body(self, response, key: str, listed: tuple[str, int] | None = None) -> bytes:
+        """The whole body, checked against its Content-Length and, when `listed` (etag, size) from
+        a listing names the same version, against the listed size: a Content-Length that says
+        less than the object has cannot be caught otherwise, and a file has no checksum of its
+        own (a chunk does: ChunkReader checks its digest)."""
         body = response["Body"]
         expected = response.get("ContentLength")
         try:
@@ -325,6 +401,16 @@ class S3Requests:
             body.close()
         if expected is not None and len(data) != expected:
             raise _Transient(f"short read of {key}: {len(data)} of {expected} bytes")
+        if (
+            listed is not None
+            and listed[0]  # without an ETag the listing may be of another version
+            and listed[1] >= 0  # a listing without a Size
+            and response.get("ETag") == listed[0]
+            and len(data) != listed[1]
+        ):
+            raise _Transient(
+                f"the server sent {len(data)} bytes of {listed[1]}, the size its listing gave"
+            )
         self.stats_counters.add("bytes_downloaded", len(data))
         return data
 
@@ -334,6 +420,7 @@ class S3Requests:
         what: str,
         missing: Callable[[], SnapfsError],
         if_none_match: str | None = None,
+        listed: tuple[str, int] | None = None,
     ) -> tuple[bytes | None, str]:
         def call() -> tuple[bytes | None, str]:
             kwargs = {"Bucket": self.bucket, "Key": key}
@@ -347,17 +434,18 @@ class S3Requests:
                     self.stats_counters.add("not_modified")
                     return None, if_none_match or ""
                 raise
-            return self._read_body(response, key), response.get("ETag", "")
+            return self._read_body(response, key, listed), response.get("ETag", "")
 
         return self._request(what, "get_requests", self._guarded(what, call), missing=missing)
 
     def _list(
         self, prefix: str, delimiter: str | None, what: str
-    ) -> tuple[list[str], list[tuple[str, str]]]:
-        """(common prefixes, [(key, etag)]) of every page under `prefix`."""
+    ) -> tuple[list[str], list[tuple[str, str, int]]]:
+        """(common prefixes, [(key, etag, size)]) of every page under `prefix`."""
         prefixes: list[str] = []
-        objects: list[tuple[str, str]] = []
+        objects: list[tuple[str, str, int]] = []
         token: str | None = None
+        tokens: set[str] = set()
         while True:
             kwargs = {"Bucket": self.bucket, "Prefix": prefix}
             if delimiter:
@@ -370,7 +458,9 @@ class S3Requests:
                 self._guarded(what, lambda kw=kwargs: self._client.list_objects_v2(**kw)),
             )
             prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes") or ())
-            objects.extend((o["Key"], o.get("ETag", "")) for o in page.get("Contents") or ())
+            objects.extend(
+                (o["Key"], o.get("ETag", ""), o.get("Size", -1)) for o in page.get("Contents") or ()
+            )
             if not page.get("IsTruncated"):
                 return prefixes, objects
             token = page.get("NextContinuationToken")
@@ -378,6 +468,16 @@ class S3Requests:
                 raise SnapfsError(
                     f"{self.name}: {what}: truncated listing without a continuation token"
                 )
+            if token in tokens:
+                raise SnapfsError(
+                    f"{self.name}: {what}: the server repeated a continuation token "
+                    "(a listing that never ends)"
+                )
+            tokens.add(token)
+
+
+def _env_ca_bundle() -> str | None:
+    return os.environ.get("AWS_CA_BUNDLE") or None
 
 
 class _NotFound(Exception):

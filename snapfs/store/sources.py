@@ -28,7 +28,9 @@ class BackendOptions:
     region: str | None = None
     profile: str | None = None
     path_style: bool = False
+    virtual_host_style: bool = False
     ca_bundle: str | None = None
+    no_verify_tls: bool = False
     s3_connections: int | None = None
     rate_limit: int | None = None
     cache_dir: str | None = None
@@ -80,6 +82,10 @@ def source_option_argv(options: BackendOptions) -> list[str]:
         argv += [flag, str(value)]
     if options.path_style:
         argv.append("--path-style")
+    if options.virtual_host_style:
+        argv.append("--virtual-host-style")
+    if options.no_verify_tls:
+        argv.append("--no-verify-tls")
     return argv
 
 
@@ -113,7 +119,9 @@ def _open_s3(source: str, options: BackendOptions) -> Backend:
         region=options.region,
         profile=options.profile,
         path_style=bool(options.path_style),
+        virtual_host_style=bool(options.virtual_host_style),
         ca_bundle=options.ca_bundle,
+        verify_tls=not options.no_verify_tls,
         connections=connections,
         rate_limit=options.rate_limit,
         list_ttl=options.refresh_interval or None,

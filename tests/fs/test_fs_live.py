@@ -330,6 +330,8 @@ def test_source_options_round_trip_to_a_child_command(tmp_path):
         "--path-style",
         "--ca-bundle",
         "ca.pem",
+        "--no-verify-tls",
+        "--virtual-host-style",
         "--s3-connections",
         "3",
         "--rate-limit",

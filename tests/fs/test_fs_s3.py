@@ -1,4 +1,5 @@
-"""The golden datastore in a real S3 server (SeaweedFS), mounted and mapped through the kernel.
+"""The golden datastore in a real S3 server, mounted (from SeaweedFS and from moto) and mapped
+(from SeaweedFS) through the kernel.
 
 snapfs runs with the read-only identity only, given through the environment: the secret must
 never appear on a command line, neither ours nor that of the mount process.
@@ -20,12 +21,12 @@ from support.s3server import READER_SECRET
 pytestmark = pytest.mark.slow
 
 
-def test_golden_datastore_mounted_from_s3(s3server, s3_vectors, vectors, tmp_path):
+def test_golden_datastore_mounted_from_s3(any_s3server, any_s3_vectors, vectors, tmp_path):
     report = json.loads((vectors / "report.json").read_text())
-    env = s3server.reader_env()
+    env = any_s3server.reader_env()
     options = [
         "--endpoint-url",
-        s3server.endpoint,
+        any_s3server.endpoint,
         "--cache-dir",
         str(tmp_path / "cache"),
         *key_options(vectors, tmp_path),
@@ -33,7 +34,7 @@ def test_golden_datastore_mounted_from_s3(s3server, s3_vectors, vectors, tmp_pat
         str(tmp_path / "log"),
     ]
     mnt = tmp_path / "mnt"
-    with mounted(s3_vectors, mnt, *options, env=env):
+    with mounted(any_s3_vectors, mnt, *options, env=env):
         (pid,) = mount_pids(mnt)
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         assert READER_SECRET.encode() not in cmdline and b"--endpoint-url" in cmdline
@@ -51,7 +52,7 @@ def test_golden_datastore_mounted_from_s3(s3server, s3_vectors, vectors, tmp_pat
         stats = (mnt / ".snapfs" / "stats").read_text()
         gets = int(re.search(r"requests: GET (\d+), LIST (\d+)", stats).group(1))
         assert gets > 0, stats
-        assert f"source: {s3_vectors}" in stats and "disk cache: " in stats
+        assert f"source: {any_s3_vectors}" in stats and "disk cache: " in stats
         ratio = re.search(r"memory cache: \d+ hits, \d+ misses \(([0-9.]+)%\)", stats)
         assert ratio is not None, stats  # the mount handed its cache to the source
     assert mount_pids(mnt) == []

@@ -1,4 +1,6 @@
-"""S3 source against a real S3 server (SeaweedFS) holding the golden vectors in PBS 4's S3 layout.
+"""S3 source against real S3 servers holding the golden vectors in PBS 4's S3 layout: each test runs
+against SeaweedFS and moto (`any_s3server`), but for the identity tests, SeaweedFS only (moto does
+not check credentials).
 
 snapfs always runs with the Read+List identity. Faults are injected with botocore event hooks in
 front of the real server (the only mock: the fault itself).
@@ -131,10 +133,10 @@ def walk_local(root: Path):
 # -- the same datastore, local and in S3 ---------------------------------------------------------
 
 
-def test_snapshots_json_matches_local(s3server, s3_vectors, vectors):
-    local = run_snapfs(s3server, "snapshots", "--json", str(vectors / "datastore"))
+def test_snapshots_json_matches_local(any_s3server, any_s3_vectors, vectors):
+    local = run_snapfs(any_s3server, "snapshots", "--json", str(vectors / "datastore"))
     remote = run_snapfs(
-        s3server, "snapshots", "--json", s3_vectors, "--endpoint-url", s3server.endpoint
+        any_s3server, "snapshots", "--json", any_s3_vectors, "--endpoint-url", any_s3server.endpoint
     )
     assert local.returncode == 0, local.stderr
     assert remote.returncode == 0, remote.stderr
@@ -144,34 +146,36 @@ def test_snapshots_json_matches_local(s3server, s3_vectors, vectors):
 
 
 @pytest.mark.parametrize(("ns", "snapshot", "archive", "keyed", "expected"), GOLDEN_CATS)
-def test_cat_matches_golden(s3server, s3_vectors, vectors, ns, snapshot, archive, keyed, expected):
+def test_cat_matches_golden(
+    any_s3server, any_s3_vectors, vectors, ns, snapshot, archive, keyed, expected
+):
     extra = ["--ns", ns] if ns else []
     if keyed:
         extra += ["--keyfile", str(vectors / "keys" / "key-pbkdf2.json")]
     env = {"SNAPFS_KEY_PASSWORD": PASSWORD}
     remote = run_snapfs(
-        s3server,
+        any_s3server,
         "cat",
-        s3_vectors,
+        any_s3_vectors,
         snapshot,
         archive,
         "--endpoint-url",
-        s3server.endpoint,
+        any_s3server.endpoint,
         *extra,
         env_extra=env,
     )
     assert remote.returncode == 0, remote.stderr
     assert hashlib.sha256(remote.stdout).hexdigest() == expected
     local = run_snapfs(
-        s3server, "cat", str(vectors / "datastore"), snapshot, archive, *extra, env_extra=env
+        any_s3server, "cat", str(vectors / "datastore"), snapshot, archive, *extra, env_extra=env
     )
     assert local.stdout == remote.stdout
 
 
-def test_every_listing_file_and_chunk_matches_local(s3server, s3_vectors, vectors):
+def test_every_listing_file_and_chunk_matches_local(any_s3server, any_s3_vectors, vectors):
     root = vectors / "datastore"
     local = LocalBackend(root)
-    remote = reader_backend(s3server)
+    remote = reader_backend(any_s3server)
     for rel, dirs, files in walk_local(root):
         listing = remote.list_dir(rel)
         assert listing.dirs == dirs, rel
@@ -193,8 +197,8 @@ def test_every_listing_file_and_chunk_matches_local(s3server, s3_vectors, vector
     assert remote.list_dir(".chunks").dirs == [] and remote.list_dir(".chunks/bb9f").files == []
 
 
-def test_missing_objects(s3server, s3_vectors):
-    remote = reader_backend(s3server)
+def test_missing_objects(any_s3server, any_s3_vectors):
+    remote = reader_backend(any_s3server)
     with pytest.raises(
         MissingChunkError,
         match="chunk 00ff" + "00" * 30 + " is missing from s3://pbs-bucket/store1",
@@ -206,7 +210,7 @@ def test_missing_objects(s3server, s3_vectors):
     assert remote.list_dir("vm/999").dirs == []
 
 
-def test_protected_incomplete_and_nested_namespaces_match_local(s3server, vectors, tmp_path):
+def test_protected_incomplete_and_nested_namespaces_match_local(any_s3server, vectors, tmp_path):
     local = tmp_path / "store2"
     shutil.copytree(vectors / "datastore", local)
     (local / "vm/100/2024-06-01T10:00:00Z/.protected").touch()
@@ -214,12 +218,12 @@ def test_protected_incomplete_and_nested_namespaces_match_local(s3server, vector
     deep = local / "ns/testns/ns/deep/ns/deeper"
     shutil.copytree(local / "ct/200", deep / "ct/200")
     (local / "ns/empty").mkdir(parents=True)  # a namespace with nothing in it: only .namespace
-    upload_datastore(s3server.client(), BUCKET, "store2", local)
+    upload_datastore(any_s3server.client(), BUCKET, "store2", local)
     outputs = [
-        run_snapfs(s3server, "snapshots", "--json", source, *opts)
+        run_snapfs(any_s3server, "snapshots", "--json", source, *opts)
         for source, opts in (
             (str(local), []),
-            (f"s3://{BUCKET}/store2", ["--endpoint-url", s3server.endpoint]),
+            (f"s3://{BUCKET}/store2", ["--endpoint-url", any_s3server.endpoint]),
         )
     ]
     assert outputs[0].returncode == 0 and outputs[1].returncode == 0, outputs[1].stderr
@@ -229,7 +233,7 @@ def test_protected_incomplete_and_nested_namespaces_match_local(s3server, vector
     assert states[("", "vm/100/2024-06-01T10:00:00Z")] == ("complete", True)
     assert states[("", "host/testhost/2024-06-01T12:00:00Z")] == ("incomplete", False)
     assert states[("testns/deep/deeper", "ct/200/2024-06-01T15:00:00Z")] == ("complete", False)
-    remote = reader_backend(s3server, "store2")
+    remote = reader_backend(any_s3server, "store2")
     assert remote.list_dir("ns").dirs == ["empty", "testns"]
 
 
@@ -260,8 +264,8 @@ def test_reader_identity_is_read_only(s3server, s3_vectors):
 # -- request counting, single flight ------------------------------------------------------------------
 
 
-def test_reading_a_chunk_twice_is_one_get(s3server, s3_vectors):
-    remote = reader_backend(s3server)
+def test_reading_a_chunk_twice_is_one_get(any_s3server, any_s3_vectors):
+    remote = reader_backend(any_s3server)
     cache = ChunkCache()
     remote.memory_cache = cache
     reader = ChunkReader(remote, cache=cache)
@@ -289,8 +293,8 @@ class _CountingDict(dict):
         return super().get(key, default)
 
 
-def test_sixteen_readers_of_one_chunk_make_one_get(s3server, s3_vectors):
-    remote = reader_backend(s3server)
+def test_sixteen_readers_of_one_chunk_make_one_get(any_s3server, any_s3_vectors):
+    remote = reader_backend(any_s3server)
     arrived = threading.Condition()
     remote._flights._calls = _CountingDict(arrived)
     release = threading.Event()
@@ -317,8 +321,8 @@ def test_sixteen_readers_of_one_chunk_make_one_get(s3server, s3_vectors):
     assert remote.stats()["get_requests"] - before == 1
 
 
-def test_prefetch_serves_later_reads_without_new_gets(s3server, s3_vectors, vectors):
-    remote = reader_backend(s3server, connections=4)
+def test_prefetch_serves_later_reads_without_new_gets(any_s3server, any_s3_vectors, vectors):
+    remote = reader_backend(any_s3server, connections=4)
     digests = [
         bytes.fromhex(p.name) for p in sorted((vectors / "datastore" / ".chunks").glob("*/*"))
     ][:12]
@@ -353,8 +357,8 @@ def _fail_first(n: int, status: int = 503, code: str = "SlowDown"):
     return inject
 
 
-def test_retries_on_503_then_succeeds(s3server, s3_vectors):
-    remote = reader_backend(s3server, backoff_base=0.01)
+def test_retries_on_503_then_succeeds(any_s3server, any_s3_vectors):
+    remote = reader_backend(any_s3server, backoff_base=0.01)
     remote._client.meta.events.register("before-send.s3.GetObject", _fail_first(2))
     assert remote.read_chunk(ZERO_CHUNK)[:10] != b""
     stats = remote.stats()
@@ -366,8 +370,8 @@ def test_retries_on_503_then_succeeds(s3server, s3_vectors):
     )
 
 
-def test_retries_on_timeouts_and_500(s3server, s3_vectors):
-    remote = reader_backend(s3server, backoff_base=0.01)
+def test_retries_on_timeouts_and_500(any_s3server, any_s3_vectors):
+    remote = reader_backend(any_s3server, backoff_base=0.01)
     state = {"timeouts": 1}
 
     def timeout_once(request, **_kwargs):
@@ -384,8 +388,8 @@ def test_retries_on_timeouts_and_500(s3server, s3_vectors):
     assert remote.stats()["retries"] == 2
 
 
-def test_gives_up_with_one_clear_line(s3server, s3_vectors):
-    remote = reader_backend(s3server, backoff_base=0.01, max_attempts=3)
+def test_gives_up_with_one_clear_line(any_s3server, any_s3_vectors):
+    remote = reader_backend(any_s3server, backoff_base=0.01, max_attempts=3)
     remote._client.meta.events.register("before-send.s3.GetObject", _fail_first(100))
     with pytest.raises(SnapfsError) as info:
         remote.read_chunk(ZERO_CHUNK)
@@ -399,9 +403,9 @@ def test_gives_up_with_one_clear_line(s3server, s3_vectors):
 # -- listing cache ---------------------------------------------------------------------------------
 
 
-def test_listings_are_cached_until_refresh(s3server, vectors, tmp_path):
-    local, store = fresh_store(s3server, tmp_path, vectors, "store3")
-    remote = reader_backend(s3server, store)
+def test_listings_are_cached_until_refresh(any_s3server, vectors, tmp_path):
+    local, store = fresh_store(any_s3server, tmp_path, vectors, "store3")
+    remote = reader_backend(any_s3server, store)
     assert remote.list_dir("vm/100").dirs == ["2024-06-01T10:00:00Z", "2024-06-01T14:00:00Z"]
     lists = remote.stats()["list_requests"]
     # The group listing was recursive: its snapshot folders cost nothing more.
@@ -411,7 +415,7 @@ def test_listings_are_cached_until_refresh(s3server, vectors, tmp_path):
         "qemu-server.conf.blob",
     ]
     assert remote.stats()["list_requests"] == lists
-    admin = s3server.client()
+    admin = any_s3server.client()
     admin.put_object(
         Bucket=BUCKET, Key=f"{store}/.cnt/vm/100/2024-06-02T00:00:00Z/index.json.blob", Body=b"x"
     )
@@ -419,7 +423,7 @@ def test_listings_are_cached_until_refresh(s3server, vectors, tmp_path):
     remote.refresh()
     assert remote.list_dir("vm/100").dirs[-1] == "2024-06-02T00:00:00Z"
 
-    expiring = reader_backend(s3server, store, list_ttl=0.0)
+    expiring = reader_backend(any_s3server, store, list_ttl=0.0)
     before = expiring.stats()["list_requests"]
     expiring.list_dir("vm")
     expiring.list_dir("vm")
@@ -454,13 +458,15 @@ def _cat_with_cache(server, source: str, cache_dir: Path) -> dict:
     return json.loads(result.stdout)
 
 
-def test_disk_cache_survives_a_new_process_and_detects_corruption(s3server, s3_vectors, tmp_path):
+def test_disk_cache_survives_a_new_process_and_detects_corruption(
+    any_s3server, any_s3_vectors, tmp_path
+):
     cache_dir = tmp_path / "cache"
-    first = _cat_with_cache(s3server, s3_vectors, cache_dir)
+    first = _cat_with_cache(any_s3server, any_s3_vectors, cache_dir)
     assert first["sha256"] == IMAGE_SHA256
     assert first["stats"]["disk_cache_misses"] >= 3 and first["stats"]["bytes_downloaded"] > 0
 
-    second = _cat_with_cache(s3server, s3_vectors, cache_dir)
+    second = _cat_with_cache(any_s3server, any_s3_vectors, cache_dir)
     assert second["sha256"] == IMAGE_SHA256
     stats = second["stats"]
     assert (
@@ -475,21 +481,21 @@ def test_disk_cache_survives_a_new_process_and_detects_corruption(s3server, s3_v
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     victim.write_bytes(raw)
-    third = _cat_with_cache(s3server, s3_vectors, cache_dir)
+    third = _cat_with_cache(any_s3server, any_s3_vectors, cache_dir)
     assert third["sha256"] == IMAGE_SHA256
     assert third["stats"]["disk_cache_corrupt"] == 1
     assert third["stats"]["get_requests"] == 2 + 1
 
 
-def test_cached_file_notices_a_changed_object(s3server, vectors, tmp_path):
-    _, store = fresh_store(s3server, tmp_path, vectors, "store4")
+def test_cached_file_notices_a_changed_object(any_s3server, vectors, tmp_path):
+    _, store = fresh_store(any_s3server, tmp_path, vectors, "store4")
     cache_dir = tmp_path / "cache"
 
     def open_cached() -> DiskCache:
-        return DiskCache(reader_backend(s3server, store), cache_dir, 1 << 30, min_free_bytes=0)
+        return DiskCache(reader_backend(any_s3server, store), cache_dir, 1 << 30, min_free_bytes=0)
 
     assert open_cached().read_file("vm/100/owner") == b"root@pam\n"
-    s3server.client().put_object(
+    any_s3server.client().put_object(
         Bucket=BUCKET, Key=f"{store}/.cnt/vm/100/owner", Body=b"backup@pbs\n"
     )
     cached = open_cached()
@@ -538,31 +544,31 @@ def test_wrong_secret_is_named_and_never_printed(s3server, s3_vectors):
     )
 
 
-def test_source_errors_are_named(s3server, s3_vectors):
-    endpoint = ["--endpoint-url", s3server.endpoint]
+def test_source_errors_are_named(any_s3server, any_s3_vectors):
+    endpoint = ["--endpoint-url", any_s3server.endpoint]
     line = _one_line_error(
-        run_snapfs(s3server, "snapshots", f"s3://no-such-bucket/{VECTOR_STORE}", *endpoint),
+        run_snapfs(any_s3server, "snapshots", f"s3://no-such-bucket/{VECTOR_STORE}", *endpoint),
         READER_SECRET,
     )
     assert "no such bucket" in line
     line = _one_line_error(
-        run_snapfs(s3server, "snapshots", f"s3://{BUCKET}/nostore", *endpoint), READER_SECRET
+        run_snapfs(any_s3server, "snapshots", f"s3://{BUCKET}/nostore", *endpoint), READER_SECRET
     )
     assert f"s3://{BUCKET}/nostore: no such datastore" in line and VECTOR_STORE in line
     from support.s3server import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     line = _one_line_error(
-        run_snapfs(s3server, "snapshots", s3_vectors, "--endpoint-url", dead), READER_SECRET
+        run_snapfs(any_s3server, "snapshots", any_s3_vectors, "--endpoint-url", dead), READER_SECRET
     )
     assert f"cannot reach S3 endpoint {dead}" in line
     no_credentials = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
     line = _one_line_error(
-        run_snapfs(s3server, "snapshots", s3_vectors, *endpoint, env_extra=no_credentials)
+        run_snapfs(any_s3server, "snapshots", any_s3_vectors, *endpoint, env_extra=no_credentials)
     )
     assert "no S3 credentials found" in line
     line = _one_line_error(
-        run_snapfs(s3server, "snapshots", s3_vectors, *endpoint, "--profile", "nosuch"),
+        run_snapfs(any_s3server, "snapshots", any_s3_vectors, *endpoint, "--profile", "nosuch"),
         READER_SECRET,
     )
     assert "profile 'nosuch' not found" in line

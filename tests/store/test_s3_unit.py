@@ -185,3 +185,62 @@ def test_rate_limiter_paces_to_the_rate():
     for _ in range(12):
         limiter.consume(256 * 1024)  # 3 MiB after a 1 MiB burst: at least 0.5 s at 4 MiB/s
     assert time.monotonic() - start >= 0.45
+
+
+@pytest.mark.parametrize(
+    ("openssl", "expected"),
+    [
+        (
+            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local "
+            "issuer certificate (_ssl.c:1006)",
+            "certificate verify failed: unable to get local issuer certificate "
+            "(give the endpoint's CA with --ca-bundle)",
+        ),
+        (
+            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch, "
+            "certificate is not valid for 's3.example'. (_ssl.c:1006)",
+            "certificate verify failed: Hostname mismatch, certificate is not valid for "
+            "'s3.example' (the certificate is for another host name)",
+        ),
+        (
+            "hostname '127.0.0.1' doesn't match either of 'a.example', 'b.example'",
+            "certificate verify failed: hostname '127.0.0.1' doesn't match either of "
+            "'a.example', 'b.example' (the certificate is for another host name)",
+        ),
+    ],
+)
+def test_tls_failures_name_the_endpoint_and_the_reason(openssl, expected):
+    """botocore's SSLError repeats the URL (a password in it too); the line keeps only the reason."""
+    from botocore.exceptions import SSLError
+
+    backend = _offline_backend()
+    url = f"https://user:{SECRET}@127.0.0.1:9/bucket"
+    error = backend._classify(SSLError(endpoint_url=url, error=openssl), "listing")
+    assert str(error) == (
+        f"s3://bucket/store: TLS certificate check failed for http://127.0.0.1:9: {expected}"
+    )
+    other = backend._classify(
+        SSLError(
+            endpoint_url=url, error="[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1)"
+        ),
+        "listing",
+    )
+    assert str(other) == (
+        "s3://bucket/store: TLS handshake with http://127.0.0.1:9 failed: wrong version number"
+    )
+
+
+def test_tls_options_are_checked_before_any_request(tmp_path, monkeypatch):
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    with pytest.raises(UsageError, match="contradict"):
+        S3Backend("b", "s", S3Settings(ca_bundle=str(tmp_path), verify_tls=False), check=False)
+    with pytest.raises(UsageError, match=f"--ca-bundle {tmp_path}: no such file"):
+        S3Backend("b", "s", S3Settings(ca_bundle=str(tmp_path)), check=False)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked until a request")
+    assert S3Backend("b", "s", S3Settings(ca_bundle=str(ca)), check=False)._client._endpoint
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "gone.pem"))
+    with pytest.raises(UsageError, match="AWS_CA_BUNDLE .*gone.pem: no such file"):
+        S3Backend("b", "s", S3Settings(), check=False)
+    with pytest.raises(UsageError, match="--path-style and --virtual-host-style contradict"):
+        S3Backend("b", "s", S3Settings(path_style=True, virtual_host_style=True), check=False)

