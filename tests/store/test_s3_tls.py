@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
+from support.certs import Authority, make_authority
 from support.faultproxy import FaultProxy, tls_context
-from support.private_ca import Authority, make_authority
 from support.s3server import READER_SECRET
 from support.vectors import IMAGE_SHA256
 

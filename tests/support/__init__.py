@@ -7,12 +7,13 @@ Test modules import helpers from here, never from each other:
   loads it);
 * delayproxy: a TCP proxy adding latency on the way to it (also used by scripts/bench);
 * faultproxy: an HTTP proxy in front of it answering some requests wrongly, optionally over TLS;
-* private_ca: a certificate authority made in the test, and the server certificates it signs;
 * fs_model: the mount's model and adapter without mounting;
 * golden_listing: the golden pxar listing, checked against a mounted archive;
 * mini_pxar: an independent pxar emitter; stores: datastores holding given archive bytes;
 * restore_listing: a restored tree in the golden listing's format;
 * guest: a tiny bootable Linux guest and its disk;
 * nbd_client: a minimal NBD client; nbd_serving: an NBD server in a thread, `snapfs nbd` run;
-* certs: a CA with server and client certificates, and an untrusted one, for the TLS tests.
+* certs: certificate authorities made in the test, with server and client certificates, for the
+  TLS tests (NBD, S3 over HTTPS);
+* dying_work: work whose worker process dies, for the process pool tests.
 """

@@ -1,6 +1,7 @@
 """A small X.509 world made by the test itself: a CA, a server certificate for 127.0.0.1 and
 localhost, a client certificate, and a second CA nobody trusts with a client certificate of its
-own.
+own (`make_pki`, for NBD over TLS); or a bare CA that signs server certificates for any host
+(`make_authority`, for the S3 endpoints over HTTPS).
 
 The files come out as servers take them (`--tls-cert`, `--tls-key`, `--tls-ca`) and as the
 certificate directories libnbd (`tls-certificates=DIR`) and QEMU (`tls-creds-x509,dir=DIR`) read:
@@ -127,6 +128,43 @@ def _client_dir(path: Path, ca: x509.Certificate, client: tuple[x509.Certificate
         key.write_bytes(_key_pem(client[1]))
         key.chmod(0o600)
     return path
+
+
+@dataclass(frozen=True)
+class Authority:
+    """A CA of the test's own, for HTTPS endpoints no system store trusts: `issue` signs server
+    certificates for host names or IPs (the S3 TLS tests hand snapfs `pem`, or another CA's)."""
+
+    cert: x509.Certificate
+    key: Key
+
+    @property
+    def pem(self) -> bytes:
+        return _pem(self.cert)
+
+    def issue(self, hosts: list[str]) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) of a server certificate for `hosts`."""
+        names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        key = _key()
+        cert = _certificate(
+            hosts[0],
+            key,
+            (self.cert, self.key),
+            purpose=ExtendedKeyUsageOID.SERVER_AUTH,
+            names=names,
+        )
+        return _pem(cert), _key_pem(key)
+
+
+def make_authority(name: str) -> Authority:
+    """A self-signed CA named `name`."""
+    key = _key()
+    return Authority(_certificate(name, key, None), key)
 
 
 def make_pki(root: Path) -> Pki:
