@@ -199,7 +199,7 @@ class S3Backend(S3Requests, Backend):
     def list_chunks(self, prefix: str) -> set[bytes]:
         key_prefix = f"{self.store}/.chunks/{prefix}/"
         _, objects = self._list(key_prefix, None, f"listing chunks {prefix}")
-        return parse_chunk_names(key[len(key_prefix) :] for key, _ in objects)
+        return parse_chunk_names(key[len(key_prefix) :] for key, *_ in objects)
 
     def _list_one(self, path: str) -> None:
         prefix = self._key(path) + "/"

@@ -36,6 +36,8 @@ from snapfs.format.blob import decode_blob
 from snapfs.format.crypt import CryptConfig, format_fingerprint
 from snapfs.format.index import DynamicIndex, FixedIndex
 from snapfs.store.datastore import BACKUP_TYPES, Datastore, Group, Snapshot, parse_snapshot
+from snapfs.store.sources import SourceOptions
+from snapfs.store.workers import WorkerStore
 from snapfs.verify.shards import (
     CRC_ONLY,
     OK,
@@ -216,7 +218,7 @@ class Verifier:
         datastore: Datastore,
         crypt: CryptConfig | None = None,
         *,
-        context: ShardContext,
+        context: ShardContext | None = None,
         pool: WorkPool | None = None,
         subset: str | None = None,
         state_path: str | None = None,
@@ -226,7 +228,8 @@ class Verifier:
     ) -> None:
         self.datastore = datastore
         self.crypt = crypt
-        self.context = context
+        # Without one, a context naming the open store: only this process can run its shards.
+        self.context = context or ShardContext(WorkerStore(SourceOptions(datastore.name)))
         self.pool = pool or InlinePool()
         self.subset_text = subset
         self.state_path = state_path
@@ -235,7 +238,7 @@ class Verifier:
         self.on_shard = on_shard
         self.chunk_status: dict[bytes, ChunkStatus] = {}
         # Shards run in this process use this store, its open connections and its counters.
-        context.store.adopt(datastore, crypt)
+        self.context.store.adopt(datastore, crypt)
 
     def run(self, snapshots: list[Snapshot]) -> VerifyReport:
         started = time.monotonic()
@@ -446,36 +449,11 @@ def verify(
     datastore: Datastore,
     snapshots: list[Snapshot],
     crypt: CryptConfig | None = None,
-    *,
-    context: ShardContext | None = None,
-    pool: WorkPool | None = None,
-    subset: str | None = None,
-    state_path: str | None = None,
-    selection: str = "",
-    on_plan: Callable[[int], None] | None = None,
-    on_shard: Callable[[ShardResult], None] | None = None,
+    **options: Any,
 ) -> VerifyReport:
-    """Verify the snapshots; see the module docstring for what is checked.
-
-    Without a pool, the shards run in this process; `context` (needed by the process pools)
-    defaults to one naming the open datastore, for this process only.
-    """
-    if context is None:
-        from snapfs.store.sources import SourceOptions
-        from snapfs.store.workers import WorkerStore
-
-        context = ShardContext(WorkerStore(SourceOptions(datastore.name)))
-    return Verifier(
-        datastore,
-        crypt,
-        context=context,
-        pool=pool,
-        subset=subset,
-        state_path=state_path,
-        selection=selection,
-        on_plan=on_plan,
-        on_shard=on_shard,
-    ).run(snapshots)
+    """Verify the snapshots (see the module docstring for what is checked); `options` are
+    Verifier's: where the shards run, which subset, the --resume file, progress callbacks."""
+    return Verifier(datastore, crypt, **options).run(snapshots)
 
 
 def _one_line(exc: BaseException) -> str:

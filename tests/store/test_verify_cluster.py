@@ -22,6 +22,7 @@ from support.delayproxy import DelayProxy
 from support.mounting import SNAPFS, snapfs
 from support.s3server import BUCKET, READER_SECRET, free_port, upload_datastore
 from support.vectors import VECTOR_PASSWORD
+from support.verify_reports import bad_chunks, comparable
 
 from snapfs.format.index import parse_index
 
@@ -104,25 +105,13 @@ def _verify(bucket: dict, *args: str, link: str = "fast") -> tuple[int, dict, st
     return done.returncode, json.loads(done.stdout), done.stderr
 
 
-def _comparable(report: dict) -> dict:
-    return {k: v for k, v in report.items() if k not in ("elapsed", "workers", "shards_resumed")}
-
-
-def _bad(report: dict) -> set[tuple[str, str, str]]:
-    return {
-        (s["snapshot"], b["digest"], b["problem"])
-        for s in report["snapshots"]
-        for b in s["bad_chunks"]
-    }
-
-
 @pytest.fixture(scope="module")
 def reference(damaged_bucket) -> dict:
     """What one process finds: the report every other run must equal."""
     rc, report, _ = _verify(damaged_bucket, "--workers", "1")
     assert rc == 1
-    assert (V1, damaged_bucket["flipped"], "corrupt") in _bad(report)
-    assert (ENC, damaged_bucket["gone"], "missing") in _bad(report)
+    assert (V1, damaged_bucket["flipped"], "corrupt") in bad_chunks(report)
+    assert (ENC, damaged_bucket["gone"], "missing") in bad_chunks(report)
     assert all(s["content_verified"] for s in report["snapshots"])  # the key was used
     return report
 
@@ -131,7 +120,7 @@ def test_the_cluster_reports_what_one_process_does(damaged_bucket, cluster, refe
     local, _ = cluster
     rc, report, _ = _verify(damaged_bucket, "--cluster", local.scheduler_address)
     assert rc == 1
-    assert _comparable(report) == _comparable(reference)
+    assert comparable(report) == comparable(reference)
     assert report["workers"].startswith(f"Dask scheduler {local.scheduler_address}")
 
 
@@ -162,7 +151,7 @@ def test_a_worker_killed_mid_run_loses_no_shard_and_counts_none_twice(
         out, err = run.communicate(timeout=WAIT)
     assert run.returncode == 1, err
     report = json.loads(out)
-    assert _comparable(report) == _comparable(reference)
+    assert comparable(report) == comparable(reference)
     numbers = [json.loads(line)["shard"] for line in state.read_text().splitlines()[1:-1]]
     assert len(numbers) == len(set(numbers)) == reference["shards"]
     client.wait_for_workers(2, timeout=WAIT)  # the nanny brought the worker back
@@ -176,7 +165,7 @@ def test_slices_on_the_cluster_add_up_to_the_whole(damaged_bucket, cluster, refe
     ]
     assert sum(p["chunks_checked"] for p in parts) == reference["chunks_checked"]
     assert sum(p["shards"] for p in parts) >= reference["shards"]
-    assert set().union(*(_bad(p) for p in parts)) == _bad(reference)
+    assert set().union(*(bad_chunks(p) for p in parts)) == bad_chunks(reference)
 
 
 def test_an_interrupted_run_continues_where_it_stopped(damaged_bucket, reference, tmp_path):
@@ -206,7 +195,7 @@ def test_an_interrupted_run_continues_where_it_stopped(damaged_bucket, reference
     assert 3 <= finished < reference["shards"]
     rc, report, _ = _verify(damaged_bucket, "--workers", "2", "--resume", str(state), link="slow")
     assert rc == 1
-    assert _comparable(report) == _comparable(reference)
+    assert comparable(report) == comparable(reference)
     assert report["shards_resumed"] == finished
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.dying_work import always_die, square_or_die
+from support.verify_reports import bad_chunks, comparable
 
 from snapfs.cli import main
 from snapfs.cluster import InlinePool, ProcessPool, ShardFailed, WorkPool, open_pool
@@ -68,20 +69,7 @@ def _run(store: Path, crypt: CryptConfig | None, pool: WorkPool | None = None, *
         pool=pool,
         **kwargs,
     )
-    return _comparable(report.to_dict())
-
-
-def _comparable(report: dict) -> dict:
-    """A report without what differs between equal runs (time, where, shards read back)."""
-    return {k: v for k, v in report.items() if k not in ("elapsed", "workers", "shards_resumed")}
-
-
-def _bad(report: dict) -> set[tuple[str, str, str]]:
-    return {
-        (s["snapshot"], b["digest"], b["problem"])
-        for s in report["snapshots"]
-        for b in s["bad_chunks"]
-    }
+    return comparable(report.to_dict())
 
 
 # -- subsets and the shard plan
@@ -133,8 +121,8 @@ def test_two_worker_processes_report_exactly_what_one_process_does(damaged, with
         spread = _run(store, crypt, pool)
     assert spread == inline
     assert not inline["ok"]
-    assert ("host/testhost/2024-06-01T11:00:00Z", flipped, "corrupt") in _bad(inline)
-    assert (ENC, gone, "missing") in _bad(inline)
+    assert ("host/testhost/2024-06-01T11:00:00Z", flipped, "corrupt") in bad_chunks(inline)
+    assert (ENC, gone, "missing") in bad_chunks(inline)
     assert inline["chunks_checked"] == inline["chunks_referenced"]
 
 
@@ -144,8 +132,8 @@ def test_slices_together_check_what_a_whole_run_checks(damaged):
     whole = _run(store, crypt)
     parts = [_run(store, crypt, subset=f"{n}/3") for n in (1, 2, 3)]
     assert sum(p["chunks_checked"] for p in parts) == whole["chunks_checked"]
-    assert set().union(*(_bad(p) for p in parts)) == _bad(whole)
-    assert all(_bad(p) <= _bad(whole) for p in parts)
+    assert set().union(*(bad_chunks(p) for p in parts)) == bad_chunks(whole)
+    assert all(bad_chunks(p) <= bad_chunks(whole) for p in parts)
 
 
 def test_a_dead_worker_process_has_its_items_run_again(tmp_path):

@@ -4,11 +4,8 @@ run as users run it (`nbd_process`), stopped with SIGTERM whatever happens."""
 from __future__ import annotations
 
 import contextlib
-import signal
 import ssl
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from snapfs.nbd.exports import Export
 from snapfs.nbd.listen import listener_url, open_listener
 from snapfs.nbd.server import NbdServer
 from support.nbd_client import NbdClient
-from support.serving import START_TIMEOUT, STOP_TIMEOUT, read_line, snapfs_command
+from support.serving import server_process, snapfs_command
 
 
 class Served:
@@ -54,29 +51,6 @@ def nbd_process(
     """`snapfs nbd ARGS --listen 127.0.0.1:0` until the block ends, logging at `log_level` to
     `log`; yields the URL it prints first (its first export's). SIGTERM must then stop it with
     status 0 within STOP_TIMEOUT seconds."""
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            snapfs_command("--log-level", log_level, "nbd", *args, "--listen", "127.0.0.1:0"),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=env,
-        )
-    try:
-        try:
-            first = read_line(proc, time.monotonic() + START_TIMEOUT)
-        except (TimeoutError, EOFError) as exc:
-            raise AssertionError(f"snapfs nbd did not start ({exc}):\n{log.read_text()}") from None
+    argv = snapfs_command("--log-level", log_level, "nbd", *args, "--listen", "127.0.0.1:0")
+    with server_process("nbd", argv, env=env, log=log) as (_, first):
         yield first
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"snapfs nbd ignored SIGTERM for {STOP_TIMEOUT} s") from None
-        finally:
-            proc.stdout.close()
-        assert code == 0, f"snapfs nbd exited with {code}:\n{log.read_text()[-4000:]}"

@@ -176,12 +176,15 @@ def read_line(proc: subprocess.Popen, deadline: float) -> str:
 
 
 @contextlib.contextmanager
-def served(source: Path, *options: object, env: dict[str, str], log: Path) -> Iterator[Server]:
-    """`snapfs serve SOURCE OPTIONS` until the block ends; then SIGTERM, which must stop it with
-    status 0 within STOP_TIMEOUT seconds."""
+def server_process(
+    command: str, argv: list[str], *, env: dict[str, str], log: Path
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A `snapfs` server (`argv` from snapfs_command; `command` names it: serve, nbd) until the
+    block ends, its stderr in `log`; yields the process and the first line it prints. SIGTERM
+    must then stop it with status 0 within STOP_TIMEOUT seconds."""
     with open(log, "wb") as err:
         proc = subprocess.Popen(
-            snapfs_command("serve", source, *options),
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -189,14 +192,12 @@ def served(source: Path, *options: object, env: dict[str, str], log: Path) -> It
         )
     try:
         try:
-            line = read_line(proc, time.monotonic() + START_TIMEOUT)
+            first = read_line(proc, time.monotonic() + START_TIMEOUT)
         except (TimeoutError, EOFError) as exc:
             raise AssertionError(
-                f"snapfs serve did not start ({exc}):\n{log.read_text()}"
+                f"snapfs {command} did not start ({exc}):\n{log.read_text()}"
             ) from None
-        prefix = f"snapfs: serving {source} at "
-        assert line.startswith(prefix), line
-        yield Server(proc, line[len(prefix) :], log)
+        yield proc, first
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -205,7 +206,17 @@ def served(source: Path, *options: object, env: dict[str, str], log: Path) -> It
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise AssertionError(f"snapfs serve ignored SIGTERM for {STOP_TIMEOUT} s") from None
+            raise AssertionError(f"snapfs {command} ignored SIGTERM for {STOP_TIMEOUT} s") from None
         finally:
             proc.stdout.close()
-        assert code == 0, f"snapfs serve exited with {code}:\n{log.read_text()[-4000:]}"
+        assert code == 0, f"snapfs {command} exited with {code}:\n{log.read_text()[-4000:]}"
+
+
+@contextlib.contextmanager
+def served(source: Path, *options: object, env: dict[str, str], log: Path) -> Iterator[Server]:
+    """`snapfs serve SOURCE OPTIONS` until the block ends (server_process)."""
+    argv = snapfs_command("serve", source, *options)
+    with server_process("serve", argv, env=env, log=log) as (proc, line):
+        prefix = f"snapfs: serving {source} at "
+        assert line.startswith(prefix), line
+        yield Server(proc, line[len(prefix) :], log)
