@@ -322,6 +322,8 @@ class _PxarRestore:
             return
         try:
             if not fresh and not self._clear_existing(pfd, name, entry):
+                if entry.kind is EntryKind.FILE:  # kept: later hard links to it link to it
+                    self.links[entry.entry_offset] = rel
                 return
             kind = entry.kind
             if kind is EntryKind.FILE:
