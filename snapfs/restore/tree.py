@@ -339,8 +339,10 @@ class _PxarRestore:
             return
         try:
             if not fresh and not self._clear_existing(pfd, name, entry):
-                if entry.kind is EntryKind.FILE:  # kept: later hard links to it link to it
-                    self.links[entry.entry_offset] = rel
+                if entry.kind is EntryKind.FILE and stat.S_ISREG(
+                    os.lstat(name, dir_fd=pfd).st_mode
+                ):
+                    self.links[entry.entry_offset] = rel  # kept: later hard links link to it
                 return
             kind = entry.kind
             if kind is EntryKind.FILE:
