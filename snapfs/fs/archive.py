@@ -3,7 +3,10 @@
 Inodes: an entry gets `archive_id << 44 | entry_offset`, so it is stable for the life of the
 mount without a global table; the model's table maps it back only while the kernel references it
 (`counted`). A hard link is its target's inode. Its target's st_nlink counts every link once the
-archive is indexed; before, the links seen so far (pxar records links only at the link).
+archive is indexed; before, the links seen so far (pxar records links only at the link), so a
+file's attributes are then cached by the kernel for UNINDEXED_FILE_TIMEOUT only, and the first
+hard link met starts the indexing walk (`indexing.py`): every member of a link group soon shows
+the group's size.
 
 Index: once the archive's ArchiveIndex exists (kept by an earlier mount, or built by the walk
 `indexing.py` starts), lookups and listings come from it, inline and without decoding; until then
@@ -41,6 +44,9 @@ ARCHIVE_SHIFT = 44
 MAX_ARCHIVES = (1 << (63 - ARCHIVE_SHIFT)) - 1
 #: Entry offsets an inode number holds; datastore-level nodes are numbered below it too.
 OFFSET_MASK = (1 << ARCHIVE_SHIFT) - 1
+#: Seconds the kernel may cache a file's attributes while its archive has no index: its st_nlink
+#: may still grow (a hard link not yet seen), and is exact within this long of the index.
+UNINDEXED_FILE_TIMEOUT = 1.0
 
 # An enum member read as a class attribute costs ~70 ns on Python 3.11 (measured), a module
 # global ~15: the per-entry paths (every readdir item, every lookup) compare against these.
@@ -161,6 +167,11 @@ class Archive:
             return entry
         target = self.accessor.resolve_hardlink(entry)
         self.links.setdefault(target.entry_offset, set()).add(entry.entry_offset)
+        if not self._indexing and self.model.indexer.should_build(
+            self.accessor, self._dirs_listed, hard_link_seen=True
+        ):
+            self._indexing = True
+            self.build = self.model.indexer.build_in_background(self, self.encrypted)
         return target
 
     def lookup(self, parent: Node, directory: Entry, name: bytes) -> PxarNode:
@@ -233,11 +244,13 @@ class Archive:
         model = self.model
         size = 0
         nlink = 1
+        timeout = None
         if entry.kind is _FILE:
             size = entry.size
             index = self.index
             if index is None:
                 nlink += len(self.links.get(entry.entry_offset, ()))
+                timeout = UNINDEXED_FILE_TIMEOUT
             else:
                 nlink = index.nlinks.get(entry.entry_offset, 1)
         elif entry.kind is _SYMLINK:
@@ -253,6 +266,7 @@ class Archive:
             size,
             rdev,
             entry.mtime_ns,
+            timeout=timeout,
         )
 
     def content(self, entry: Entry) -> Content:

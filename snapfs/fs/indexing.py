@@ -7,7 +7,9 @@ someone walks the archive, not at an `ls` or two: the walk costs about one cold 
 (and, over S3, downloads the archive), which would slow every other read of the mount meanwhile:
 - after WALK_DIRS of its directories were listed, for an archive up to LARGE_ARCHIVE bytes (a
   split archive counts only its metadata stream, which is all the walk reads);
-- after LARGE_WALK_DIRS for a larger one: browsing a huge archive by hand must not download it.
+- after LARGE_WALK_DIRS for a larger one: browsing a huge archive by hand must not download it;
+- at the first hard link met in an archive up to LARGE_ARCHIVE bytes: pxar records a link only
+  at the link, so st_nlink of every member of its group is known only from a whole walk.
 
 Indexes of unencrypted archives are kept in `directory` (default: the user's cache directory)
 under their index checksum, so every later mount of the same archive starts indexed; those of
@@ -102,9 +104,15 @@ class ArchiveIndexer:
                 self.counts["loaded"] += 1
         return index
 
-    def should_build(self, accessor: Accessor, dirs_listed: int) -> bool:
+    def should_build(
+        self, accessor: Accessor, dirs_listed: int, *, hard_link_seen: bool = False
+    ) -> bool:
         large = accessor.archive.size > LARGE_ARCHIVE
-        return self.enabled and dirs_listed >= (LARGE_WALK_DIRS if large else WALK_DIRS)
+        if not self.enabled:
+            return False
+        return (hard_link_seen and not large) or dirs_listed >= (
+            LARGE_WALK_DIRS if large else WALK_DIRS
+        )
 
     def build_in_background(self, archive: Archive, encrypted: bool) -> IndexBuild:
         """Walk the archive in a thread; `archive.index` is set when the walk is done."""

@@ -10,6 +10,11 @@ block device they are written, since the device's old content is not known to be
 fetches only the chunks that differ or are missing: an interrupted restore over a slow link is
 finished without downloading again what already arrived intact.
 
+Interrupted restores (a crash, `kill -9`): a regular file target grows as chunks are written in
+order and gets the image's full size only once every chunk is written, so a file of the image's
+size is never one with missing content. An interrupted one is shorter; the same command refuses
+it and names `--resume`, which finishes it.
+
 A chunk that cannot be fetched or decoded does not stop the restore: the rest is written, and
 the report names each missing byte range and chunk digest.
 """
@@ -114,6 +119,11 @@ def open_image_target(
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise UsageError(f"{path}: exists and is not a regular file")
     if st is not None and not resume and overwrite != "always":
+        if st.st_size < size:
+            raise UsageError(
+                f"{path}: holds {st.st_size} of the image's {size} bytes, an interrupted "
+                "restore? (use --resume to finish it, or --overwrite always)"
+            )
         raise UsageError(
             f"{path}: exists (use --resume to finish an interrupted restore, or --overwrite always)"
         )
@@ -122,7 +132,7 @@ def open_image_target(
         fresh = st is None or not resume
         if fresh:
             os.ftruncate(fd, 0)
-        os.ftruncate(fd, size)
+        # Not sized yet: it gets the image's size after its last chunk (`_finish_size`).
     except OSError as exc:
         raise SnapfsError(f"{path}: cannot create: {exc.strerror}") from None
     return fd, fresh
@@ -169,6 +179,8 @@ def restore_image(
         report.dry_run = True
         return report.finish()
     fd, fresh = open_image_target(target, stream.size, resume=resume, overwrite=overwrite)
+    # Past the file's end it reads as zeros: all-zero chunks there need not be written.
+    zeros_from = os.fstat(fd).st_size if not target.device else stream.size + 1
     crypt = stream.chunks.crypt
     id_key = crypt.id_key if crypt is not None else None
     try:
@@ -204,16 +216,18 @@ def restore_image(
                 )
                 progress.update(stop - start)
                 continue
-            if fresh and _is_zero(data):
+            if start >= zeros_from and _is_zero(data):
                 report.bytes_sparse += len(data)
             else:
                 _pwrite_all(fd, data, start, target.path)
                 report.bytes_written += len(data)
             progress.update(len(data))
         try:
+            if not target.device:
+                os.ftruncate(fd, stream.size)  # its size, last: a trailing hole or a longer file
             os.fsync(fd)
         except OSError as exc:
-            raise SnapfsError(f"{target.path}: fsync failed: {exc.strerror}") from None
+            raise SnapfsError(f"{target.path}: sizing or fsync failed: {exc.strerror}") from None
     finally:
         os.close(fd)
     report.bytes_total = stream.size

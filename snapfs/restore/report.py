@@ -28,6 +28,7 @@ class RestoreReport:
     skipped: list[str] = field(default_factory=list)  # existed, kept per --overwrite
     failures: list[dict[str, Any]] = field(default_factory=list)
     dry_run: bool = False
+    resumed: bool = False  # finished a tree restore that was interrupted
     elapsed: float = 0.0
     _started: float = field(default_factory=time.monotonic, repr=False)
 
@@ -49,6 +50,7 @@ class RestoreReport:
             "target": self.target,
             "ok": self.ok,
             "dry_run": self.dry_run,
+            "resumed": self.resumed,
             "files": self.files,
             "bytes_total": self.bytes_total,
             "bytes_written": self.bytes_written,
@@ -66,6 +68,8 @@ class RestoreReport:
             f"{verb} {self.files} {'entries' if self.kind == 'pxar' else 'file'}, "
             f"{_human(self.bytes_total)} to {self.target} in {self.elapsed:.1f}s ({rate:.1f} MB/s)"
         ]
+        if self.resumed:
+            parts.append("finished an interrupted restore")
         if self.bytes_sparse:
             parts.append(f"{_human(self.bytes_sparse)} left sparse")
         if self.bytes_reused:

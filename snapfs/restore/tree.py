@@ -13,6 +13,15 @@ Safety rules for pxar archives, which are untrusted input:
 Metadata (restore/metadata.py) follows an entry's content; a directory gets its metadata when it
 is left, so a read-only directory mode or its mtime is not disturbed by creating its children.
 
+Interrupted restores (a crash, `kill -9`, a full disk): a name in TARGET is either absent or
+complete. A file, symlink or node is made under a partial name (`.snapfs-partial-OFFSET`, the
+entry's archive offset) in its directory and renamed to its own name only once its content and
+metadata (mtime last) are set; a hard link is one link(2) to a complete file. A tree restore keeps
+the marker file INCOMPLETE_MARKER in TARGET from its start until every entry is done, so an
+interrupted one says so; running the same command again finishes it: names already complete are
+kept (even with `--overwrite never`), partial names are made again, hard links link to the kept
+files, and every directory on the way gets its metadata (mode and mtime) again.
+
 Pipelining: a walker thread (restore/walker.py) runs ahead of the writer and has the chunks of the
 files it passes on fetched and decoded, so the writer mostly finds them already in the cache.
 """
@@ -46,6 +55,9 @@ __all__ = ["RestoreOptions", "restore_pxar"]
 _BLOCK = 4096
 _ZERO_BLOCK = bytes(_BLOCK)
 _READ_SIZE = 4 * 1024 * 1024
+#: In TARGET while a tree restore into it is under way: its presence means an interrupted one.
+INCOMPLETE_MARKER = b".snapfs-restore-incomplete"
+_PARTIAL_PREFIX = b".snapfs-partial-"
 DEFAULT_PREFETCH_BYTES = 64 * 1024 * 1024
 DEFAULT_PREFETCH_WORKERS = 4
 
@@ -102,6 +114,8 @@ class _PxarRestore:
     links: dict[int, tuple[bytes, ...]] = field(default_factory=dict)  # entry_offset -> rel path
     target_fd: int | None = None  # TARGET, when restoring a directory
     created: bool = False  # whether this restore created TARGET
+    #: Finishing an interrupted restore: existing directories get the archive's metadata again.
+    resuming: bool = False
     #: What a new file gets from this process: its (euid, egid), and the umask.
     own_ids: tuple[int, int] = field(default_factory=lambda: (os.geteuid(), os.getegid()))
     umask: int = field(default_factory=lambda: _current_umask())
@@ -181,7 +195,7 @@ class _PxarRestore:
                         root_prefix,
                         (),
                         -1 if target_fd is None else target_fd,
-                        apply_meta=created or self.opts.overwrite == "always",
+                        apply_meta=created or self.resuming or self.opts.overwrite == "always",
                         fresh=created,
                         plain=created and _passes_nothing_on(target_fd),
                     )
@@ -226,6 +240,9 @@ class _PxarRestore:
                 finally:
                     if entry.is_file:
                         budget.release(entry.size)
+            while len(stack) > 1:
+                self._leave(stack.pop())
+            self._drop_marker()  # before TARGET's mtime is set
             while stack:
                 self._leave(stack.pop())
         finally:
@@ -280,7 +297,7 @@ class _PxarRestore:
             fresh = False
             st = os.lstat(name, dir_fd=pfd)
             if stat.S_ISDIR(st.st_mode):
-                apply_meta = self._may_replace(st, entry)
+                apply_meta = self.resuming or self._may_replace(st, entry)
             elif self._may_replace(st, entry):
                 os.unlink(name, dir_fd=pfd)
                 os.mkdir(name, 0o700, dir_fd=pfd)
@@ -322,20 +339,28 @@ class _PxarRestore:
             return
         try:
             if not fresh and not self._clear_existing(pfd, name, entry):
+                if entry.kind is EntryKind.FILE and stat.S_ISREG(
+                    os.lstat(name, dir_fd=pfd).st_mode
+                ):
+                    self.links[entry.entry_offset] = rel  # kept: later hard links link to it
                 return
             kind = entry.kind
             if kind is EntryKind.FILE:
-                self._make_file(pfd, name, entry, plain=plain)
+                self._make_file(pfd, name, entry, plain=plain, fresh=fresh)
                 self.links[entry.entry_offset] = rel
             elif kind is EntryKind.HARDLINK:
                 self._make_hardlink(pfd, name, entry, rel)
             elif kind is EntryKind.SYMLINK:
-                os.symlink(entry.link_target or b"", name, dir_fd=pfd)
-                self._apply_path_meta(pfd, name, entry, symlink=True)
+                tmp = self._partial(pfd, entry, fresh)
+                os.symlink(entry.link_target or b"", tmp, dir_fd=pfd)
+                self._apply_path_meta(pfd, tmp, entry, symlink=True)
+                self._complete(pfd, tmp, name)
             elif kind in (EntryKind.DEVICE, EntryKind.FIFO, EntryKind.SOCKET):
                 device = os.makedev(*entry.device) if entry.device else 0
-                os.mknod(name, (entry.mode & fmt.S_IFMT) | 0o600, device, dir_fd=pfd)
-                self._apply_path_meta(pfd, name, entry, symlink=False)
+                tmp = self._partial(pfd, entry, fresh)
+                os.mknod(tmp, (entry.mode & fmt.S_IFMT) | 0o600, device, dir_fd=pfd)
+                self._apply_path_meta(pfd, tmp, entry, symlink=False)
+                self._complete(pfd, tmp, name)
             else:
                 raise UsageError(f"unsupported entry kind {kind}")
             self._count(entry)
@@ -370,29 +395,89 @@ class _PxarRestore:
             return entry.mtime_ns > st.st_mtime_ns
         return False
 
-    def _make_file(self, pfd: int, name: bytes, entry: Entry, *, plain: bool = False) -> None:
-        """Create, write and close one regular file. In a `plain` directory the file is created
-        with its final permissions when the umask keeps them (no special bits, no ACL), and its
-        owner is known: the syscalls that would set them again are skipped."""
+    def _make_file(
+        self, pfd: int, name: bytes, entry: Entry, *, plain: bool = False, fresh: bool = False
+    ) -> None:
+        """Create, write and close one regular file under its partial name, then give it its
+        own. In a `plain` directory the file is created with its final permissions when the
+        umask keeps them (no special bits, no ACL), and its owner is known: the syscalls that
+        would set them again are skipped."""
         perm = entry.mode & 0o7777
         final = plain and entry.acl is None and (perm & ~0o777) == 0 and (perm & self.umask) == 0
+        tmp = self._partial(pfd, entry, fresh)
         fd = os.open(
-            name,
+            tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
             perm if final else 0o600,
             dir_fd=pfd,
         )
         try:
-            self._write_content(fd, entry)
-            self._apply_fd_meta(
-                fd,
-                entry,
-                inherited_acls=not plain,
-                owner=self.own_ids if plain else None,
-                mode=perm if final else None,
+            try:
+                self._write_content(fd, entry)
+                self._apply_fd_meta(
+                    fd,
+                    entry,
+                    inherited_acls=not plain,
+                    owner=self.own_ids if plain else None,
+                    mode=perm if final else None,
+                )
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=pfd)
+            raise
+        self._complete(pfd, tmp, name)
+
+    @staticmethod
+    def _partial(pfd: int, entry: Entry, fresh: bool) -> bytes:
+        """The name an entry is made under until it is complete; one an interrupted restore
+        left behind is removed (a directory this restore made holds none)."""
+        tmp = b"%s%x" % (_PARTIAL_PREFIX, entry.entry_offset)
+        if not fresh:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=pfd)
+        return tmp
+
+    @staticmethod
+    def _complete(pfd: int, tmp: bytes, name: bytes) -> None:
+        """A complete entry gets its own name (rename keeps its mtime)."""
+        try:
+            os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=pfd)
+            raise
+
+    def mark_incomplete(self) -> None:
+        """Put the marker in TARGET, or find one: then this restore finishes an interrupted one."""
+        assert self.target_fd is not None
+        try:
+            fd = os.open(
+                INCOMPLETE_MARKER,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=self.target_fd,
             )
+        except FileExistsError:
+            self.resuming = True
+            return
+        except OSError as exc:
+            raise SnapfsError(f"{self.target}: cannot write: {exc.strerror}") from None
+        try:
+            text = (
+                f"snapfs restore of {self.accessor.name} into this folder was interrupted: "
+                "run the same command again to finish it.\n"
+            )
+            with contextlib.suppress(OSError):  # a full disk: the empty marker still marks
+                os.write(fd, text.encode("utf-8", "backslashreplace"))
         finally:
             os.close(fd)
+
+    def _drop_marker(self) -> None:
+        if self.target_fd is not None and not self.opts.dry_run:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(INCOMPLETE_MARKER, dir_fd=self.target_fd)
 
     def _write_content(self, fd: int, entry: Entry) -> None:
         offset = 0
@@ -431,7 +516,7 @@ class _PxarRestore:
                     os.close(sfd)
         # The target is outside what is being restored (or excluded): this name gets a copy,
         # and later links to the same file share it.
-        self._make_file(pfd, name, target)
+        self._make_file(pfd, name, target, fresh=False)
         self.links[target.entry_offset] = rel
 
     def _open_rel_dir(self, rel: tuple[bytes, ...]) -> int:
@@ -600,6 +685,8 @@ def restore_pxar(
     try:
         if root.is_dir and not options.dry_run:
             job.target_fd, job.created = _open_target_dir(target)
+            job.mark_incomplete()
+            report.resumed = job.resuming
         job.run(root)
     finally:
         if job.target_fd is not None:

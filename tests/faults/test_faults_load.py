@@ -1,26 +1,32 @@
 """Fault matrix, load row: 64 concurrent readers on a mount over S3 with added latency and 1%
 packet loss, for ~2 minutes: no mismatch, no error, bounded memory, no leaked threads or fds.
 
-The network is made here, not simulated in snapfs: the mount process runs in a network namespace
-of its own (only its network: the FUSE mount is in ours), reaching SeaweedFS through a veth pair
-and a delaying TCP proxy in this process (support/delayproxy.py); inside the namespace, iptables
-drops 1% of the packets the mount receives. SNAPFS_LOAD_SECONDS and SNAPFS_LOAD_READERS make the
-run longer or wider.
+The network is made for real, not simulated in snapfs (support/load.py): the mount process runs
+in a network namespace of its own, reaching SeaweedFS through a veth pair and a delaying TCP proxy
+in this process; inside the namespace, iptables drops 1% of the packets the mount receives.
+SNAPFS_LOAD_SECONDS and SNAPFS_LOAD_READERS make the run longer or wider; scripts/soak is the
+longer run with more kinds of readers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from support.delayproxy import DelayProxy
+from support.load import (
+    DELAY,
+    S3_POOL_BOUND,
+    lossy_namespace,
+    proc_counts,
+    s3_pool_threads,
+    snapfs_in,
+)
 from support.mounting import is_mounted, mount_pids, snapfs
 from support.s3server import BUCKET, upload_datastore
 
@@ -28,63 +34,9 @@ from snapfs.backup import backup, parse_backup_source
 
 DURATION = float(os.environ.get("SNAPFS_LOAD_SECONDS", "120"))
 READERS = int(os.environ.get("SNAPFS_LOAD_READERS", "64"))
-DELAY = 0.004  # seconds added to every forwarded block, each way (support/delayproxy.py)
-LOSS = 0.01
 CACHE = 32 * 1024 * 1024
 IMAGE_SIZE = 40 * 1024 * 1024
 SNAPSHOT = "vm/900/2024-06-01T10:00:00Z"
-
-
-@contextlib.contextmanager
-def lossy_namespace():
-    """A network namespace linked to ours by a veth pair; 1% of its incoming packets dropped.
-    Yields (namespace name, our address, its address)."""
-    tag = os.getpid() % 10000
-    name, host_if, ns_if = f"snapfs-load-{tag}", f"snl{tag}h", f"snl{tag}n"
-    net = f"10.213.{tag % 250}"
-    ours, theirs = f"{net}.1", f"{net}.2"
-    steps = [
-        ["ip", "netns", "add", name],
-        ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
-        ["ip", "link", "set", ns_if, "netns", name],
-        ["ip", "addr", "add", f"{ours}/30", "dev", host_if],
-        ["ip", "link", "set", host_if, "up"],
-        ["ip", "-n", name, "addr", "add", f"{theirs}/30", "dev", ns_if],
-        ["ip", "-n", name, "link", "set", ns_if, "up"],
-        ["ip", "-n", name, "link", "set", "lo", "up"],
-        ["ip", "netns", "exec", name, "iptables", "-A", "INPUT", "-m", "statistic"]
-        + ["--mode", "random", "--probability", str(LOSS), "-j", "DROP"],
-    ]
-    try:
-        for step in steps:
-            subprocess.run(step, check=True, capture_output=True)
-        yield name, ours, theirs
-    finally:
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-#: The S3 fetch-ahead pool (threads named "snapfs-s3", one per connection, default 8) starts
-#: its threads as the load needs them: it may still grow after the warm-up, up to this bound.
-S3_POOL_NAME, S3_POOL_BOUND = "snapfs-s3", 8
-
-
-def s3_pool_threads(pid: int) -> int:
-    names = [
-        Path(f"/proc/{pid}/task/{t}/comm").read_text() for t in os.listdir(f"/proc/{pid}/task")
-    ]
-    return sum(name.strip() == S3_POOL_NAME for name in names)
-
-
-def proc_counts(pid: int) -> tuple[int, int, int]:
-    """(threads outside the S3 fetch-ahead pool, open fds, resident bytes) of a process."""
-    threads = len(os.listdir(f"/proc/{pid}/task")) - s3_pool_threads(pid)
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    rss = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) * 1024
-    return threads, fds, rss
 
 
 @pytest.mark.slow
@@ -113,7 +65,7 @@ def test_64_readers_over_a_slow_lossy_s3_link(s3server, tmp_path):
         env["AWS_ENDPOINT_URL"] = f"http://{ours}:{proxy.port}"
         try:
             proc = subprocess.run(
-                ["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-m", "snapfs"]
+                snapfs_in(netns)
                 + ["mount", f"s3://{BUCKET}/{store}", str(mnt), "--cache-size", str(CACHE)],
                 capture_output=True,
                 text=True,

@@ -174,6 +174,32 @@ def test_overwrite_policies(vectors, tmp_path):
     assert fs_listing(target) == expected_listing(vectors)
 
 
+def test_rerun_finishes_an_interrupted_restore(vectors, tmp_path):
+    """What a killed restore leaves (its marker, a partial name, a directory not yet given its
+    metadata, a hard link not yet made) is finished by the same restore run again; a complete
+    name is kept, and the missing link links to it."""
+    target = tmp_path / "t"
+    assert restore_pxar(_golden(vectors), None, str(target)).ok
+    (target / "hardlink_b").unlink()
+    (target / ".snapfs-restore-incomplete").write_bytes(b"")
+    (target / "dir_a" / "small.bin").unlink()  # killed while it was written: its partial name
+    partial = (
+        target
+        / "dir_a"
+        / f".snapfs-partial-{_golden(vectors).lookup('/dir_a/small.bin').entry_offset:x}"
+    )
+    partial.write_bytes(b"half a file")
+    os.chmod(target / "dir_a", 0o700)
+    os.utime(target / "dir_a" / "nested", ns=(1, 1))
+    report = restore_pxar(_golden(vectors), None, str(target))
+    assert report.ok and report.resumed and "finished an interrupted restore" in report.summary()
+    assert "/hardlink_a" in report.skipped  # complete: kept
+    assert not partial.exists()  # a partial name is removed by the entry it was made for
+    assert fs_listing(target) == expected_listing(vectors)
+    a, b = os.stat(target / "hardlink_a"), os.stat(target / "hardlink_b")
+    assert a.st_ino == b.st_ino and a.st_nlink == 2
+
+
 def test_overwrite_never_replaces_through_a_symlink(vectors, tmp_path):
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"precious")
