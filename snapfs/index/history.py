@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from snapfs.errors import CorruptDataError
 
@@ -41,6 +42,13 @@ __all__ = [
     "in_namespace",
 ]
 
+T = TypeVar("T")
+
+#: SQLite's page cache for an index on disk: its B-trees' upper levels stay in memory while a
+#: build inserts versions and spans all over them.
+CACHE_KIB = 64 * 1024
+#: Entries written per batch of statements, and values per `IN (...)` (SQLite allows 32,766).
+_BATCH = 500
 SCHEMA_VERSION = 2  # 2: payload_hashes records which series used a place, and when
 #: An open span's end in comparisons: later than any backup time.
 _OPEN_END = 1 << 62
@@ -217,6 +225,11 @@ class HistoryIndex:
         try:
             db = sqlite3.connect(path, timeout=60, check_same_thread=False)
             db.execute("PRAGMA journal_mode = WAL")
+            # A commit need not wait for the disk: WAL keeps every snapshot's transaction whole
+            # through a crash of ours, and a power cut can only lose the newest ones, which the
+            # next refresh adds again (the index is rebuilt from the datastore, never the reverse).
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             return cls(db, path)
         except sqlite3.DatabaseError as exc:
             raise CorruptDataError(f"{path}: not a snapfs search index ({exc})") from None
@@ -524,21 +537,39 @@ class HistoryIndex:
             "SELECT series, time FROM archives WHERE csum = ? LIMIT 1", (csum,)
         ).fetchone()
 
-    def _version_id(self, entry: IndexedEntry, key: bytes) -> int:
-        row = self._db.execute("SELECT id FROM versions WHERE key = ?", (key,)).fetchone()
-        if row is not None:
-            return row[0]
-        self._db.execute(
-            "INSERT OR IGNORE INTO paths (path, name) VALUES (?, ?)", (entry.path, entry.name)
-        )
-        (path_id,) = self._db.execute(
-            "SELECT id FROM paths WHERE path = ?", (entry.path,)
-        ).fetchone()
-        return self._db.execute(
-            "INSERT INTO versions (key, path, type, mode, uid, gid, size, mtime_ns, content, meta)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, path_id, *entry[1:]),
-        ).lastrowid
+    def _version_ids(self, fresh: list[tuple[bytes, IndexedEntry | int]]) -> list[int]:
+        """The version id of each (key, entry or id), adding the versions (and paths) the index
+        does not hold yet: a few statements per batch of entries, not several per entry."""
+        wanted = [key for key, entry in fresh if not isinstance(entry, int)]
+        known = self._ids_of("versions", "key", wanted)
+        new = {
+            key: entry for key, entry in fresh if not isinstance(entry, int) and key not in known
+        }
+        if new:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO paths (path, name) VALUES (?, ?)",
+                ((e.path, e.name) for e in new.values()),
+            )
+            path_ids = self._ids_of("paths", "path", list({e.path for e in new.values()}))
+            self._db.executemany(
+                "INSERT INTO versions (key, path, type, mode, uid, gid, size, mtime_ns, content,"
+                " meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ((key, path_ids[e.path], *e[1:]) for key, e in new.items()),
+            )
+            known.update(self._ids_of("versions", "key", list(new)))
+        return [entry if isinstance(entry, int) else known[key] for key, entry in fresh]
+
+    def _ids_of(self, table: str, column: str, values: list[bytes]) -> dict[bytes, int]:
+        """{value: id} of the rows of `table` whose unique `column` is one of `values`."""
+        found: dict[bytes, int] = {}
+        for part in _batches(values, _BATCH):
+            marks = ",".join("?" * len(part))
+            found.update(
+                self._db.execute(
+                    f"SELECT {column}, id FROM {table} WHERE {column} IN ({marks})", part
+                )
+            )
+        return found
 
     def _add_archive(
         self, series: Series, time: int, csum: bytes, entries: Iterable[IndexedEntry] | None
@@ -571,14 +602,18 @@ class HistoryIndex:
         new_last = time if later else None
         held = set()
         count = 0
-        for key, entry in incoming:
-            count += 1
-            if key in covering:
-                held.add(key)
-                continue
-            version = entry if isinstance(entry, int) else self._version_id(entry, key)
-            self._db.execute(
-                "INSERT INTO spans VALUES (?, ?, ?, ?)", (sid, version, time, new_last)
+        for batch in _batches(incoming, _BATCH):
+            count += len(batch)
+            fresh: list[tuple[bytes, IndexedEntry | int]] = []
+            for key, entry in batch:
+                if key in covering:
+                    held.add(key)
+                else:
+                    fresh.append((key, entry))
+            versions = self._version_ids(fresh)
+            self._db.executemany(
+                "INSERT INTO spans VALUES (?, ?, ?, ?)",
+                ((sid, version, time, new_last) for version in versions),
             )
         for key, (rowid, version, first, last) in covering.items():
             if key in held:
@@ -632,6 +667,12 @@ class HistoryIndex:
             "INSERT OR REPLACE INTO payload_hashes VALUES (?, ?, ?, ?)", (place, content, sid, time)
         )
 
+    def _remember_places(self, places: dict[bytes, bytes], sid: int, time: int) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO payload_hashes VALUES (?, ?, ?, ?)",
+            ((place, content, sid, time) for place, content in places.items()),
+        )
+
     def _keys_at(self, sid: int, time: int) -> dict[bytes, int]:
         rows = self._db.execute(
             "SELECT v.key, v.id FROM spans s JOIN versions v ON v.id = s.version "
@@ -661,10 +702,25 @@ class SnapshotWriter:
             lambda place, content: index._remember_place(place, content, sid, self.time),
         )
 
+    def remember_places(self, archive: str, places: dict[bytes, bytes]) -> None:
+        """Content hashes by place that a walk of `archive` elsewhere used or learnt (all at
+        once: what `places`' store would have recorded one by one)."""
+        index = self._index
+        sid = index._series_id(Series(*self._where, archive), create=True)
+        assert sid is not None
+        index._remember_places(places, sid, self.time)
+
     def add(self, archive: str, csum: bytes, entries: Iterable[IndexedEntry] | None) -> int:
         """Record one archive's entries (None: an archive of the same csum is indexed already,
         copy its entries); returns how many it holds."""
         return self._index._add_archive(Series(*self._where, archive), self.time, csum, entries)
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[tuple[T, ...]]:
+    """`items` in tuples of `size` (the last one shorter); itertools.batched from Python 3.12."""
+    it = iter(items)
+    while batch := tuple(itertools.islice(it, size)):
+        yield batch
 
 
 def in_namespace(ns: str, scope: str) -> bool:

@@ -362,9 +362,7 @@ class SearchIndex:
                     writer: SnapshotWriter, names: PxarNames, private: bool, walked=walked
                 ) -> _Walk:
                     done = walked[(private, names.name)]
-                    remember = writer.places(names.name)[1]
-                    for place, content in done.places.items():
-                        remember(place, content)
+                    writer.remember_places(names.name, done.places)
                     return done.entries, done
 
                 self._write(plan, report, take)
