@@ -87,7 +87,7 @@ _LYING_FRAME = (
 
 
 @pytest.mark.timeout(120)
-@fuzz(300)
+@fuzz(500)
 @given(
     seed=st.sampled_from(sorted(_blob_seeds())),
     edits=mutations,
@@ -111,7 +111,7 @@ def test_fuzz_blob_lying_content_size_is_refused_before_allocating():
 
 
 @pytest.mark.timeout(120)
-@fuzz(200)
+@fuzz(300)
 @given(
     seed=st.sampled_from(sorted(k for k, v in _blob_seeds().items() if v[1] is not None)),
     edits=mutations,
@@ -187,7 +187,7 @@ def _exercise_index(raw: bytes):
 
 
 @pytest.mark.timeout(120)
-@fuzz(300)
+@fuzz(500)
 @given(seed=st.sampled_from(sorted(_index_seeds())), edits=mutations, fix_csum=st.booleans())
 @example(seed="ours.fidx", edits=[], fix_csum=False).via("regression")
 def test_fuzz_index(seed, edits, fix_csum):
@@ -217,7 +217,7 @@ def _manifest_seeds() -> dict[str, bytes]:
 
 
 @pytest.mark.timeout(120)
-@fuzz(300)
+@fuzz(400)
 @given(seed=st.sampled_from(sorted(_manifest_seeds())), edits=mutations)
 def test_fuzz_manifest(seed, edits):
     text = mutate(_manifest_seeds()[seed], edits)
@@ -267,7 +267,7 @@ def _exercise_catalog(raw: bytes):
 
 
 @pytest.mark.timeout(120)
-@fuzz(300)
+@fuzz(500)
 @given(seed=st.sampled_from(["vector", "ours"]), edits=mutations)
 def test_fuzz_catalog(seed, edits):
     raw = mutate(_catalog_seeds()[seed], edits)
@@ -354,7 +354,7 @@ def _fix_gpt_crcs(head: bytes) -> bytes:
 
 
 @pytest.mark.timeout(120)
-@fuzz(200)
+@fuzz(300)
 @given(
     kind=st.sampled_from(["gpt", "mbr"]),
     edits=mutations,

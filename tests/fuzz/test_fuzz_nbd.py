@@ -123,7 +123,7 @@ def _check(server: NbdServer, sent: bytes) -> None:
 
 
 @pytest.mark.timeout(180)
-@fuzz(300)
+@fuzz(500)
 @given(
     which=st.sampled_from(["read-only", "overlay"]),
     opts=options,
@@ -144,7 +144,7 @@ def test_fuzz_nbd_conversation(servers, which, opts, go, reqs, edits):
 
 
 @pytest.mark.timeout(120)
-@fuzz(200)
+@fuzz(300)
 @given(raw=st.binary(max_size=300), after_go=st.booleans())
 def test_fuzz_nbd_random_bytes(servers, raw, after_go):
     _check(servers["overlay"], (FLAGS + _go() if after_go else b"") + raw)

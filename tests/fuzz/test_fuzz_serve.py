@@ -222,7 +222,7 @@ def _check_answer(served: Served, request: tuple) -> None:
 
 
 @pytest.mark.timeout(300)
-@fuzz(150)
+@fuzz(300)
 @given(data=st.data())
 def test_fuzz_serve_requests(served, data):
     _check_answer(served, data.draw(requests(served)))
