@@ -237,6 +237,12 @@ def _scan_zstd_frames(
                 )
             if block_header & 1:  # last block
                 break
+        if content_size is not None and content_size > bound:
+            # zstd would allocate the declared size before finding out the blocks fall short.
+            raise CorruptDataError(
+                f"{name}: zstd frame at payload offset {frame_start} declares {content_size} "
+                f"bytes, more than its blocks hold (at most {bound})"
+            )
         if has_checksum:
             pos += 4
             if pos > end_all:

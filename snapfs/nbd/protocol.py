@@ -97,14 +97,27 @@ class Receiver(Protocol):
     def recv_into(self, buffer: memoryview, nbytes: int, /) -> int: ...
 
 
+#: recv_exactly allocates at most this much ahead of the bytes that have arrived.
+RECV_PIECE = 1024 * 1024
+
+
 def recv_exactly(sock: Receiver, n: int) -> bytes | None:
-    """Exactly n bytes from the socket, or None if the peer closes the connection first."""
-    buf = bytearray(n)
+    """Exactly n bytes from the socket, or None if the peer closes the connection first.
+
+    The buffer grows with what arrives, a piece at a time: a request whose length field claims
+    32 MiB and sends 10 bytes costs a piece, not 32 MiB.
+    """
+    buf = bytearray(min(n, RECV_PIECE))
     view = memoryview(buf)
     got = 0
     while got < n:
-        r = sock.recv_into(view[got:], n - got)
+        if got == len(buf):
+            view.release()
+            buf.extend(bytes(min(n - got, len(buf))))  # doubles, up to n
+            view = memoryview(buf)
+        r = sock.recv_into(view[got:], len(buf) - got)
         if r == 0:
             return None
         got += r
+    view.release()
     return bytes(buf)

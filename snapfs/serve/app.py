@@ -348,8 +348,10 @@ def build_app(site: Site) -> Starlette:
 
     def guarded(prefix: str, handler):
         def endpoint(request: Request) -> Response:
-            names = _names(request, prefix) if prefix else _api_names(request)
+            names: list[bytes] = []
             try:
+                # A query that names no namespace or snapshot is the asker's error (400) too.
+                names = _names(request, prefix) if prefix else _api_names(request)
                 return handler(request, names)
             except SnapfsError as exc:
                 return _error(request, names, exc)

@@ -29,6 +29,9 @@ UTF-8 says `hdrcharset=BINARY` (GNU tar warns that it does not know the keyword,
 bytes as they are). Extract with `tar --zstd -xpf FILE --xattrs --xattrs-include='*' --acls
 --numeric-owner` (without `--xattrs-include`, GNU tar restores only `user.*` xattrs).
 
+An entry whose key was not given (an encrypted archive, image or blob in a download of a whole
+datastore or snapshot) is left out, with a warning in the log, as what zip cannot hold is.
+
 Errors: once the first chunk is sent, a failure can no longer be an HTTP status. A node that
 cannot be read (a corrupt or missing chunk, a file shorter than its size) raises its SnapfsError
 out of the generator, so the server drops the connection: the client is left with a truncated
@@ -49,7 +52,7 @@ from collections.abc import Iterable, Iterator
 import zstandard
 from stream_zip import NO_COMPRESSION_64, ZIP_64, MemberFile, stream_zip
 
-from snapfs.errors import CorruptDataError, TruncatedDataError
+from snapfs.errors import CorruptDataError, CryptKeyError, TruncatedDataError
 from snapfs.fs.listing import DirHandle, DirItem
 from snapfs.fs.node import Attr, Node
 from snapfs.pxar import acl as aclmod
@@ -131,7 +134,8 @@ def _top_path(top: str) -> bytes:
 
 def _entries(directory: Node, top: bytes) -> Iterator[tuple[bytes, Node, Attr]]:
     """(path, node, attributes) of `directory` as `top`, then of everything below it,
-    depth-first in listing order. A directory is listed only once its own entry was taken."""
+    depth-first in listing order. A directory is opened before its entry is given (one whose key
+    was not given is left out) and read only once its entry was taken."""
     yield top, directory, directory.attr()
     stack = [(top, _listed(directory.opendir()))]
     while stack:
@@ -143,11 +147,22 @@ def _entries(directory: Node, top: bytes) -> Iterator[tuple[bytes, Node, Attr]]:
         node = item.node
         validate_filename(item.name, where=node.where)  # a name must not reach out of `top`
         # A datastore-level listing gives placeholders for what is not loaded yet (an archive).
-        attr = item.attr if item.attr.final else node.attr()
+        try:
+            attr = item.attr if item.attr.final else node.attr()
+        except CryptKeyError as exc:
+            _left_out(node, exc)
+            continue
         child = path + b"/" + item.name
-        yield child, node, attr
+        listing = None
         if stat.S_ISDIR(attr.mode):
-            stack.append((child, _listed(node.opendir())))
+            try:
+                listing = _listed(node.opendir())  # opened here, read in batches as walked
+            except CryptKeyError as exc:
+                _left_out(node, exc)
+                continue
+        yield child, node, attr
+        if listing is not None:
+            stack.append((child, listing))
 
 
 def _listed(handle: DirHandle) -> Iterator[DirItem]:
@@ -158,17 +173,37 @@ def _listed(handle: DirHandle) -> Iterator[DirItem]:
         start = batch[-1].next_offset
 
 
-def _content(node: Node, size: int) -> Iterator[memoryview | bytes]:
+def _left_out(node: Node, exc: CryptKeyError) -> None:
+    log.warning("left out of a download: %s", exc)
+
+
+def _content(node: Node, size: int) -> Iterator[memoryview | bytes] | None:
     """A regular file's `size` bytes, `READ_SIZE` at a time; TruncatedDataError if it ends
-    sooner (its size was promised in a header already)."""
-    content = node.open()
-    offset = 0
-    while offset < size:
-        block = content.read(offset, min(READ_SIZE, size - offset))
-        if not block:
-            raise TruncatedDataError(f"{node.where}: ended at {offset} of {size} bytes")
-        offset += len(block)
-        yield block
+    sooner (its size was promised in a header already).
+
+    The file is opened and its first block read before the caller writes its header: a file
+    whose key was not given (an encrypted image or blob in a datastore-wide download) is left
+    out, None, the way the entries zip or tar cannot hold are, instead of cutting the whole
+    download off after its header.
+    """
+    try:
+        content = node.open()
+        first = content.read(0, min(READ_SIZE, size)) if size else b""
+    except CryptKeyError as exc:
+        _left_out(node, exc)
+        return None
+
+    def blocks() -> Iterator[memoryview | bytes]:
+        block, offset = first, 0
+        while offset < size:
+            if offset:
+                block = content.read(offset, min(READ_SIZE, size - offset))
+            if not block:
+                raise TruncatedDataError(f"{node.where}: ended at {offset} of {size} bytes")
+            offset += len(block)
+            yield block
+
+    return blocks()
 
 
 def _in_chunks(pieces: Iterable[bytes]) -> Iterator[bytes]:
@@ -204,7 +239,9 @@ def _zip_members(directory: Node, top: bytes) -> Iterator[MemberFile]:
         if kind == stat.S_IFDIR:
             yield f"{name}/", when, attr.mode, NO_COMPRESSION_64, ()
         elif kind == stat.S_IFREG:
-            yield name, when, attr.mode, ZIP_64, _content(node, attr.size)
+            content = _content(node, attr.size)
+            if content is not None:
+                yield name, when, attr.mode, ZIP_64, content
         elif kind == stat.S_IFLNK:
             yield name, when, attr.mode, NO_COMPRESSION_64, (node.readlink(),)
 
@@ -275,9 +312,14 @@ def _tar_zst_pieces(directory: Node, top: bytes, level: int) -> Iterator[bytes]:
         info = _tar_info(path, node, attr, first_links)
         if info is None:
             continue
-        yield compress(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        content = None
         if info.type == tarfile.REGTYPE:  # opened even when empty: a blob fails to load here
-            for block in _content(node, info.size):
+            content = _content(node, info.size)
+            if content is None:
+                continue
+        yield compress(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if content is not None:
+            for block in content:
                 yield compress(block)
             yield compress(bytes(-info.size % tarfile.BLOCKSIZE))
         if first:

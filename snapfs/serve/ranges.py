@@ -30,22 +30,41 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
         return None
     for part in parts:
         first, dash, last = (p.strip() for p in part.partition("-"))
-        if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        if (
+            not dash
+            or not (_is_digits(first) or first == "")
+            or not (_is_digits(last) or last == "")
+        ):
             return None
         if first == "":
             if last == "":
                 return None
-            length = int(last)
+            length = _number(last)
             if length == 0 or size == 0:
                 continue  # a zero-length suffix holds no byte
             ranges.append((max(size - length, 0), size - 1))
             continue
-        start = int(first)
-        if last and int(last) < start:
+        start = _number(first)
+        if last and _number(last) < start:
             return None
         if start >= size:
             continue
-        ranges.append((start, min(int(last) if last else size - 1, size - 1)))
+        ranges.append((start, min(_number(last) if last else size - 1, size - 1)))
     if not ranges:
         raise RangeNotSatisfiable(f"no range of {header!r} lies in a file of {size} bytes")
     return ranges
+
+
+#: Past any file's size; what a position of more digits than int() converts stands for.
+_HUGE = 1 << 80
+
+
+def _is_digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit also takes '²' and other digits int() refuses or reads."""
+    return text.isascii() and text.isdigit()
+
+
+def _number(digits: str) -> int:
+    """The value of ASCII digits of any length (int() refuses more than 4300 of them)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 24 else _HUGE

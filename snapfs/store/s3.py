@@ -204,13 +204,14 @@ class S3Backend(S3Requests, Backend):
     def _list_one(self, path: str) -> None:
         prefix = self._key(path) + "/"
         prefixes, objects = self._list(prefix, "/", f"listing {path or '/'}")
-        dirs = sorted({p[len(prefix) :].rstrip("/") for p in prefixes} - {""})
+        names = (p[len(prefix) :].removesuffix("/") for p in prefixes if p.startswith(prefix))
+        dirs = sorted({name for name in names if _is_name(name)})
         files: list[str] = []
         stamp = time.monotonic()
         with self._list_lock:
             for key, etag, size in objects:
                 name = key[len(prefix) :]
-                if name and "/" not in name:
+                if key.startswith(prefix) and _is_name(name):
                     files.append(name)
                     rel = f"{path}/{name}" if path else name
                     self._etags[rel] = etag
@@ -229,7 +230,7 @@ class S3Backend(S3Requests, Backend):
             rel = [p for p in key[len(prefix) :].split("/")]
             is_marker = rel[-1] == ""  # a "folder/" object some tools create
             names = [p for p in rel if p]
-            if not names:
+            if not names or not key.startswith(prefix) or not all(map(_is_name, names)):
                 continue
             here = path
             for name in names[:-1] if not is_marker else names:
@@ -288,6 +289,12 @@ class S3Backend(S3Requests, Backend):
 
     def close(self) -> None:
         self._fetch_ahead.close()
+
+
+def _is_name(name: str) -> bool:
+    """Whether a piece of a key can be a file or folder name: an endpoint that answers a
+    listing with keys outside the prefix asked for, or with `..` in them, gets them ignored."""
+    return name not in ("", ".", "..") and "/" not in name
 
 
 def _is_group_path(parts: list[str]) -> bool:

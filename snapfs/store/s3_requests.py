@@ -137,6 +137,7 @@ class S3Requests:
         self.stats_counters = SourceStats()
         self._client = client if client is not None else self._make_client()
         self._client.meta.events.register("before-parameter-build.s3", self._refuse_writes)
+        self._client.meta.events.register("before-call.s3.HeadBucket", self._no_redirect_loop)
         self._limiter = RateLimiter(self.settings.rate_limit) if self.settings.rate_limit else None
 
     # -- client ----------------------------------------------------------------------------------
@@ -224,6 +225,16 @@ class S3Requests:
     def _refuse_writes(model, **_kwargs) -> None:
         if model.name not in ALLOWED_OPERATIONS:
             raise SnapfsError(f"snapfs is read-only: refusing S3 operation {model.name}")
+
+    @staticmethod
+    def _no_redirect_loop(context: dict, **_kwargs) -> None:
+        """botocore answers a redirect (301, 307) that names no region with a HeadBucket to find
+        it, and redirects that HeadBucket the same way when it gets one too: an endpoint that
+        redirects everything (an http:// URL behind an https-only proxy) recursed until
+        RecursionError. snapfs sends no HeadBucket itself, so this one is never redirected; the
+        request then fails as a one-line "wrong region" error."""
+        context.setdefault("s3_redirect", {})["redirected"] = True  # S3RegionRedirectorv2
+        context["s3_redirected"] = True  # the older S3RegionRedirector
 
     @property
     def endpoint(self) -> str:
@@ -339,7 +350,13 @@ class S3Requests:
             return SnapfsError(f"{self.name}: {what}: {type(exc).__name__}")
         if isinstance(exc, OSError):
             return _Transient(f"I/O error talking to {self.endpoint} ({type(exc).__name__})")
-        return exc
+        if isinstance(exc, _Transient | _NotFound | _NotModified):
+            return exc
+        # botocore's parsers let ValueError and the like out of an answer they cannot read
+        # (an integer field that is not one, say).
+        return SnapfsError(
+            f"{self.name}: {what}: malformed answer from {self.endpoint} ({type(exc).__name__})"
+        )
 
     def _tls_failure(self, text: str) -> str:
         """One line for a failed TLS handshake: the endpoint and OpenSSL's reason, nothing else
@@ -372,6 +389,8 @@ class S3Requests:
                 translated = self._classify(exc, what)
                 if translated is exc:
                     raise
+                if isinstance(translated, _NotModified):  # only a conditional GET expects 304
+                    translated = SnapfsError(f"{self.name}: {what}: unexpected HTTP 304")
                 raise translated from None
 
         return run
@@ -430,7 +449,7 @@ class S3Requests:
                 response = self._client.get_object(**kwargs)
             except Exception as exc:
                 translated = self._classify(exc, what)
-                if isinstance(translated, _NotModified):
+                if isinstance(translated, _NotModified) and if_none_match:
                     self.stats_counters.add("not_modified")
                     return None, if_none_match or ""
                 raise

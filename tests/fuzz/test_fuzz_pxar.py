@@ -1,43 +1,22 @@
-"""Hypothesis fuzzing of the pxar reader over mutated golden archives: only SnapfsError may escape."""
+"""Hypothesis fuzzing of the pxar reader (v1 archives, and split .mpxar/.ppxar pairs) over mutated
+golden archives: only SnapfsError may escape, and memory does not follow a length field."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from support.fuzzing import fuzz, mutate, mutations, within_memory
 from support.mini_pxar import MiniPxar
 
 from snapfs.errors import SnapfsError
 from snapfs.format.source import BytesSource
 from snapfs.pxar import format as fmt
 from snapfs.pxar.accessor import Accessor
-
-INTERESTING = [
-    0,
-    1,
-    8,
-    15,
-    16,
-    17,
-    24,
-    40,
-    56,
-    64,
-    255,
-    4096,
-    4097,
-    1 << 31,
-    1 << 63,
-    (1 << 64) - 1,
-]
-SETTINGS = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
 
 
 def _mini_v1() -> bytes:
@@ -62,40 +41,12 @@ def _bases(vectors: Path) -> dict[str, tuple[bytes, bytes | None]]:
     ppxar = (pxar / "archive-v2.ppxar").read_bytes()
     fixture = vectors / "upstream-fixtures" / "backup-client-pxar-expected.mpxar"
     return {
+        "v1": ((pxar / "archive-v1.pxar").read_bytes(), None),
         "v2": ((pxar / "archive-v2.mpxar").read_bytes(), ppxar),
         "v2-prelude": ((pxar / "archive-v2-prelude.mpxar").read_bytes(), ppxar),
         "fixture": (fixture.read_bytes(), None),
         "mini-v1": (_mini_v1(), None),
     }
-
-
-mutation = st.tuples(
-    st.sampled_from(["byte", "u64", "u64-near", "truncate", "swap"]),
-    st.floats(min_value=0.0, max_value=1.0, allow_nan=False),
-    st.integers(min_value=0, max_value=255),
-    st.sampled_from(INTERESTING),
-)
-
-
-def _mutate(data: bytes, mutations: list) -> bytes:
-    out = bytearray(data)
-    for kind, where, byte, value in mutations:
-        if len(out) < 16:
-            break
-        pos = int(where * (len(out) - 8))
-        if kind == "byte":
-            out[pos] = byte
-        elif kind == "u64":
-            struct.pack_into("<Q", out, pos, value)
-        elif kind == "u64-near":
-            old = struct.unpack_from("<Q", out, pos)[0]
-            struct.pack_into("<Q", out, pos, (old + byte - 128) % (1 << 64))
-        elif kind == "truncate":
-            del out[max(pos, 1) :]
-        else:
-            other = int((byte / 255) * (len(out) - 8))
-            out[pos : pos + 8], out[other : other + 8] = out[other : other + 8], out[pos : pos + 8]
-    return bytes(out)
 
 
 def _exercise(data: bytes, payload: bytes | None) -> None:
@@ -122,30 +73,31 @@ def _exercise(data: bytes, payload: bytes | None) -> None:
         list(acc.listdir(acc.root()))
 
 
+def _checked(data: bytes, payload: bytes | None) -> None:
+    within_memory(lambda: _exercise(data, payload), len(data) + len(payload or b""))
+
+
 @pytest.mark.timeout(120)
-@SETTINGS
-@given(
-    base=st.sampled_from(["v2", "v2-prelude", "fixture", "mini-v1"]),
-    mutations=st.lists(mutation, min_size=1, max_size=4),
-)
-def test_mutated_archives_raise_only_snapfs_errors(vectors, base, mutations):
+@fuzz(200)
+@given(base=st.sampled_from(["v1", "v2", "v2-prelude", "fixture", "mini-v1"]), edits=mutations)
+def test_fuzz_pxar_archive(vectors, base, edits):
     data, payload = _bases(vectors)[base]
-    _exercise(_mutate(data, mutations), payload)
+    _checked(mutate(data, edits), payload)
 
 
 @pytest.mark.timeout(120)
-@SETTINGS
-@given(mutations=st.lists(mutation, min_size=1, max_size=3))
-def test_mutated_payload_streams_raise_only_snapfs_errors(vectors, mutations):
+@fuzz(150)
+@given(edits=mutations)
+def test_fuzz_pxar_split_payload(vectors, edits):
     data, payload = _bases(vectors)["v2"]
     assert payload is not None
-    head = _mutate(payload[:4096], mutations)
-    _exercise(data, head + payload[4096:])
+    head = mutate(payload[:4096], edits)
+    _checked(data, head + payload[4096:])
 
 
 @pytest.mark.timeout(60)
-@SETTINGS
+@fuzz(150)
 @given(raw=st.binary(min_size=0, max_size=512))
-def test_random_bytes_raise_only_snapfs_errors(raw):
-    _exercise(raw, None)
-    _exercise(fmt.HEADER.pack(fmt.PXAR_ENTRY, 56) + raw, None)
+def test_fuzz_pxar_random_bytes(raw):
+    _checked(raw, None)
+    _checked(fmt.HEADER.pack(fmt.PXAR_ENTRY, 56) + raw, None)
