@@ -60,7 +60,7 @@ def _converse(server: NbdServer, sent: bytes) -> int:
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
     try:
-        _Connection(server, theirs).run()
+        _Connection(server, theirs, "fuzz").run()
     finally:
         theirs.close()
         thread.join(30)
