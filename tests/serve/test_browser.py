@@ -24,6 +24,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 from support.serving import (
     T0,
     backup_tree,
@@ -217,7 +219,10 @@ def test_search_box_lists_the_snapshots_holding_a_file(browser, site):
     browser.get(f"{site.url}/browse/")
     box = browser.find_element(By.NAME, "q")
     box.send_keys("nginx.conf", Keys.ENTER)
-    assert browser.current_url == f"{site.url}/search?q=nginx.conf"
+    # A form sent with Enter navigates after send_keys returns (a click on a link is waited for).
+    WebDriverWait(browser, DOWNLOAD_TIMEOUT).until(
+        expected_conditions.url_to_be(f"{site.url}/search?q=nginx.conf")
+    )
     assert browser.find_element(By.TAG_NAME, "h1").text == "search: nginx.conf"
     assert [h.text for h in browser.find_elements(By.TAG_NAME, "h2")] == ["/etc/nginx/nginx.conf"]
     places = sorted(a.text for a in browser.find_elements(By.CSS_SELECTOR, "li a"))
