@@ -30,7 +30,9 @@ bytes as they are). Extract with `tar --zstd -xpf FILE --xattrs --xattrs-include
 --numeric-owner` (without `--xattrs-include`, GNU tar restores only `user.*` xattrs).
 
 An entry whose key was not given (an encrypted archive, image or blob in a download of a whole
-datastore or snapshot) is left out, with a warning in the log, as what zip cannot hold is.
+datastore or snapshot) is left out, with a warning in the log; so that whoever unpacks the
+download knows it is not whole, its last entry is then `top/SNAPFS-LEFT-OUT.txt`, one line per
+entry left out and why.
 
 Errors: once the first chunk is sent, a failure can no longer be an HTTP status. A node that
 cannot be read (a corrupt or missing chunk, a file shorter than its size) raises its SnapfsError
@@ -46,6 +48,7 @@ import os
 import re
 import stat
 import tarfile
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 
@@ -63,6 +66,8 @@ __all__ = ["zip_stream", "tar_zst_stream"]
 log = logging.getLogger("snapfs.serve")
 
 #: Bytes read from a file at a time, and the size of the chunks the generators yield.
+#: The last entry of a download that is not whole: what was left out, and why.
+LEFT_OUT_NAME = "SNAPFS-LEFT-OUT.txt"
 READ_SIZE = 1 << 20
 CHUNK_SIZE = 1 << 20
 #: Directory entries asked of a listing at a time (one batch is held per open directory level).
@@ -132,10 +137,12 @@ def _top_path(top: str) -> bytes:
     return top.encode("utf-8", "surrogateescape")
 
 
-def _entries(directory: Node, top: bytes) -> Iterator[tuple[bytes, Node, Attr]]:
+def _entries(
+    directory: Node, top: bytes, left_out: list[str]
+) -> Iterator[tuple[bytes, Node, Attr]]:
     """(path, node, attributes) of `directory` as `top`, then of everything below it,
     depth-first in listing order. A directory is opened before its entry is given (one whose key
-    was not given is left out) and read only once its entry was taken."""
+    was not given is left out, and said in `left_out`) and read only once its entry was taken."""
     yield top, directory, directory.attr()
     stack = [(top, _listed(directory.opendir()))]
     while stack:
@@ -147,18 +154,18 @@ def _entries(directory: Node, top: bytes) -> Iterator[tuple[bytes, Node, Attr]]:
         node = item.node
         validate_filename(item.name, where=node.where)  # a name must not reach out of `top`
         # A datastore-level listing gives placeholders for what is not loaded yet (an archive).
+        child = path + b"/" + item.name
         try:
             attr = item.attr if item.attr.final else node.attr()
         except CryptKeyError as exc:
-            _left_out(node, exc)
+            left_out.append(_left_out(child, exc))
             continue
-        child = path + b"/" + item.name
         listing = None
         if stat.S_ISDIR(attr.mode):
             try:
                 listing = _listed(node.opendir())  # opened here, read in batches as walked
             except CryptKeyError as exc:
-                _left_out(node, exc)
+                left_out.append(_left_out(child, exc))
                 continue
         yield child, node, attr
         if listing is not None:
@@ -173,11 +180,22 @@ def _listed(handle: DirHandle) -> Iterator[DirItem]:
         start = batch[-1].next_offset
 
 
-def _left_out(node: Node, exc: CryptKeyError) -> None:
-    log.warning("left out of a download: %s", exc)
+def _left_out(path: bytes, exc: CryptKeyError) -> str:
+    """The line `LEFT_OUT_NAME` gets for `path`, logged too."""
+    line = f"{path.decode('utf-8', 'backslashreplace')}: {exc}"
+    log.warning("left out of a download: %s", line)
+    return line
 
 
-def _content(node: Node, size: int) -> Iterator[memoryview | bytes] | None:
+def _left_out_note(top: bytes, left_out: list[str]) -> tuple[bytes, bytes]:
+    """(path, content) of the last entry of a download that is not whole."""
+    text = "Left out of this download (give snapfs serve the key with --keyfile):\n"
+    return top + b"/" + LEFT_OUT_NAME.encode(), (text + "\n".join(left_out) + "\n").encode()
+
+
+def _content(
+    node: Node, size: int, path: bytes, left_out: list[str]
+) -> Iterator[memoryview | bytes] | None:
     """A regular file's `size` bytes, `READ_SIZE` at a time; TruncatedDataError if it ends
     sooner (its size was promised in a header already).
 
@@ -190,7 +208,7 @@ def _content(node: Node, size: int) -> Iterator[memoryview | bytes] | None:
         content = node.open()
         first = content.read(0, min(READ_SIZE, size)) if size else b""
     except CryptKeyError as exc:
-        _left_out(node, exc)
+        left_out.append(_left_out(path, exc))
         return None
 
     def blocks() -> Iterator[memoryview | bytes]:
@@ -232,18 +250,23 @@ def _in_chunks(pieces: Iterable[bytes]) -> Iterator[bytes]:
 
 def _zip_members(directory: Node, top: bytes) -> Iterator[MemberFile]:
     """stream-zip's members for the entries zip can hold; the others are skipped."""
-    for path, node, attr in _entries(directory, top):
+    left_out: list[str] = []
+    for path, node, attr in _entries(directory, top, left_out):
         name = _zip_name(path)
         when = _zip_time(attr.mtime_ns)
         kind = stat.S_IFMT(attr.mode)
         if kind == stat.S_IFDIR:
             yield f"{name}/", when, attr.mode, NO_COMPRESSION_64, ()
         elif kind == stat.S_IFREG:
-            content = _content(node, attr.size)
+            content = _content(node, attr.size, path, left_out)
             if content is not None:
                 yield name, when, attr.mode, ZIP_64, content
         elif kind == stat.S_IFLNK:
             yield name, when, attr.mode, NO_COMPRESSION_64, (node.readlink(),)
+    if left_out:
+        path, text = _left_out_note(top, left_out)
+        now = _zip_time(time.time_ns())
+        yield _zip_name(path), now, 0o100644, ZIP_64, (text,)
 
 
 class _Deflater:
@@ -308,13 +331,14 @@ def _tar_zst_pieces(directory: Node, top: bytes, level: int) -> Iterator[bytes]:
     compress = compressor.compress
     first_links: dict[int, str] = {}  # ino -> where a file with more than one link was written
     first = True
-    for path, node, attr in _entries(directory, top):
+    left_out: list[str] = []
+    for path, node, attr in _entries(directory, top, left_out):
         info = _tar_info(path, node, attr, first_links)
         if info is None:
             continue
         content = None
         if info.type == tarfile.REGTYPE:  # opened even when empty: a blob fails to load here
-            content = _content(node, info.size)
+            content = _content(node, info.size, path, left_out)
             if content is None:
                 continue
         yield compress(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
@@ -325,6 +349,12 @@ def _tar_zst_pieces(directory: Node, top: bytes, level: int) -> Iterator[bytes]:
         if first:
             yield compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
             first = False
+    if left_out:
+        path, text = _left_out_note(top, left_out)
+        info = tarfile.TarInfo(path.decode("utf-8", "surrogateescape"))
+        info.size, info.mode, info.mtime = len(text), 0o644, int(time.time())
+        yield compress(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        yield compress(text + bytes(-len(text) % tarfile.BLOCKSIZE))
     yield compress(_TAR_END)
     yield compressor.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
 

@@ -274,15 +274,24 @@ def test_fuzz_serve_no_host_file(served, path):
 def test_fuzz_serve_download_of_everything_leaves_out_what_needs_a_key(served, kind):
     """Regression: a zip or tar.zst of the whole datastore broke off with KeyRequiredError (a
     traceback in the server's log) at the first encrypted archive; what needs the key is now
-    left out, the rest downloads whole."""
+    left out, the rest downloads whole, and its last entry says what was left out."""
     status, _, body = anyio.run(_call, served.app, "GET", f"/{kind}/".encode(), b"", [])
     assert status == 200
     if kind == "zip":
-        names = zipfile.ZipFile(io.BytesIO(body)).namelist()
+        archive = zipfile.ZipFile(io.BytesIO(body))
+        names = archive.namelist()
+        note = archive.read(names[-1]).decode()
     else:
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body))
         with tarfile.open(fileobj=reader, mode="r|") as archive:
-            names = [m.name for m in archive]
+            names, last = [], b""
+            for member in archive:
+                names.append(member.name)
+                if member.isfile():
+                    last = archive.extractfile(member).read()
+        note = last.decode()
+    assert names[-1].endswith("/SNAPFS-LEFT-OUT.txt"), names[-5:]
+    assert "vault" in note and "key" in note.lower(), note
     assert any(n.endswith("root.pxar/etc/hosts") for n in names), names
     assert any("/vault/" in n for n in names)  # the encrypted snapshot's folder is there
     assert not any("plan.txt" in n or "vault" in n and "root.pxar" in n for n in names), names
