@@ -49,6 +49,7 @@ from snapfs.verify.shards import (
     Subset,
     check_shard,
     plan_shards,
+    shard_width,
 )
 from snapfs.verify.state import ResumeState
 
@@ -256,16 +257,19 @@ class Verifier:
 
         state = None
         subset = Subset.parse(self.subset_text)
+        width = shard_width(len(referenced))
         if self.state_path is not None:
             run = {
                 "source": self.datastore.name,
                 "selection": self.selection,
                 "subset": subset.spec,
             }
-            state = ResumeState.open(self.state_path, {**run, "seed": subset.seed})
+            state = ResumeState.open(self.state_path, {**run, "seed": subset.seed, "width": width})
+            # A resumed run draws the same random folders and cuts the same shards as before.
             subset = Subset(subset.spec, state.run["seed"])
+            width = state.run["width"]
         report.subset = subset.spec
-        shards = plan_shards(referenced, subset)
+        shards = plan_shards(referenced, subset, width)
         report.shards = len(shards)
         finished = state.finished if state is not None else {}
         todo: list[Shard] = []

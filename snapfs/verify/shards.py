@@ -1,7 +1,8 @@
 """The chunk checks of a verify, cut into shards any worker can run on its own.
 
 PBS keeps chunks in 65,536 folders named by the first four hex digits of their digest. A shard is
-a run of 64 consecutive folders (so 1,024 shards cover a store): its worker lists each folder
+a run of consecutive folders, 64 of them in a big store (1,024 shards) and up to 8,192 in a small
+one (`shard_width`), so that a shard holds about CHUNKS_PER_SHARD chunks: its worker lists each folder
 once (one S3 LIST per prefix, never one listing of the whole store), reports the referenced chunks
 that are not there as missing without asking for them, and fetches, decrypts, decompresses and
 hashes the rest. Only what is wrong comes back, so a shard's result is small however many
@@ -35,7 +36,12 @@ from snapfs.store.pipeline import ordered
 from snapfs.store.workers import WorkerStore
 
 PREFIXES = 65536
-PREFIXES_PER_SHARD = 64
+#: Chunks a shard should hold: enough that its fixed costs (a task sent and its result back, a
+#: thread pipeline started) are small per chunk, few enough that a lost shard is little work.
+CHUNKS_PER_SHARD = 2000
+#: Folders per shard, a power of two between these: 1,024 shards of 64 folders for a bucket of
+#: millions of chunks (24,000 each at 25 million), 8 shards for a small store.
+MIN_WIDTH, MAX_WIDTH = 64, 8192
 #: Chunk checks under way per worker: enough that one slow GET does not idle the others, few
 #: enough that a shard's chunks never all stand in memory at once.
 CHECKS_PER_THREAD = 8
@@ -119,7 +125,7 @@ class Subset:
 
 @dataclass(frozen=True)
 class Shard:
-    """Folders `first`..`first+63` of the subset, and the referenced chunks in them."""
+    """The subset's folders of one run of `width` folders, and the referenced chunks in them."""
 
     number: int
     prefixes: tuple[str, ...]
@@ -136,8 +142,17 @@ class Shard:
         return h.hexdigest()
 
 
-def plan_shards(referenced: dict[bytes, int], subset: Subset) -> list[Shard]:
-    """The shards holding the subset's referenced chunks; folders with none are not listed."""
+def shard_width(chunks: int) -> int:
+    """Folders per shard for a store whose snapshots name `chunks` chunks."""
+    width = MIN_WIDTH
+    while width < MAX_WIDTH and chunks * width < CHUNKS_PER_SHARD * PREFIXES:
+        width *= 2
+    return width
+
+
+def plan_shards(referenced: dict[bytes, int], subset: Subset, width: int) -> list[Shard]:
+    """The shards of `width` folders holding the subset's referenced chunks; folders with none
+    are not listed."""
     chosen = subset.prefixes()
     by_prefix: dict[int, list[tuple[bytes, int]]] = {}
     for digest, size in referenced.items():
@@ -146,7 +161,7 @@ def plan_shards(referenced: dict[bytes, int], subset: Subset) -> list[Shard]:
             by_prefix.setdefault(number, []).append((digest, size))
     by_shard: dict[int, list[int]] = {}
     for number in sorted(by_prefix):
-        by_shard.setdefault(number // PREFIXES_PER_SHARD, []).append(number)
+        by_shard.setdefault(number // width, []).append(number)
     return [
         Shard(
             shard,

@@ -19,6 +19,8 @@ from snapfs.errors import SnapfsError, UsageError
 from snapfs.verify.shards import ChunkStatus, ShardResult
 
 FORMAT = "snapfs-verify-state/1"
+#: What a run decides as it starts, that a resumed run takes from the file instead.
+_CARRIED = ("seed", "width")
 
 
 class ResumeState:
@@ -33,16 +35,17 @@ class ResumeState:
     def open(cls, path: str, run: dict[str, Any]) -> ResumeState:
         """Read `path` if it holds an unfinished run like `run`, else start it anew.
 
-        `run` may leave "seed" out: a resumed run takes the stored one (the random subset drawn
-        before the crash), a new run stores the one given to `start` via `run["seed"]`.
+        What a run decides when it starts (its random subset's "seed", the shards' "width") is
+        taken from the file when resuming, so the rerun checks the same shards; the rest of
+        `run` must match.
         """
         lines = _read_lines(path)
         if lines and not lines[-1].get("complete"):
             header = lines[0]
             if header.get("format") != FORMAT:
                 raise UsageError(f"{path}: not a snapfs verify state file")
-            stored = {k: header.get(k) for k in run if k != "seed"}
-            wanted = {k: v for k, v in run.items() if k != "seed"}
+            stored = {k: header.get(k) for k in run if k not in _CARRIED}
+            wanted = {k: v for k, v in run.items() if k not in _CARRIED}
             if stored != wanted:
                 differs = ", ".join(
                     f"{k} {stored[k]!r} (now {wanted[k]!r})"
@@ -57,7 +60,8 @@ class ResumeState:
             for line in lines[1:]:
                 result = _result_from(line, path)
                 finished[result.number] = result
-            return cls(path, {**run, "seed": header.get("seed")}, finished)
+            carried = {k: header.get(k, run.get(k)) for k in _CARRIED}
+            return cls(path, {**run, **carried}, finished)
         state = cls(path, run, {})
         try:
             with open(path, "w", encoding="utf-8") as f:
