@@ -129,6 +129,7 @@ class ProcessPool(WorkPool):
         restarts = 0
         while True:
             broken: BaseException | None = None
+            progressed = False
             executor = self._executor()
 
             def submit(
@@ -146,12 +147,13 @@ class ProcessPool(WorkPool):
                     if isinstance(outcome, BrokenProcessPool):
                         broken = outcome
                         break
+                    progressed = True
                     yield unfinished.pop(i), outcome
             finally:
                 executor.shutdown(wait=True, cancel_futures=True)
             if broken is None:
                 return
-            restarts += 1
+            restarts = 1 if progressed else restarts + 1
             if restarts > PROCESS_POOL_RESTARTS:
                 failure = ShardFailed(
                     f"a worker process died {restarts} times in a row ({broken}); "
