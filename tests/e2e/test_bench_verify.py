@@ -2,7 +2,7 @@
 
 Backs up a 256 MiB image, runs the real `snapfs verify` command in process, on two local worker
 processes and on a Dask LocalCluster, then again from a SeaweedFS bucket behind the delaying
-proxy: slow-marked (a minute or two on 2 idle cores).
+proxy: slow-marked (about two minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_bench_verify_quick_json(tmp_path: Path) -> None:
             str(REPO / "scripts" / "bench-verify"),
             "--quick",
             "--repeat",
-            "1",
+            "2",  # the second round reuses the cluster's open S3 connections
             "--s3",
             "--memory-chunks",
             "100000",
@@ -52,30 +52,34 @@ def test_bench_verify_quick_json(tmp_path: Path) -> None:
     assert set(lines) == {"limit-1", "limit-2"} | VERIFY_LINES
     limit1 = lines["limit-1"]["mb_per_s"]
     for name, line in lines.items():
-        (run,) = line["runs"]
-        # Every line checked every chunk, and decoded as many bytes as the limit did.
-        assert run["chunks"] == QUICK_CHUNKS, name
-        assert run["bytes"] == doc["local"]["decoded_bytes"] >= 256 * 2**20, name
-        assert line["mb_per_s"] == pytest.approx(run["bytes"] / run["elapsed"] / 1e6)
+        runs = line["runs"]
+        assert len(runs) == 2, name
+        for run in runs:
+            # Every line checked every chunk, and decoded as many bytes as the limit did.
+            assert run["chunks"] == QUICK_CHUNKS, name
+            assert run["bytes"] == doc["local"]["decoded_bytes"] >= 256 * 2**20, name
+        rates = sorted(r["bytes"] / r["elapsed"] / 1e6 for r in runs)
+        assert line["mb_per_s"] == pytest.approx(sum(rates) / 2)  # the median of two
         assert line["per_core_vs_limit_1"] == pytest.approx(
             line["mb_per_s"] / line["cores"] / limit1
         )
     for name in VERIFY_LINES:
-        (run,) = lines[name]["runs"]
-        # One GET per chunk and one LIST per .chunks/<4hex> folder, even from a local store.
-        assert (run["gets"], run["lists"]) == (QUICK_CHUNKS, made["prefixes"]), name
-        assert run["wall"] >= run["elapsed"] > 0, name
+        for run in lines[name]["runs"]:
+            # One GET per chunk and one LIST per .chunks/<4hex> folder, even from a local store.
+            assert (run["gets"], run["lists"]) == (QUICK_CHUNKS, made["prefixes"]), name
+            assert run["wall"] >= run["elapsed"] > 0, name
     assert lines["verify-cluster"]["runs"][0]["workers"].startswith("Dask scheduler tcp://")
 
     s3 = doc["s3"]
     assert s3["rtt_ms"] == 20
     assert set(s3["lines"]) == VERIFY_LINES
     for name, line in s3["lines"].items():
-        proxy = line["proxy"]
-        assert (line["gets"], line["lists"]) == (QUICK_CHUNKS, made["prefixes"]), name
-        # What the bucket saw: each chunk fetched once, each chunk folder listed once.
-        assert proxy["chunk_gets"] == QUICK_CHUNKS, name
-        assert proxy["chunk_lists"] == made["prefixes"], name
+        for run in line["runs"]:
+            proxy = run["proxy"]
+            assert (run["gets"], run["lists"]) == (QUICK_CHUNKS, made["prefixes"]), name
+            # What the bucket saw: each chunk fetched once, each chunk folder listed once.
+            assert proxy["chunk_gets"] == QUICK_CHUNKS, name
+            assert proxy["chunk_lists"] == made["prefixes"], name
 
     mem = doc["memory"]
     assert mem["chunks"] == 100_000
