@@ -49,7 +49,7 @@ def test_bench_verify_quick_json(tmp_path: Path) -> None:
     assert 1 <= made["prefixes"] <= made["chunks"]
 
     lines = doc["local"]["lines"]
-    assert set(lines) == {"limit-1", "limit-2"} | VERIFY_LINES
+    assert set(lines) == {"limit-1", "limit-1-warm", "limit-2"} | VERIFY_LINES
     limit1 = lines["limit-1"]["mb_per_s"]
     for name, line in lines.items():
         runs = line["runs"]
