@@ -11,7 +11,13 @@ checks the same distinct chunks, cold (page cache dropped right before each run)
   alone, what one core can do when storage keeps up (the only line that is not cold);
 * `snapfs verify --workers 1` (shards in the command's own process), `--workers 2` (two local
   worker processes) and `--cluster` on a Dask LocalCluster of 2 worker processes with one
-  thread each, started here (the command connects to its scheduler as to a remote one).
+  thread each, started here (the command connects to its scheduler as to a remote one);
+* the last two again with dense shards: a small store spreads its few chunks over up to 1,024
+  shards of 64 folders, one or two chunks each, so every chunk pays a shard's fixed costs (a
+  task, a folder listed, a result, a pipeline of 8 fetches started for one). A big bucket's
+  shards hold thousands of chunks (25 million: 24,000 each). The dense lines run the same
+  command with its coordinator planning 8 shards of 8,192 folders, dozens of chunks each: the
+  per-chunk rate of a big bucket's shards, on a store that fits here.
 
 Each verify is the real command line (`python -m snapfs verify --json`): its report must say ok
 and name every chunk as checked, with as many decoded bytes as the limit decoded. Its rate is
@@ -23,8 +29,8 @@ decodes with nothing else to do. The CPU the line really used (user + system tim
 time, the command's start included; the Dask workers' too) is given beside it.
 
 --s3: the same datastore in a SeaweedFS bucket (tests/support/s3server.py) behind the tests'
-DelayProxy (tests/support/delayproxy.py) at --rtt-ms (20) added round trip; the same three
-verify runs, with the GETs and LISTs of the report and those the proxy saw.
+DelayProxy (tests/support/delayproxy.py) at --rtt-ms (20) added round trip; the verify lines
+(dense on the cluster only), with the GETs and LISTs of the report and those the proxy saw.
 
 The coordinator's memory: a child process builds what a verify's coordinator holds per
 referenced chunk (the digest -> length map, the shards' chunk lists, a status per checked chunk)
@@ -76,8 +82,19 @@ LOCAL_LINES = {
     "verify-w1": ("snapfs verify --workers 1", 1),
     "verify-w2": ("snapfs verify --workers 2", 2),
     "verify-cluster": ("snapfs verify --cluster (Dask LocalCluster, 2 workers x 1 thread)", 2),
+    "verify-w2-dense": ("snapfs verify --workers 2, dense shards", 2),
+    "verify-cluster-dense": ("snapfs verify --cluster, dense shards", 2),
 }
-S3_LINES = ("verify-w1", "verify-w2", "verify-cluster")
+S3_LINES = ("verify-w1", "verify-w2", "verify-cluster", "verify-cluster-dense")
+#: Folders per shard in the dense lines: 8 shards for the whole store instead of 1,024, so a
+#: shard of this small store holds dozens of chunks, as a big bucket's shards hold thousands
+#: (25 million chunks: 24,000 per shard), and its fixed costs are paid once per dozens.
+DENSE_PREFIXES_PER_SHARD = 8192
+DENSE_SNAPFS = (  # `python -m snapfs` planning dense shards
+    "import sys; from snapfs.verify import shards; "
+    f"shards.PREFIXES_PER_SHARD = {DENSE_PREFIXES_PER_SHARD}; "
+    "from snapfs.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 class BenchError(Exception):
@@ -197,16 +214,17 @@ class Cluster:
 
 
 def verify_run(
-    source: list[str], where: list[str], cluster: Cluster | None, env: dict[str, str] | None
+    line: str, source: list[str], cluster: Cluster, env: dict[str, str] | None
 ) -> dict[str, Any]:
-    """`snapfs verify SOURCE --json` with `where` (--workers N / --cluster ADDRESS), cold."""
-    cmd = [sys.executable, "-m", "snapfs", "verify", *source, *where, "--json"]
+    """`snapfs verify SOURCE --json` as the line runs it (--workers N / --cluster ADDRESS), cold."""
+    snapfs, where = verify_argv(line, cluster)
+    cmd = [*snapfs, "verify", *source, *where, "--json"]
     drop_caches()
-    cpu0 = _children_cpu() + (cluster.cpu() if cluster else 0.0)
+    cpu0 = _children_cpu() + cluster.cpu()
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=VERIFY_TIMEOUT)
     wall = time.perf_counter() - start
-    cpu = _children_cpu() + (cluster.cpu() if cluster else 0.0) - cpu0
+    cpu = _children_cpu() + cluster.cpu() - cpu0
     try:
         report = json.loads(proc.stdout)
     except ValueError:
@@ -230,10 +248,13 @@ def verify_run(
     }
 
 
-def where_args(line: str, cluster: Cluster) -> list[str]:
-    if line == "verify-cluster":
-        return ["--cluster", cluster.address]
-    return ["--workers", line.removeprefix("verify-w")]
+def verify_argv(line: str, cluster: Cluster) -> tuple[list[str], list[str]]:
+    """How a line runs the command (plain, or with dense shards), and where it runs the work."""
+    kind, _, dense = line.removeprefix("verify-").partition("-")
+    where = ["--cluster", cluster.address] if kind == "cluster" else ["--workers", kind[1:]]
+    if dense:  # only the coordinator plans shards: workers check whatever shard they are given
+        return [sys.executable, "-c", DENSE_SNAPFS], where
+    return [sys.executable, "-m", "snapfs"], where
 
 
 # -- the measurement ------------------------------------------------------------------------------
@@ -279,7 +300,7 @@ def measure_local(
                 run = limit_run(store, int(threads), cold=not warm)
                 decoded = run["bytes"] if decoded is None else decoded
             else:
-                run = verify_run([store], where_args(line, cluster), cluster, None)
+                run = verify_run(line, [store], cluster, None)
             check(run, made, decoded, line)
             runs[line].append(run)
     lines = {line: summarize(r, LOCAL_LINES[line][1]) for line, r in runs.items()}
@@ -331,7 +352,7 @@ def measure_s3(
             for line in S3_LINES:
                 log(f"== round {round_ + 1}/{repeat}: S3, {rtt_ms:g} ms: {LOCAL_LINES[line][0]}")
                 proxy.take_requests()
-                run = verify_run(source, where_args(line, cluster), cluster, env)
+                run = verify_run(line, source, cluster, env)
                 seen = proxy.take_requests()
                 lists = [t for m, t in seen if m == "GET" and "list-type=" in t]
                 gets = [t for m, t in seen if m == "GET" and "list-type=" not in t]
@@ -429,7 +450,7 @@ def print_report(doc: dict[str, Any]) -> None:
             f"{s['vs_limit_same_cores']:.2f} |"
         )
     print()
-    for line in ("verify-w1", "verify-w2", "verify-cluster"):
+    for line in (line for line in local["lines"] if line.startswith("verify-")):
         s = local["lines"][line]
         met = "met" if s["per_core_vs_limit_1"] >= GOAL else "NOT met"
         print(f"{met}: {LOCAL_LINES[line][0]} per core >= {GOAL} x the 1-thread limit")
@@ -499,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     size = QUICK_MIB if args.quick else args.size or DEFAULT_MIB
     with ExitStack() as stack:
         if args.work:
-            work = args.work
+            work = os.path.abspath(args.work)
             os.makedirs(work, exist_ok=True)
         else:
             work = stack.enter_context(

@@ -15,7 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK_CHUNKS = 64  # 256 MiB in 4 MiB chunks
-VERIFY_LINES = {"verify-w1", "verify-w2", "verify-cluster"}
+S3_LINES = {"verify-w1", "verify-w2", "verify-cluster", "verify-cluster-dense"}
+VERIFY_LINES = S3_LINES | {"verify-w2-dense"}
 
 
 @pytest.mark.slow
@@ -68,11 +69,12 @@ def test_bench_verify_quick_json(tmp_path: Path) -> None:
             # One GET per chunk and one LIST per .chunks/<4hex> folder, even from a local store.
             assert (run["gets"], run["lists"]) == (QUICK_CHUNKS, made["prefixes"]), name
             assert run["wall"] >= run["elapsed"] > 0, name
-    assert lines["verify-cluster"]["runs"][0]["workers"].startswith("Dask scheduler tcp://")
+    for name in ("verify-cluster", "verify-cluster-dense"):
+        assert lines[name]["runs"][0]["workers"].startswith("Dask scheduler tcp://"), name
 
     s3 = doc["s3"]
     assert s3["rtt_ms"] == 20
-    assert set(s3["lines"]) == VERIFY_LINES
+    assert set(s3["lines"]) == S3_LINES
     for name, line in s3["lines"].items():
         for run in line["runs"]:
             proxy = run["proxy"]
