@@ -29,8 +29,8 @@ decodes with nothing else to do. The CPU the line really used (user + system tim
 time, the command's start included; the Dask workers' too) is given beside it.
 
 --s3: the same datastore in a SeaweedFS bucket (tests/support/s3server.py) behind the tests'
-DelayProxy (tests/support/delayproxy.py) at --rtt-ms (20) added round trip; the verify lines
-(dense on the cluster only), with the GETs and LISTs of the report and those the proxy saw.
+DelayProxy (tests/support/delayproxy.py) at --rtt-ms (20) added round trip: `--workers 1` and
+`--cluster` (plain and dense), with the GETs and LISTs of the report and those the proxy saw.
 
 The coordinator's memory: a child process builds what a verify's coordinator holds per
 referenced chunk (the digest -> length map, the shards' chunk lists, a status per checked chunk)
@@ -85,7 +85,7 @@ LOCAL_LINES = {
     "verify-w2-dense": ("snapfs verify --workers 2, dense shards", 2),
     "verify-cluster-dense": ("snapfs verify --cluster, dense shards", 2),
 }
-S3_LINES = ("verify-w1", "verify-w2", "verify-cluster", "verify-cluster-dense")
+S3_LINES = ("verify-w1", "verify-cluster", "verify-cluster-dense")
 #: Folders per shard in the dense lines: 8 shards for the whole store instead of 1,024, so a
 #: shard of this small store holds dozens of chunks, as a big bucket's shards hold thousands
 #: (25 million chunks: 24,000 per shard), and its fixed costs are paid once per dozens.
@@ -331,7 +331,7 @@ def measure_s3(
         stack.callback(shutil.rmtree, folder, True)
         stack.callback(server.stop)
         log("== uploading the datastore to SeaweedFS")
-        objects = s3server.upload_datastore(server.client(), s3server.BUCKET, STORE, Path(store))
+        objects = upload(server.client(), s3server, store)
         upstream = ("127.0.0.1", int(server.endpoint.rsplit(":", 1)[1].strip("/")))
         proxy = delayproxy.DelayProxy("127.0.0.1", upstream, delay=rtt_ms / 2000)
         stack.callback(proxy.close)
@@ -375,6 +375,20 @@ def measure_s3(
             last = s["runs"][-1]
             s.update(gets=last["gets"], lists=last["lists"], proxy=last["proxy"])
         return {"rtt_ms": rtt_ms, "objects": objects, "lines": lines}
+
+
+def upload(client: Any, s3server: Any, store: str) -> int:
+    """The datastore into the bucket in PBS's S3 layout, 8 objects at a time; how many."""
+
+    def put(key_path: tuple[str, Path | None]) -> None:
+        key, path = key_path
+        body = path.read_bytes() if path is not None else b""
+        client.put_object(Bucket=s3server.BUCKET, Key=key, Body=body)
+
+    keys = list(s3server.s3_keys_for(Path(store), STORE))
+    with ThreadPoolExecutor(8, thread_name_prefix="bench-upload") as pool:
+        list(pool.map(put, keys))
+    return len(keys)
 
 
 def measure_memory(chunks: int) -> dict[str, Any]:
@@ -532,16 +546,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"scripts/bench-verify: {exc}", file=sys.stderr)
             return 1
     print_report(doc)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
     return 0
 
 
 def run(args: argparse.Namespace, work: str, size: int) -> dict[str, Any]:
     made = prepare(work, size)
     store = os.path.join(work, "ds")
+    log(f"== coordinator memory for {args.memory_chunks:,} synthetic chunks")
+    doc: dict[str, Any] = {
+        "datastore": made,
+        "repeat": args.repeat,
+        "memory": measure_memory(args.memory_chunks),
+        "goal_per_core": GOAL,
+    }
     # Python's bytecode compiled and cached before anything is timed.
     subprocess.run([sys.executable, "-m", "snapfs", "--help"], capture_output=True, check=True)
     load_before = os.getloadavg()[0]
@@ -549,26 +566,29 @@ def run(args: argparse.Namespace, work: str, size: int) -> dict[str, Any]:
     with ExitStack() as stack:
         cluster = Cluster()
         stack.callback(cluster.close)
-        local = measure_local(store, made, cluster, args.repeat)
-    s3 = None
+        doc["local"] = measure_local(store, made, cluster, args.repeat)
+    doc["s3"] = None
     if args.s3:
-        s3 = measure_s3(work, store, made, args.repeat, args.rtt_ms, local["decoded_bytes"])
-    log(f"== coordinator memory for {args.memory_chunks:,} synthetic chunks")
-    memory = measure_memory(args.memory_chunks)
-    return {
-        "datastore": made,
-        "repeat": args.repeat,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_before": load_before,
-            "load_after": os.getloadavg()[0],
-        },
-        "local": local,
-        "s3": s3,
-        "memory": memory,
-        "goal_per_core": GOAL,
+        save(args.json, doc, load_before)  # the local figures kept should the S3 part fail
+        doc["s3"] = measure_s3(
+            work, store, made, args.repeat, args.rtt_ms, doc["local"]["decoded_bytes"]
+        )
+    save(args.json, doc, load_before)
+    return doc
+
+
+def save(path: str | None, doc: dict[str, Any], load_before: float) -> None:
+    """The figures so far, with the machine's state, into --json's file (if given)."""
+    doc["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
     }
+    if path:
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
 
 
 if __name__ == "__main__":

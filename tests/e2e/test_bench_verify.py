@@ -15,8 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK_CHUNKS = 64  # 256 MiB in 4 MiB chunks
-S3_LINES = {"verify-w1", "verify-w2", "verify-cluster", "verify-cluster-dense"}
-VERIFY_LINES = S3_LINES | {"verify-w2-dense"}
+S3_LINES = {"verify-w1", "verify-cluster", "verify-cluster-dense"}
+VERIFY_LINES = S3_LINES | {"verify-w2", "verify-w2-dense"}
 
 
 @pytest.mark.slow
