@@ -2,13 +2,13 @@
 
 The datastore is one VM-like image (bench/compare/data.py: random, text-like and zero regions)
 backed up by snapfs's own writer into fixed 4 MiB chunks (--size, default 2 GiB). Every line
-checks the same distinct chunks, cold (page cache dropped right before each run):
+checks the same distinct chunks, cold (page cache dropped right before the run) unless it says
+warm (run right after the cold line before it, every chunk file still in the page cache):
 
 * chunk-decode limit, 1 and 2 threads: this process fetches each chunk file, decompresses it and
   checks its SHA-256 (ChunkReader.read_chunk, as bench/compare/limits.py measures it) with
-  nothing else around it; zstd and SHA-256 release the GIL, so 2 threads use both cores. Once
-  more on 1 thread right after the cold pass, the chunk files still in the page cache: decoding
-  alone, what one core can do when storage keeps up (the only line that is not cold);
+  nothing else around it; zstd and SHA-256 release the GIL, so 2 threads use both cores. Each
+  also warm: decoding alone, what the cores give when storage keeps up;
 * `snapfs verify --workers 1` (shards in the command's own process), `--workers 2` (two local
   worker processes) and `--cluster` on a Dask LocalCluster of 2 worker processes with one
   thread each, started here (the command connects to its scheduler as to a remote one);
@@ -17,15 +17,16 @@ checks the same distinct chunks, cold (page cache dropped right before each run)
   task, a folder listed, a result, a pipeline of 8 fetches started for one). A big bucket's
   shards hold thousands of chunks (25 million: 24,000 each). The dense lines run the same
   command with its coordinator planning 8 shards of 8,192 folders, dozens of chunks each: the
-  per-chunk rate of a big bucket's shards, on a store that fits here.
+  per-chunk rate of a big bucket's shards, on a store that fits here. The dense cluster line
+  also warm: how verify scales over cores when the disk is not what it waits for.
 
 Each verify is the real command line (`python -m snapfs verify --json`): its report must say ok
 and name every chunk as checked, with as many decoded bytes as the limit decoded. Its rate is
 the decoded bytes over the report's `elapsed` (the verify itself: indexes read, shards planned,
 listed, fetched and checked; process start and the connection to a cluster are outside it and
 given apart as the wall time). "Per core" divides by the cores the line is given (1 or 2) and
-holds the result against the 1-thread limit: 1.0 means each core verifies as fast as one core
-decodes with nothing else to do. The CPU the line really used (user + system time over the wall
+holds the result against the 1-thread limit (a warm line against the warm one): 1.0 means each
+core verifies as fast as one core decodes with nothing else to do. The CPU the line really used (user + system time over the wall
 time, the command's start included; the Dask workers' too) is given beside it.
 
 --s3: the same datastore in a SeaweedFS bucket (tests/support/s3server.py) behind the tests'
@@ -75,15 +76,18 @@ VERIFY_TIMEOUT = 3600.0
 # line -> (title, cores given)
 LOCAL_LINES = {
     "limit-1": ("chunk-decode limit, 1 thread, in process", 1),
-    # Right after the cold pass, every chunk file in the page cache: decoding alone, the CPU's
-    # ceiling for one core when storage keeps up (the cold lines wait for the disk too).
+    # A "-warm" line runs right after the cold line before it, every chunk file still in the page
+    # cache: decoding alone, what the cores give when storage keeps up (the cold lines wait for
+    # the disk too). It is held against the warm limits.
     "limit-1-warm": ("chunk-decode limit, 1 thread, in process, page cache warm", 1),
     "limit-2": ("chunk-decode limit, 2 threads, in process", 2),
+    "limit-2-warm": ("chunk-decode limit, 2 threads, in process, page cache warm", 2),
     "verify-w1": ("snapfs verify --workers 1", 1),
     "verify-w2": ("snapfs verify --workers 2", 2),
     "verify-cluster": ("snapfs verify --cluster (Dask LocalCluster, 2 workers x 1 thread)", 2),
     "verify-w2-dense": ("snapfs verify --workers 2, dense shards", 2),
     "verify-cluster-dense": ("snapfs verify --cluster, dense shards", 2),
+    "verify-cluster-dense-warm": ("snapfs verify --cluster, dense shards, page cache warm", 2),
 }
 S3_LINES = ("verify-w1", "verify-cluster", "verify-cluster-dense")
 #: Folders per shard in the dense lines: 8 shards for the whole store instead of 1,024, so a
@@ -214,12 +218,17 @@ class Cluster:
 
 
 def verify_run(
-    line: str, source: list[str], cluster: Cluster, env: dict[str, str] | None
+    line: str,
+    source: list[str],
+    cluster: Cluster,
+    env: dict[str, str] | None,
+    cold: bool = True,
 ) -> dict[str, Any]:
-    """`snapfs verify SOURCE --json` as the line runs it (--workers N / --cluster ADDRESS), cold."""
+    """`snapfs verify SOURCE --json` as the line runs it (--workers N / --cluster ADDRESS)."""
     snapfs, where = verify_argv(line, cluster)
     cmd = [*snapfs, "verify", *source, *where, "--json"]
-    drop_caches()
+    if cold:
+        drop_caches()
     cpu0 = _children_cpu() + cluster.cpu()
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=VERIFY_TIMEOUT)
@@ -250,7 +259,7 @@ def verify_run(
 
 def verify_argv(line: str, cluster: Cluster) -> tuple[list[str], list[str]]:
     """How a line runs the command (plain, or with dense shards), and where it runs the work."""
-    kind, _, dense = line.removeprefix("verify-").partition("-")
+    kind, _, dense = line.removeprefix("verify-").removesuffix("-warm").partition("-")
     where = ["--cluster", cluster.address] if kind == "cluster" else ["--workers", kind[1:]]
     if dense:  # only the coordinator plans shards: workers check whatever shard they are given
         return [sys.executable, "-c", DENSE_SNAPFS], where
@@ -300,16 +309,18 @@ def measure_local(
                 run = limit_run(store, int(threads), cold=not warm)
                 decoded = run["bytes"] if decoded is None else decoded
             else:
-                run = verify_run(line, [store], cluster, None)
+                run = verify_run(line, [store], cluster, None, cold=not line.endswith("-warm"))
             check(run, made, decoded, line)
             runs[line].append(run)
     lines = {line: summarize(r, LOCAL_LINES[line][1]) for line, r in runs.items()}
-    limit1 = lines["limit-1"]["mb_per_s"]
-    for s in lines.values():
+    for line, s in lines.items():
+        warm = "-warm" if line.endswith("-warm") else ""  # cold against cold, warm against warm
+        limit1 = lines["limit-1" + warm]["mb_per_s"]
         s["per_core_vs_limit_1"] = s["mb_per_s"] / s["cores"] / limit1
         s["per_cpu_used_vs_limit_1"] = s["mb_per_s"] / max(s["cpu_cores_used"], 1e-9) / limit1
-        # Against the limit on as many threads as the line has cores, both cold.
-        s["vs_limit_same_cores"] = s["mb_per_s"] / lines[f"limit-{s['cores']}"]["mb_per_s"]
+        # Against the limit on as many threads as the line has cores.
+        same = lines[f"limit-{s['cores']}{warm}"]["mb_per_s"]
+        s["vs_limit_same_cores"] = s["mb_per_s"] / same
     return {"lines": lines, "decoded_bytes": decoded}
 
 

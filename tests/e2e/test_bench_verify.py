@@ -50,9 +50,11 @@ def test_bench_verify_quick_json(tmp_path: Path) -> None:
     assert 1 <= made["prefixes"] <= made["chunks"]
 
     lines = doc["local"]["lines"]
-    assert set(lines) == {"limit-1", "limit-1-warm", "limit-2"} | VERIFY_LINES
-    limit1 = lines["limit-1"]["mb_per_s"]
+    limits = {"limit-1", "limit-1-warm", "limit-2", "limit-2-warm"}
+    assert set(lines) == limits | VERIFY_LINES | {"verify-cluster-dense-warm"}
     for name, line in lines.items():
+        warm = "-warm" if name.endswith("-warm") else ""  # warm lines against the warm limit
+        limit1 = lines["limit-1" + warm]["mb_per_s"]
         runs = line["runs"]
         assert len(runs) == 2, name
         for run in runs:
