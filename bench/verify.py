@@ -424,7 +424,8 @@ def memory_child(chunks: int) -> None:
 
     before = rss()
     rng = random.Random(1)
-    referenced = {rng.randbytes(32): 4 * MiB for _ in range(chunks)}
+    # Each length its own int object, as `end - start` makes one per index entry.
+    referenced = {rng.randbytes(32): rng.randrange(MiB, 8 * MiB) for _ in range(chunks)}
     after_map = rss()
     shards = plan_shards(referenced, Subset())
     after_shards = rss()
