@@ -39,7 +39,10 @@ class DelayProxy:
     def take_requests(self) -> list[tuple[str, str]]:
         """(method, target) of every HTTP request forwarded since the last call."""
         with self._lock:
-            taken, self._requests = self._requests, []
+            # Emptied in place: every connection's reader appends to this one list, including
+            # the kept-alive connections of a process that outlives one measurement.
+            taken = list(self._requests)
+            self._requests.clear()
         return taken
 
     def _accept(self) -> None:
