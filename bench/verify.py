@@ -401,7 +401,7 @@ def measure_memory(chunks: int) -> dict[str, Any]:
 
 def memory_child(chunks: int) -> None:
     """What Verifier.run holds per referenced chunk, built as it builds it (snapfs.verify)."""
-    from snapfs.verify.shards import OK, ChunkStatus, Subset, plan_shards
+    from snapfs.verify.shards import OK, ChunkStatus, Subset, plan_shards, shard_width
 
     def rss() -> int:
         with open("/proc/self/statm") as f:
@@ -412,7 +412,7 @@ def memory_child(chunks: int) -> None:
     # Each length its own int object, as `end - start` makes one per index entry.
     referenced = {rng.randbytes(32): rng.randrange(MiB, 8 * MiB) for _ in range(chunks)}
     after_map = rss()
-    shards = plan_shards(referenced, Subset())
+    shards = plan_shards(referenced, Subset(), shard_width(len(referenced)))
     after_shards = rss()
     status: dict[bytes, ChunkStatus] = {}
     for shard in shards:
