@@ -22,14 +22,10 @@ from support.delayproxy import DelayProxy
 from support.mounting import SNAPFS, snapfs
 from support.s3server import BUCKET, READER_SECRET, free_port, upload_datastore
 from support.vectors import VECTOR_PASSWORD
-from support.verify_reports import bad_chunks, comparable
-
-from snapfs.format.index import parse_index
+from support.verify_reports import ENC, V1, bad_chunks, comparable, damage_golden
 
 pytestmark = pytest.mark.slow
 
-V1 = "host/testhost/2024-06-01T11:00:00Z"
-ENC = "host/testhost/2024-06-01T12:00:00Z"
 WAIT = 120.0
 
 
@@ -38,15 +34,7 @@ def damaged_bucket(s3server, vectors, tmp_path_factory) -> dict:
     """The golden datastore with a flipped chunk and a missing one, uploaded to the bucket."""
     store = tmp_path_factory.mktemp("verify-cluster") / "store"
     shutil.copytree(vectors / "datastore", store)
-    index = parse_index((store / V1 / "root.pxar.didx").read_bytes(), name="root.pxar.didx")
-    flipped = index.digest(index.chunk_at(1_500_000)).hex()
-    path = store / ".chunks" / flipped[:4] / flipped
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0x01
-    path.write_bytes(bytes(raw))
-    enc_index = next(p for p in (store / ENC).iterdir() if p.name.endswith("idx"))
-    gone = parse_index(enc_index.read_bytes(), name=enc_index.name).digest(0).hex()
-    (store / ".chunks" / gone[:4] / gone).unlink()
+    flipped, gone = damage_golden(store)
     name = f"verify-cluster{os.getpid()}"
     upload_datastore(s3server.client(), BUCKET, name, store)
     port = int(s3server.endpoint.rsplit(":", 1)[1].strip("/"))

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 from support.dying_work import always_die, square_or_die
-from support.verify_reports import bad_chunks, comparable
+from support.verify_reports import ENC, bad_chunks, comparable, damage_golden
 
 from snapfs.cli import main
 from snapfs.cluster import InlinePool, ProcessPool, ShardFailed, WorkPool, open_pool
 from snapfs.errors import UsageError
 from snapfs.format.crypt import CryptConfig
-from snapfs.format.index import parse_index
 from snapfs.keysource import KeyOptions
 from snapfs.store.backend import LocalBackend
 from snapfs.store.datastore import Datastore, parse_namespace
@@ -39,8 +38,6 @@ from snapfs.verify.shards import (
 )
 
 KEY = bytes.fromhex("6bed763d839f13dd6855e5a9f69a15628c34100da6a5030d1e0a6a1935375e5a")
-V1 = "host/testhost/2024-06-01T11:00:00Z"
-ENC = "host/testhost/2024-06-01T12:00:00Z"
 
 
 @pytest.fixture
@@ -48,20 +45,8 @@ def damaged(vectors, tmp_path) -> tuple[Path, str, str]:
     """The golden datastore with one chunk of V1 flipped and one of the encrypted snapshot gone."""
     store = tmp_path / "store"
     shutil.copytree(vectors / "datastore", store)
-    flipped = _digest_at(store, V1, "root.pxar.didx", 1_500_000)
-    path = store / ".chunks" / flipped[:4] / flipped
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0x01
-    path.write_bytes(bytes(raw))
-    index = next(p for p in (store / ENC).iterdir() if p.name.endswith("idx"))
-    gone = parse_index(index.read_bytes(), name=index.name).digest(0).hex()
-    (store / ".chunks" / gone[:4] / gone).unlink()
+    flipped, gone = damage_golden(store)
     return store, flipped, gone
-
-
-def _digest_at(store: Path, snapshot: str, archive: str, offset: int) -> str:
-    index = parse_index((store / snapshot / archive).read_bytes(), name=archive)
-    return index.digest(index.chunk_at(offset)).hex()
 
 
 def _run(store: Path, crypt: CryptConfig | None, pool: WorkPool | None = None, **kwargs) -> dict:
