@@ -3,10 +3,11 @@
 Inodes: an entry gets `archive_id << 44 | entry_offset`, so it is stable for the life of the
 mount without a global table; the model's table maps it back only while the kernel references it
 (`counted`). A hard link is its target's inode. Its target's st_nlink counts every link once the
-archive is indexed; before, the links seen so far (pxar records links only at the link), so a
-file's attributes are then cached by the kernel for UNINDEXED_FILE_TIMEOUT only, and the first
-hard link met starts the indexing walk (`indexing.py`): every member of a link group soon shows
-the group's size.
+archive is indexed; before, the links seen so far (pxar records links only at the link), and
+the first hard link met starts the indexing walk (`indexing.py`): every member of a link group
+soon shows the group's size. Attributes are final otherwise, so the kernel keeps them (and the
+listings, `listing_cache.py`) for good; each st_nlink that grows is pushed to it
+(`FsModel.attrs_changed`).
 
 Index: once the archive's ArchiveIndex exists (kept by an earlier mount, or built by the walk
 `indexing.py` starts), lookups and listings come from it, inline and without decoding; until then
@@ -44,9 +45,6 @@ ARCHIVE_SHIFT = 44
 MAX_ARCHIVES = (1 << (63 - ARCHIVE_SHIFT)) - 1
 #: Entry offsets an inode number holds; datastore-level nodes are numbered below it too.
 OFFSET_MASK = (1 << ARCHIVE_SHIFT) - 1
-#: Seconds the kernel may cache a file's attributes while its archive has no index: its st_nlink
-#: may still grow (a hard link not yet seen), and is exact within this long of the index.
-UNINDEXED_FILE_TIMEOUT = 1.0
 
 # An enum member read as a class attribute costs ~70 ns on Python 3.11 (measured), a module
 # global ~15: the per-entry paths (every readdir item, every lookup) compare against these.
@@ -114,6 +112,9 @@ class ArchiveNode(DatastoreNode):
         archive = self.archive
         return None if archive is None else archive.cached_opendir(self, archive.root)
 
+    def listing_never_changes(self) -> bool:
+        return True
+
 
 class Archive:
     """One opened pxar archive: its Accessor (behind a lock), id, and hard-link counts; and,
@@ -137,13 +138,17 @@ class Archive:
         self.scan = ArchiveScan()  # files read in archive order get the stream read ahead
 
     def ino(self, entry: Entry) -> int:
-        if entry.entry_offset == 0:
+        return self.ino_at(entry.entry_offset)
+
+    def ino_at(self, entry_offset: int) -> int:
+        """The inode of the entry at `entry_offset`."""
+        if entry_offset == 0:
             return self.node.ino
-        if entry.entry_offset > OFFSET_MASK:
+        if entry_offset > OFFSET_MASK:
             raise UnsupportedFormatError(
-                f"{self.accessor.name}: entry at offset {entry.entry_offset} is beyond what inode numbers hold"
+                f"{self.accessor.name}: entry at offset {entry_offset} is beyond what inode numbers hold"
             )
-        return (self.id << ARCHIVE_SHIFT) | entry.entry_offset
+        return (self.id << ARCHIVE_SHIFT) | entry_offset
 
     def entry_node(self, entry: Entry) -> PxarNode:
         """The node of a (resolved) entry, of the class its kind needs."""
@@ -166,7 +171,10 @@ class Archive:
         if entry.kind is not _HARDLINK:
             return entry
         target = self.accessor.resolve_hardlink(entry)
-        self.links.setdefault(target.entry_offset, set()).add(entry.entry_offset)
+        seen = self.links.setdefault(target.entry_offset, set())
+        if entry.entry_offset not in seen:
+            seen.add(entry.entry_offset)
+            self.model.attrs_changed([self.ino_at(target.entry_offset)])
         if not self._indexing and self.model.indexer.should_build(
             self.accessor, self._dirs_listed, hard_link_seen=True
         ):
@@ -235,6 +243,11 @@ class Archive:
         """A directory entry was listed to its end: later handles serve it from memory."""
         self.model.listings.put((self.id, directory.entry_offset), listing)
 
+    def use_index(self, index: ArchiveIndex) -> None:
+        """From now on lookups and listings come from `index`, and every st_nlink is exact."""
+        self.index = index
+        self.model.attrs_changed(self.ino_at(offset) for offset in index.nlinks)
+
     @property
     def content_needs_io(self) -> bool:
         """Whether `content` may block: only a split archive reads (the PAYLOAD header)."""
@@ -244,13 +257,11 @@ class Archive:
         model = self.model
         size = 0
         nlink = 1
-        timeout = None
         if entry.kind is _FILE:
             size = entry.size
             index = self.index
             if index is None:
                 nlink += len(self.links.get(entry.entry_offset, ()))
-                timeout = UNINDEXED_FILE_TIMEOUT
             else:
                 nlink = index.nlinks.get(entry.entry_offset, 1)
         elif entry.kind is _SYMLINK:
@@ -266,7 +277,6 @@ class Archive:
             size,
             rdev,
             entry.mtime_ns,
-            timeout=timeout,
         )
 
     def content(self, entry: Entry) -> Content:
@@ -369,6 +379,9 @@ class PxarDirNode(PxarNode):
 
     def cached_opendir(self) -> DirHandle | None:
         return self.archive.cached_opendir(self, self.entry)
+
+    def listing_never_changes(self) -> bool:
+        return True
 
 
 class PxarFileNode(PxarNode):

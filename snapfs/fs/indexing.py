@@ -136,7 +136,7 @@ class ArchiveIndexer:
         try:
             index = self._walk(archive, encrypted, build)
             if index is not None:
-                archive.index = index  # before `finish`: whoever waited then sees it
+                archive.use_index(index)  # before `finish`: whoever waited then sees it
         finally:
             with self._lock:
                 self._running.pop(build, None)

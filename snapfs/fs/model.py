@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from snapfs.errors import NotFoundError, UnsupportedFormatError
@@ -102,6 +102,12 @@ class FsModel:
         self._reported: set[tuple[str, str]] = set()
         self._reported_lock = threading.Lock()
         self.listings: ListingCache[tuple[int, int], Listing] = ListingCache(listing_cache_entries)
+        # Directory listings the kernel asked for (from the start); the kernel keeps the ones of
+        # archives (snapfs.fs.listing_cache), so a second `find` adds nothing here.
+        self.listings_read = 0
+        # Told the inodes whose attributes changed after the kernel may have cached them (a hard
+        # link's target's st_nlink); the FUSE adapter sets it, elsewhere nothing caches them.
+        self.notify_attrs_changed: Callable[[int], None] | None = None
         # Default: no archive is indexed; the mount passes the indexer its options ask for.
         self.indexer = indexer if indexer is not None else ArchiveIndexer(None, enabled=False)
         # None: no group has a `.versions` (the default; the mount passes one unless --no-index).
@@ -158,6 +164,13 @@ class FsModel:
             node.lookups -= count
             if node.lookups <= 0:
                 del self._entries[ino]
+
+    def attrs_changed(self, inos: Iterable[int]) -> None:
+        """These nodes' attributes changed: whoever caches them must ask again."""
+        notify = self.notify_attrs_changed
+        if notify is not None:
+            for ino in inos:
+                notify(ino)
 
     @property
     def entries_referenced(self) -> int:
@@ -247,6 +260,7 @@ class FsModel:
             f"memory cache size: {cache.used_bytes} of {cache.max_bytes} bytes, {len(cache)} chunks"
         )
         lines.append(f"chunks read from the source: {fetches}")
+        lines.append(f"directory listings read by the kernel: {self.listings_read}")
         lines.append(self.indexer.summary())
         versions = self.versions_index
         lines.append("group versions (.versions): off" if versions is None else versions.summary())

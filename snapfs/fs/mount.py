@@ -374,6 +374,7 @@ def _serve(
     import pyfuse3
     import trio
 
+    from snapfs.fs import listing_cache
     from snapfs.fs.indexing import ArchiveIndexer
     from snapfs.fs.model import FsModel
     from snapfs.fs.operations import SnapfsOperations
@@ -408,11 +409,15 @@ def _serve(
                 raise MountError(
                     f"cannot mount on {opts.mountpoint}: {exc} (see the message above)"
                 ) from None
+        ops.attach()
+        if not listing_cache.enable(ops.listing_never_changes):
+            log.info("directory listings are not cached by the kernel (pyfuse3 out of reach)")
         unmounted = False
         try:
             trio.run(_main, opts, startup)
             unmounted = True
         finally:
+            ops.detach()
             pyfuse3.close(unmount=not unmounted or still_mounted(opts.mountpoint))
             ops.close()  # the readahead threads: nothing reads any more
             model.indexer.close()  # an unfinished index walk stops and leaves nothing behind

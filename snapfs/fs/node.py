@@ -104,6 +104,11 @@ class Node:
         """A handle served from memory (never blocks); None if `opendir` must read."""
         return self.opendir()  # not a directory: says so without I/O
 
+    def listing_never_changes(self) -> bool:
+        """Whether the kernel may keep this directory's listing for good: its names, and the
+        attributes handed out with them, are final (never blocks). Most nodes: no."""
+        return False
+
     def open(self) -> Content | BytesContent:
         """The content of a regular file (may block). Decided on attributes that need no I/O:
         a node not loaded yet still knows its kind (an archive is a directory, a blob a file)."""
@@ -237,6 +242,9 @@ class DatastoreDir(DatastoreNode):
 
     def opendir(self) -> DirHandle:
         return ChildrenHandle(self, list(self.children().items()))
+
+    def listing_never_changes(self) -> bool:
+        return not (self.volatile or self.refreshing)
 
     def cached_opendir(self) -> DirHandle | None:
         children = self.cached_children()

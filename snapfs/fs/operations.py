@@ -21,6 +21,7 @@ import errno
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Iterable
 
 import pyfuse3
@@ -108,10 +109,36 @@ class SnapfsOperations(pyfuse3.Operations):
         self._fhs = itertools.count(1)
         self._files: dict[int, Content | BytesContent] = {}
         self._dirs: dict[int, DirHandle] = {}
+        self._session_lock = threading.Lock()
+        self._session_open = False
 
     def close(self) -> None:
         """Stop the readahead threads; for the mount, once the FUSE main loop has returned."""
         self._readahead.close()
+
+    # -- what the kernel caches ---------------------------------------------------------------
+
+    def attach(self) -> None:
+        """pyfuse3 is mounted: from now on, attributes that change are pushed to the kernel."""
+        with self._session_lock:
+            self._session_open = True
+        self.model.notify_attrs_changed = self._invalidate_attrs
+
+    def detach(self) -> None:
+        """Before `pyfuse3.close`: a walk still running must not notify a closed session."""
+        self.model.notify_attrs_changed = None
+        with self._session_lock:
+            self._session_open = False
+
+    def _invalidate_attrs(self, ino: int) -> None:
+        """Any thread: the kernel asks for the attributes of `ino` again, if it knows it."""
+        with self._session_lock:
+            if not self._session_open:
+                return
+            try:
+                pyfuse3.invalidate_inode(ino, attr_only=True)
+            except OSError:  # ENOENT: not cached; ENOSYS: before the kernel's INIT
+                pass
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -195,6 +222,16 @@ class SnapfsOperations(pyfuse3.Operations):
 
     # -- directories --------------------------------------------------------------------------
 
+    def listing_never_changes(self, inode: int) -> bool:
+        """Whether the kernel may keep this directory's listing (snapfs.fs.listing_cache).
+
+        Called inline for every `opendir`, before `opendir` itself: no I/O.
+        """
+        try:
+            return self.model.node(inode).listing_never_changes()
+        except SnapfsError:
+            return False
+
     async def opendir(self, inode, ctx=None):
         node = self._node(inode)
         handle = await self._cached_or_run(node, node.cached_opendir, node.opendir)
@@ -204,6 +241,8 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         handle = self._dirs[fh]
+        if start_id == 0:
+            self.model.listings_read += 1
         if handle.in_memory:
             self._reply_entries(handle.items(start_id), token)
             return

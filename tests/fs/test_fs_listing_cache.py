@@ -113,3 +113,33 @@ def test_v1_open_reads_nothing_split_open_checks_payload(golden, monkeypatch):
     assert v1.entry.kind is EntryKind.FILE
     assert bytes(golden.open(v1).read(0, 100)) == bytes(golden.open(split).read(0, 100))
     assert len(calls) == 1 and calls[0][0] is split.entry
+
+
+@pytest.mark.parametrize("archive", [V1, SPLIT])
+def test_a_hard_link_seen_tells_the_kernel_its_targets_nlink_grew(vectors, archive):
+    """The kernel keeps attributes for good: each rise of st_nlink is pushed to it, once."""
+    model = model_for(vectors / "datastore")
+    told: list[int] = []
+    model.notify_attrs_changed = told.append
+    root = walk(model, f"{archive}/root.pxar")
+    target = walk(model, f"{archive}/root.pxar/hardlink_a")
+    assert model.attr(target).nlink == 1 and told == []  # its link not decoded yet
+    link = walk(model, f"{archive}/root.pxar/hardlink_b")
+    assert link.ino == target.ino and told == [target.ino]
+    assert model.attr(target).nlink == 2
+    listing(model, root)  # meets the link again: nothing new to tell
+    assert told == [target.ino]
+
+
+def test_a_directory_inside_an_archive_never_changes_a_group_may(golden):
+    assert walk(golden, f"{V1}/root.pxar").listing_never_changes()
+    assert walk(golden, f"{V1}/root.pxar/dir_a").listing_never_changes()
+    assert not walk(golden, "host/testhost").listing_never_changes()
+    assert not walk(golden, "host").listing_never_changes()
+
+
+def test_kernel_listing_cache_needs_a_mounted_session():
+    """Before `pyfuse3.init` (or after `close`) there is no libfuse copy to change: refused."""
+    from snapfs.fs import listing_cache
+
+    assert listing_cache.enable(lambda ino: True) is False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import stat
@@ -123,6 +124,33 @@ def test_backed_up_tree_equals_source(tree_store, group):
         assert (
             os.lstat(archive / "text.txt").st_ino == os.lstat(archive / "hardlink_to_text").st_ino
         )
+
+
+def _listings_read(mnt: Path) -> int:
+    stats = (mnt / ".snapfs" / "stats").read_text()
+    return int(re.search(r"^directory listings read by the kernel: (\d+)$", stats, re.M).group(1))
+
+
+@pytest.mark.parametrize("group", ["tree", "split"])
+def test_kernel_keeps_archive_listings_but_not_snapshot_lists(tree_store, group):
+    """A second listing inside an archive never reaches snapfs (the kernel keeps the first);
+    a listing of the group (it changes with the next backup) always does."""
+    src, store, tmp = tree_store
+    with mounted(store, tmp / f"mnt-cache-{group}") as mnt:
+        snapshots = mnt / "host" / group
+        archive = snapshots / "latest" / "root.pxar"
+        first = {d: sorted(os.listdir(archive / d)) for d in ("", "a", "a/b")}
+        read = _listings_read(mnt)
+        for d, names in first.items():
+            assert sorted(os.listdir(archive / d)) == names == sorted(os.listdir(src / d))
+            assert [os.lstat(archive / d / n).st_mode for n in names] == [
+                os.lstat(src / d / n).st_mode for n in names
+            ]
+        assert _listings_read(mnt) == read
+        os.listdir(snapshots)
+        read = _listings_read(mnt)
+        assert sorted(os.listdir(snapshots)) == [TIME, "latest"]
+        assert _listings_read(mnt) == read + 1
 
 
 def _partition(loop: str) -> str:
