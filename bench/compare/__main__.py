@@ -205,7 +205,7 @@ def run(args: argparse.Namespace, argv: list[str], work: str) -> int:
     doc = {
         "results": results,
         "ratios": rat,
-        "goals": report.goals(results, rat, peers),
+        "goals": report.goals(results, rat, peers, sections.get("limits"), sections.get("s3")),
         **sections,
         "machine": report.machine(work),
         "params": {

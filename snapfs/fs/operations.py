@@ -99,7 +99,7 @@ def entry_attributes(attr: Attr) -> pyfuse3.EntryAttributes:
 class SnapfsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
-    enable_acl = False
+    enable_acl = True  # the kernel keeps each file's ACL after asking once (`ls -l` asks for it)
 
     def __init__(self, model: FsModel, *, workers: int = 8, readahead_workers: int = 2) -> None:
         super().__init__()
