@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING
 from snapfs.errors import SnapfsError, TruncatedDataError, UnsupportedFormatError
 from snapfs.format.archive_names import PxarNames
 from snapfs.fs.content import ArchiveScan, Content
-from snapfs.fs.listing import CachedListingHandle, DecodingHandle, DirHandle, Listing
+from snapfs.fs.listing import (
+    CachedListingHandle,
+    DecodingHandle,
+    DirHandle,
+    IndexedListingHandle,
+    Listing,
+)
 from snapfs.fs.node import DOT_NAMES, Attr, DatastoreNode, Node
 from snapfs.index.archive import ArchiveIndex
 from snapfs.pxar import acl as aclmod
@@ -214,13 +220,18 @@ class Archive:
         if listing is None and build is not None and self.index is None:
             build.wait_for(directory)
             listing = self.model.listings.get(key)
-        if listing is None:
-            index = self.index
-            if index is None:
-                return DecodingHandle(node, self, directory)
-            listing = index.listing(directory.entry_offset)
-            self.keep_listing(directory, listing)
-        return CachedListingHandle(node, self, listing)
+        if listing is not None:
+            return CachedListingHandle(node, self, listing)
+        if self.index is None:
+            return DecodingHandle(node, self, directory)
+        return IndexedListingHandle(node, self, directory)
+
+    def indexed_listing(self, directory: Entry) -> Listing:
+        """A directory entry's listing read from the index (blocking), kept for the next open."""
+        assert self.index is not None
+        listing = self.index.listing(directory.entry_offset)
+        self.keep_listing(directory, listing)
+        return listing
 
     def _note_listing(self) -> None:
         """Start indexing once the indexer's policy says this archive is being browsed."""
@@ -235,9 +246,14 @@ class Archive:
         self.build = indexer.build_in_background(self, self.encrypted)
 
     def cached_opendir(self, node: Node, directory: Entry) -> DirHandle | None:
-        """A handle on a directory entry whose listing is cached (never blocks); else None."""
+        """A handle on a directory entry whose listing is cached or indexed (never blocks: an
+        indexed listing is read at the handle's first read); else None."""
         listing = self.model.listings.get((self.id, directory.entry_offset))
-        return None if listing is None else CachedListingHandle(node, self, listing)
+        if listing is not None:
+            return CachedListingHandle(node, self, listing)
+        if self.index is not None:
+            return IndexedListingHandle(node, self, directory)
+        return None
 
     def keep_listing(self, directory: Entry, listing: Listing) -> None:
         """A directory entry was listed to its end: later handles serve it from memory."""

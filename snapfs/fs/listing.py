@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from snapfs.pxar.entry import Entry
 
 #: Entries kept in complete pxar directory listings, across all directories of the mount.
-LISTING_CACHE_ENTRIES = 200_000
+LISTING_CACHE_ENTRIES = 50_000
 
 #: A complete pxar directory: (name, entry) in archive order, a hard link as its target.
 Listing = tuple[tuple[bytes, "Entry"], ...]
@@ -45,6 +45,8 @@ class DirHandle:
     __slots__ = ("node",)
     #: `read` never blocks (the listing is in memory): the adapter answers it inline.
     in_memory = True
+    #: `load` brings the whole listing into memory (blocking), after which `in_memory` holds.
+    loads = False
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -52,6 +54,9 @@ class DirHandle:
     def read(self, start: int, count: int) -> list[DirItem]:
         """Up to `count` entries from position `start`; `next_offset` resumes after each."""
         return list(itertools.islice(self.items(start), count))
+
+    def load(self) -> None:
+        """Where `loads`: read the listing now (blocking), so that reads are answered inline."""
 
     def all_items(self, batch: int = 1000) -> list[DirItem]:
         """Every entry, read `batch` at a time as the kernel reads them, so a handle that takes a
@@ -98,6 +103,32 @@ class CachedListingHandle(DirHandle):
         for i, (name, entry) in enumerate(itertools.islice(self.listing, start, None), start + 1):
             node = entry_node(entry)
             yield DirItem(name, node, node.attr(), i)
+
+
+class IndexedListingHandle(CachedListingHandle):
+    """A pxar directory whose listing comes from the archive's index, read at the first `read`:
+    the kernel opens a directory it keeps the listing of, then reads nothing."""
+
+    __slots__ = ("entry",)
+    loads = True
+
+    def __init__(self, node: Node, archive: Archive, entry: Entry) -> None:
+        DirHandle.__init__(self, node)
+        self.archive = archive
+        self.entry = entry
+        self.listing = None
+
+    @property
+    def in_memory(self) -> bool:  # type: ignore[override]
+        return self.listing is not None  # else the first read asks the index (SQLite)
+
+    def load(self) -> None:
+        if self.listing is None:
+            self.listing = self.archive.indexed_listing(self.entry)
+
+    def items(self, start: int) -> Iterator[DirItem]:
+        self.load()
+        return super().items(start)
 
 
 class DecodingHandle(DirHandle):

@@ -243,6 +243,8 @@ class SnapfsOperations(pyfuse3.Operations):
         handle = self._dirs[fh]
         if start_id == 0:
             self.model.listings_read += 1
+        if not handle.in_memory and handle.loads:
+            await self._run(handle.node.path, handle.load)
         if handle.in_memory:
             self._reply_entries(handle.items(start_id), token)
             return
