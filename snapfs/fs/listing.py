@@ -93,7 +93,7 @@ class CachedListingHandle(DirHandle):
 
     __slots__ = ("archive", "listing")
 
-    def __init__(self, node: Node, archive: Archive, listing: Listing) -> None:
+    def __init__(self, node: Node, archive: Archive, listing: Listing | None) -> None:
         super().__init__(node)
         self.archive = archive
         self.listing = listing
@@ -113,10 +113,8 @@ class IndexedListingHandle(CachedListingHandle):
     loads = True
 
     def __init__(self, node: Node, archive: Archive, entry: Entry) -> None:
-        DirHandle.__init__(self, node)
-        self.archive = archive
+        super().__init__(node, archive, None)
         self.entry = entry
-        self.listing = None
 
     @property
     def in_memory(self) -> bool:  # type: ignore[override]

@@ -78,6 +78,13 @@ def own_client_backend(
     return S3Backend(BUCKET, store, S3Settings(endpoint_url=endpoint, **settings), check=False)
 
 
+def through_proxy(server, monkeypatch, proxy, **settings) -> S3Backend:
+    """snapfs's own client through the fault proxy: path-style (the proxy is one host name) and
+    short backoffs unless `settings` say otherwise."""
+    settings = {"path_style": True, "backoff_base": 0.01, **settings}
+    return own_client_backend(server, monkeypatch, proxy.endpoint, **settings)
+
+
 def walk_and_compare(remote: S3Backend, root: Path) -> int:
     """Every folder listing and file of `root` read through `remote`; the number of folders."""
     local = LocalBackend(root)
@@ -276,9 +283,7 @@ def test_throttling_answers_are_retried_with_backoff(
     proxy.add(Fault(f".chunks/{digest.hex()[:4]}/", 2, 503, s3_error("SlowDown")))
     proxy.add(Fault("list-type=2", 2, 429, b"Too Many Requests"))  # not even S3's XML
     caplog.set_level(logging.DEBUG, logger="snapfs.store.s3")
-    remote = own_client_backend(
-        any_s3server, monkeypatch, proxy.endpoint, path_style=True, backoff_base=0.05
-    )
+    remote = through_proxy(any_s3server, monkeypatch, proxy, backoff_base=0.05)
     remote.check_store()
     assert remote.read_chunk(digest) == expected
     stats = remote.stats()
@@ -313,14 +318,7 @@ def test_throttling_that_never_ends_gives_up_naming_the_object(
 ):
     digest, _ = first_chunk(vectors)
     proxy.add(Fault(".chunks/", 100, 429, b""))
-    remote = own_client_backend(
-        any_s3server,
-        monkeypatch,
-        proxy.endpoint,
-        path_style=True,
-        backoff_base=0.01,
-        max_attempts=3,
-    )
+    remote = through_proxy(any_s3server, monkeypatch, proxy, max_attempts=3)
     with pytest.raises(SnapfsError) as info:
         remote.read_chunk(digest)
     assert str(info.value) == (
@@ -334,21 +332,12 @@ def test_a_body_shorter_than_its_content_length_is_retried(
     """Content-Length says 100 bytes more than come before the connection closes."""
     digest, expected = first_chunk(vectors)
     proxy.add(Fault(f"/{digest.hex()}", 2, length_delta=100))
-    remote = own_client_backend(
-        any_s3server, monkeypatch, proxy.endpoint, path_style=True, backoff_base=0.01
-    )
+    remote = through_proxy(any_s3server, monkeypatch, proxy)
     assert remote.read_chunk(digest) == expected
     assert remote.stats()["retries"] == 2 and proxy.injected == 2
 
     proxy.add(Fault("/.cnt/vm/100/owner", 100, length_delta=3))
-    remote = own_client_backend(
-        any_s3server,
-        monkeypatch,
-        proxy.endpoint,
-        path_style=True,
-        backoff_base=0.01,
-        max_attempts=3,
-    )
+    remote = through_proxy(any_s3server, monkeypatch, proxy, max_attempts=3)
     with pytest.raises(SnapfsError) as info:
         remote.read_file("vm/100/owner")
     assert str(info.value).startswith(
@@ -365,14 +354,7 @@ def test_a_content_length_shorter_than_the_object_never_gives_wrong_bytes(
     own check; a file listed first fails against the size its listing gave."""
     digest, _ = first_chunk(vectors)
     proxy.add(Fault(f"/{digest.hex()}", 100, length_delta=-7))
-    remote = own_client_backend(
-        any_s3server,
-        monkeypatch,
-        proxy.endpoint,
-        path_style=True,
-        backoff_base=0.01,
-        max_attempts=2,
-    )
+    remote = through_proxy(any_s3server, monkeypatch, proxy, max_attempts=2)
     with pytest.raises(SnapfsError, match=f"^chunk {digest.hex()}: CRC mismatch "):
         ChunkReader(remote).read_chunk(digest)
 

@@ -9,12 +9,14 @@ that there is a "mid-run" to act in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -117,22 +119,9 @@ def test_a_worker_killed_mid_run_loses_no_shard_and_counts_none_twice(
 ):
     local, client = cluster
     state = tmp_path / "verify.state"
-    args = [
-        *SNAPFS,
-        "verify",
-        damaged_bucket["source"],
-        *damaged_bucket["slow"],
-        *damaged_bucket["key"],
-        "--json",
-        "--cluster",
-        local.scheduler_address,
-        "--resume",
-        str(state),
-    ]
-    with subprocess.Popen(
-        args, env=damaged_bucket["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    with _running_past_three_shards(
+        damaged_bucket, state, "--cluster", local.scheduler_address
     ) as run:
-        _wait_for_shards(state, 3, run)
         pids = client.run(os.getpid)
         victim = sorted(pids.values())[0]
         os.kill(victim, signal.SIGKILL)
@@ -158,22 +147,7 @@ def test_slices_on_the_cluster_add_up_to_the_whole(damaged_bucket, cluster, refe
 
 def test_an_interrupted_run_continues_where_it_stopped(damaged_bucket, reference, tmp_path):
     state = tmp_path / "verify.state"
-    args = [
-        *SNAPFS,
-        "verify",
-        damaged_bucket["source"],
-        *damaged_bucket["slow"],
-        *damaged_bucket["key"],
-        "--json",
-        "--workers",
-        "2",
-        "--resume",
-        str(state),
-    ]
-    with subprocess.Popen(
-        args, env=damaged_bucket["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as run:
-        _wait_for_shards(state, 3, run)
+    with _running_past_three_shards(damaged_bucket, state, "--workers", "2") as run:
         run.send_signal(signal.SIGINT)
         out, err = run.communicate(timeout=WAIT)
     assert run.returncode == 130, err
@@ -202,6 +176,21 @@ def test_an_unreachable_scheduler_is_one_line(damaged_bucket):
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert time.monotonic() - started < 60
+
+
+@contextlib.contextmanager
+def _running_past_three_shards(bucket: dict, state: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """`verify --json --resume STATE` over the slow link with `args`, once 3 shards are done."""
+    cmd = [*SNAPFS, "verify", bucket["source"], *bucket["slow"], *bucket["key"], "--json", *args]
+    with subprocess.Popen(
+        [*cmd, "--resume", str(state)],
+        env=bucket["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as run:
+        _wait_for_shards(state, 3, run)
+        yield run
 
 
 def _wait_for_shards(state: Path, count: int, run: subprocess.Popen) -> None:

@@ -174,13 +174,9 @@ def start_server(workdir: Path) -> S3Server:
         process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True
         )
-    server = S3Server(f"http://127.0.0.1:{ports['s3']}", workdir, process, list(ports.values()))
-    try:
-        _wait_writable(server)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _ready(
+        S3Server(f"http://127.0.0.1:{ports['s3']}", workdir, process, list(ports.values()))
+    )
 
 
 def start_moto_server(workdir: Path) -> S3Server:
@@ -199,7 +195,11 @@ def start_moto_server(workdir: Path) -> S3Server:
             env=env,
             start_new_session=True,
         )
-    server = S3Server(f"http://127.0.0.1:{port}", workdir, process, [port], "moto")
+    return _ready(S3Server(f"http://127.0.0.1:{port}", workdir, process, [port], "moto"))
+
+
+def _ready(server: S3Server) -> S3Server:
+    """The server once it takes writes; stopped (never left running) if it does not."""
     try:
         _wait_writable(server)
     except BaseException:
