@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from snapfs.cli._common import (
@@ -14,6 +15,10 @@ from snapfs.cli._common import (
     print_json,
     source_options,
 )
+from snapfs.errors import UsageError
+
+#: Processes a tree restore uses by default: past a few, the target disk is what limits it.
+MAX_DEFAULT_WORKERS = 8
 
 EXAMPLES: dict[str, list[str]] = {
     "restore": [
@@ -73,6 +78,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="images: keep verified chunks already in TARGET, write the rest",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes that restore a pxar tree (default: one per core, at most "
+        f"{MAX_DEFAULT_WORKERS}, for trees of 64 MiB and more; 1: this process only)",
+    )
     add_json_option(p, "machine-readable report on stdout")
     p.set_defaults(func=cmd_restore)
 
@@ -80,17 +92,30 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_restore(args: argparse.Namespace) -> int:
     from snapfs.progress import Progress
     from snapfs.restore.archive import restore_archive
-    from snapfs.restore.tree import RestoreOptions
+    from snapfs.restore.tree import PARALLEL_MIN_BYTES, RestoreOptions
     from snapfs.store.datastore import parse_namespace, parse_snapshot
+    from snapfs.store.workers import WorkerStore
 
-    datastore = source_options(args).open()
-    crypt = key_options(args).crypt_config()
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    source = source_options(args)
+    keys = key_options(args)
+    datastore = source.open()
+    crypt = keys.crypt_config()
+    store = WorkerStore(
+        source,
+        keys if keys.keyfile else None,
+        crypt.fingerprint if crypt is not None else None,
+    )
     options = RestoreOptions(
         overwrite=args.overwrite,
         ignore_ownership=args.ignore_ownership,
         includes=tuple(args.include or ()),
         excludes=tuple(args.exclude or ()),
         dry_run=args.dry_run,
+        processes=args.workers or min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS),
+        # asked for by name, workers are used for any tree; by default only for a large one
+        parallel_min_bytes=0 if args.workers else PARALLEL_MIN_BYTES,
     )
     report = restore_archive(
         datastore,
@@ -102,6 +127,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         target_device=args.target_device,
         resume=args.resume,
         progress=Progress.for_terminal(quiet=args.json),
+        store=store,
     )
     if args.json:
         print_json(report.to_dict())

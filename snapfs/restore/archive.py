@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from snapfs.errors import UsageError
@@ -15,10 +16,31 @@ from snapfs.views.archives import SnapshotReader, split_archive_path
 
 if TYPE_CHECKING:
     from snapfs.format.crypt import CryptConfig
+    from snapfs.pxar.accessor import Accessor
     from snapfs.store.datastore import Datastore, Snapshot
+    from snapfs.store.workers import WorkerStore
 
 #: Decoded chunks kept while restoring: enough for the prefetch window, not a mount's cache.
 RESTORE_CACHE_SIZE = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SnapshotArchive:
+    """A pxar archive of a snapshot, opened again by a restore's worker processes
+    (restore/parallel.py); `key` reaches them when they start, and is never pickled."""
+
+    store: WorkerStore
+    snapshot: Snapshot
+    archive: str
+    key: bytes | None = field(default=None, repr=False, compare=False)
+
+    def open(self) -> Accessor:
+        datastore, crypt = self.store.open()
+        cache = ChunkCache(RESTORE_CACHE_SIZE // 2)  # one per worker process
+        return SnapshotReader(datastore, self.snapshot, crypt, cache).pxar(self.archive)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "key": None}
 
 
 def restore_archive(
@@ -32,10 +54,12 @@ def restore_archive(
     target_device: bool = False,
     resume: bool = False,
     progress: Progress,
+    store: WorkerStore | None = None,
 ) -> RestoreReport:
     """Restore what `archive_path` names (a pxar path, an image, a blob) of `snapshot` to `target`.
 
-    `target_device` and `resume` apply to images only.
+    `target_device` and `resume` apply to images only. With `store` (how a worker process opens
+    the same datastore), a large pxar tree is restored by `options.processes` processes.
     """
     reader = SnapshotReader(datastore, snapshot, crypt, ChunkCache(RESTORE_CACHE_SIZE))
     archive, inner = split_archive_path(archive_path)
@@ -43,6 +67,9 @@ def restore_archive(
     if inner is not None and not is_pxar:
         raise UsageError(f"{archive}: only pxar archives have paths inside them")
     if is_pxar:
+        if store is not None and options.processes > 1:
+            key = crypt.key if crypt is not None else None
+            options = replace(options, opener=SnapshotArchive(store, snapshot, archive, key))
         return restore_pxar(reader.pxar(archive), inner, target, options, progress)
     if target_device and file_type(archive) is FileType.BLOB:
         raise UsageError("--target-device is for images")

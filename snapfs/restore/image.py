@@ -222,7 +222,11 @@ def restore_image(
                     todo.append(i)
 
         for i, future in ordered(
-            todo, stream.chunk_data, workers=workers, window=window, thread_name="snapfs-restore"
+            stream.hinted(todo),
+            stream.chunk_data,
+            workers=workers,
+            window=window,
+            thread_name="snapfs-restore",
         ):
             start, stop = index.chunk_range(i)
             try:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RestoreReport"]
+__all__ = ["RestoreReport", "display_path"]
 
 
 @dataclass
@@ -78,6 +78,11 @@ class RestoreReport:
             parts.append(f"{len(self.skipped)} existing kept")
         parts.append(f"{len(self.failures)} failed" if self.failures else "no failures")
         return "; ".join(parts)
+
+
+def display_path(path: bytes) -> str:
+    """An archive path for messages and JSON: undecodable bytes shown as escapes."""
+    return path.decode("utf-8", "backslashreplace")
 
 
 def _human(n: int) -> str:

@@ -43,9 +43,10 @@ from snapfs.pxar import format as fmt
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.acl import ACL_XATTR_DEFAULT
 from snapfs.pxar.entry import Entry, EntryKind
+from snapfs.restore import parallel
 from snapfs.restore.filters import OVERWRITE_POLICIES, PathFilter, check_name
 from snapfs.restore.metadata import apply_fd_metadata, apply_path_metadata
-from snapfs.restore.report import RestoreReport
+from snapfs.restore.report import RestoreReport, display_path
 from snapfs.restore.walker import WALK_DONE, ByteBudget, walk_ahead
 from snapfs.store.readahead import Readahead
 from snapfs.store.stream import IndexStream
@@ -60,6 +61,9 @@ INCOMPLETE_MARKER = b".snapfs-restore-incomplete"
 _PARTIAL_PREFIX = b".snapfs-partial-"
 DEFAULT_PREFETCH_BYTES = 64 * 1024 * 1024
 DEFAULT_PREFETCH_WORKERS = 4
+#: Below this many archive bytes (a v1 archive holds file contents inline, so this is roughly the
+#: tree's size) a restore stays in one process: starting workers costs more than it saves.
+PARALLEL_MIN_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -74,6 +78,12 @@ class RestoreOptions:
     sparse: bool = True
     prefetch_bytes: int = DEFAULT_PREFETCH_BYTES
     workers: int = DEFAULT_PREFETCH_WORKERS
+    #: Worker processes for a large tree (restore/parallel.py); 1 restores in this process.
+    processes: int = 1
+    #: How a worker process opens the same archive again; without one, one process restores.
+    opener: parallel.ArchiveOpener | None = None
+    #: A tree smaller than this (archive bytes of its subtree) is not worth starting processes.
+    parallel_min_bytes: int = PARALLEL_MIN_BYTES
 
     def __post_init__(self) -> None:
         if self.overwrite not in OVERWRITE_POLICIES:
@@ -119,14 +129,34 @@ class _PxarRestore:
     #: What a new file gets from this process: its (euid, egid), and the umask.
     own_ids: tuple[int, int] = field(default_factory=lambda: (os.geteuid(), os.getegid()))
     umask: int = field(default_factory=lambda: _current_umask())
+    #: In a worker process (restore/parallel.py): the archive ranges of the entries it restores,
+    #: and the hard links to files outside them, made by the parent once every worker is done.
+    own_ranges: tuple[tuple[int, int], ...] | None = None
+    deferred_links: list[tuple[bytes, tuple[bytes, ...]]] = field(default_factory=list)
 
     # -- entry points
 
     def run(self, root: Entry) -> None:
         if root.is_dir:
-            self._run_tree(root)
+            if not self._run_parallel(root):
+                self._run_tree((root,))
         else:
             self._run_single(root)
+
+    def _run_parallel(self, root: Entry) -> bool:
+        """Restore a large tree on worker processes; False if it is not worth it here."""
+        opts = self.opts
+        if (
+            opts.processes < 2
+            or opts.opener is None
+            or opts.dry_run
+            or opts.includes
+            or opts.excludes
+            or parallel.tree_bytes(self.accessor, root) < opts.parallel_min_bytes
+        ):
+            return False
+        parallel.restore_in_parallel(self, root, restore_unit)
+        return True
 
     def _run_single(self, entry: Entry) -> None:
         """One non-directory entry: TARGET is the new name, or an existing directory to put it in."""
@@ -154,9 +184,11 @@ class _PxarRestore:
         finally:
             os.close(pfd)
 
-    def _run_tree(self, root: Entry) -> None:
-        target_fd, created = self.target_fd, self.created
-        stack: list[_Frame] = []
+    def _run_tree(self, roots: tuple[Entry, ...], parent: _Frame | None = None) -> None:
+        """Restore the directory `roots[0]` and everything below it into TARGET; or, given the
+        `parent` frame they lie in (a worker process's unit), the sibling `roots` and everything
+        below them as children of that directory."""
+        stack: list[_Frame] = [] if parent is None else [parent]
         filt = PathFilter(self.opts.includes, self.opts.excludes)
         walk_acc = Accessor(self.accessor.archive, self.accessor.payload, name=self.accessor.name)
         content_source = (
@@ -172,12 +204,11 @@ class _PxarRestore:
         items: queue.Queue = queue.Queue(maxsize=4096)
         walker = threading.Thread(
             target=walk_ahead,
-            args=(walk_acc, root, filt, items, budget, warm),
+            args=(walk_acc, roots, filt, items, budget, warm),
             name="snapfs-walk",
             daemon=True,
         )
         walker.start()
-        root_prefix = root.path.rstrip(b"/")
         try:
             while True:
                 item = items.get()
@@ -189,31 +220,22 @@ class _PxarRestore:
                         continue
                     raise item
                 entry = item.entry
-                if entry.path == root.path:
-                    frame = _Frame(
-                        entry,
-                        root_prefix,
-                        (),
-                        -1 if target_fd is None else target_fd,
-                        apply_meta=created or self.resuming or self.opts.overwrite == "always",
-                        fresh=created,
-                        plain=created and _passes_nothing_on(target_fd),
-                    )
-                    stack.append(frame)
+                if parent is None and entry.path == roots[0].path:
+                    stack.append(self._root_frame(entry))
                     continue
-                parent = entry.path.rsplit(b"/", 1)[0]
-                while stack and stack[-1].path != parent:
+                parent_path = entry.path.rsplit(b"/", 1)[0]
+                while stack and stack[-1].path != parent_path:
                     self._leave(stack.pop())
                 if not stack:
                     self.report.fail(
                         f"{entry.path!r}: entry outside the directory being restored",
-                        path=_p(entry.path),
+                        path=display_path(entry.path),
                     )
                     continue
                 try:
                     check_name(entry.name, self.accessor.name)
                 except UsageError as exc:
-                    self.report.fail(str(exc), path=_p(entry.path))
+                    self.report.fail(str(exc), path=display_path(entry.path))
                     if entry.is_dir:  # poisoned frame: its children are reported, not restored
                         stack.append(_Frame(entry, entry.path, None, None, apply_meta=False))
                     budget.release(entry.size if entry.is_file else 0)
@@ -221,7 +243,9 @@ class _PxarRestore:
                 top = stack[-1]
                 rel = (*top.rel, entry.name) if top.rel is not None else None
                 if rel is None:  # below a directory that could not be restored
-                    self.report.fail("not restored: a parent directory failed", path=_p(entry.path))
+                    self.report.fail(
+                        "not restored: a parent directory failed", path=display_path(entry.path)
+                    )
                     if entry.is_dir:
                         stack.append(_Frame(entry, entry.path, None, None, apply_meta=False))
                     budget.release(entry.size if entry.is_file else 0)
@@ -242,9 +266,10 @@ class _PxarRestore:
                         budget.release(entry.size)
             while len(stack) > 1:
                 self._leave(stack.pop())
-            self._drop_marker()  # before TARGET's mtime is set
-            while stack:
-                self._leave(stack.pop())
+            if parent is None:
+                self._drop_marker()  # before TARGET's mtime is set
+                while stack:
+                    self._leave(stack.pop())
         finally:
             budget.stop()
             if readahead is not None:
@@ -254,10 +279,29 @@ class _PxarRestore:
                 with contextlib.suppress(queue.Empty):
                     items.get(timeout=0.1)
             for frame in stack:
+                if frame is parent:  # the caller's
+                    continue
                 if frame.fd is not None and frame.fd >= 0 and frame.rel != ():
                     os.close(frame.fd)
 
     # -- directories
+
+    def frame_below(self, parent: _Frame, entry: Entry) -> _Frame:
+        """The frame of the directory `entry`, a child of `parent`'s, not yet on disk."""
+        return _Frame(entry, entry.path, (*parent.rel, entry.name))
+
+    def _root_frame(self, root: Entry) -> _Frame:
+        """The frame of the directory being restored: TARGET itself."""
+        target_fd, created = self.target_fd, self.created
+        return _Frame(
+            root,
+            root.path.rstrip(b"/"),
+            (),
+            -1 if target_fd is None else target_fd,
+            apply_meta=created or self.resuming or self.opts.overwrite == "always",
+            fresh=created,
+            plain=created and _passes_nothing_on(target_fd),
+        )
 
     def _materialize(self, stack: list[_Frame]) -> int | None:
         """Create/open every directory on the stack not yet on disk; the innermost fd."""
@@ -303,7 +347,7 @@ class _PxarRestore:
                 os.mkdir(name, 0o700, dir_fd=pfd)
                 self._count(entry)
             else:
-                self.report.skipped.append(_p(entry.path))
+                self.report.skipped.append(display_path(entry.path))
                 raise _Skip from None
         # O_NOFOLLOW: if anything swapped a symlink in, this fails instead of following it.
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
@@ -376,11 +420,11 @@ class _PxarRestore:
         except FileNotFoundError:
             return True
         if not self._may_replace(st, entry):
-            self.report.skipped.append(_p(entry.path))
+            self.report.skipped.append(display_path(entry.path))
             return False
         if stat.S_ISDIR(st.st_mode):
             raise SnapfsError(
-                f"a directory exists at {_p(entry.path)}; not replacing it with a {entry.kind.value}"
+                f"a directory exists at {display_path(entry.path)}; not replacing it with a {entry.kind.value}"
             )
         # Unlink, never write through: the old name may be a hard link or a symlink.
         os.unlink(name, dir_fd=pfd)
@@ -486,7 +530,7 @@ class _PxarRestore:
             data = self.accessor.read(entry, offset, min(_READ_SIZE, entry.size - offset))
             if not data:
                 raise SnapfsError(
-                    f"{_p(entry.path)}: content ends at {offset} of {entry.size} bytes"
+                    f"{display_path(entry.path)}: content ends at {offset} of {entry.size} bytes"
                 )
             if self.opts.sparse:
                 skipped, end = _write_sparse(fd, data, offset)
@@ -504,6 +548,9 @@ class _PxarRestore:
     def _make_hardlink(self, pfd: int, name: bytes, entry: Entry, rel: tuple[bytes, ...]) -> None:
         target = self.accessor.resolve_hardlink(entry)
         source = self.links.get(target.entry_offset)
+        if source is None and self._restored_elsewhere(target):
+            self.deferred_links.append((entry.path, rel))
+            raise _Skip  # counted when the parent makes it
         if source is not None:
             sfd = self._open_rel_dir(source[:-1])
             try:
@@ -518,6 +565,13 @@ class _PxarRestore:
         # and later links to the same file share it.
         self._make_file(pfd, name, target, fresh=False)
         self.links[target.entry_offset] = rel
+
+    def _restored_elsewhere(self, target: Entry) -> bool:
+        """Whether a hard link's target is another worker's to restore (see own_ranges)."""
+        if self.own_ranges is None:
+            return False
+        offset = target.entry_offset
+        return not any(start <= offset < end for start, end in self.own_ranges)
 
     def _open_rel_dir(self, rel: tuple[bytes, ...]) -> int:
         """The restored directory at rel, opened component by component, never via a symlink."""
@@ -565,8 +619,8 @@ class _PxarRestore:
     def _metadata_failed(self, entry: Entry, errors: list[str]) -> None:
         if errors:
             self.report.fail(
-                f"{_p(entry.path)}: restored, but not its {'; '.join(errors)}",
-                path=_p(entry.path),
+                f"{display_path(entry.path)}: restored, but not its {'; '.join(errors)}",
+                path=display_path(entry.path),
             )
 
     # -- bookkeeping
@@ -580,16 +634,14 @@ class _PxarRestore:
         hint = ""
         if isinstance(exc, OSError) and exc.errno == errno.EPERM and not self.is_root:
             hint = " (not root: try --ignore-ownership; device nodes need root)"
-        self.report.fail(f"{_p(entry.path)}: {what}: {detail}{hint}", path=_p(entry.path))
+        self.report.fail(
+            f"{display_path(entry.path)}: {what}: {detail}{hint}", path=display_path(entry.path)
+        )
 
 
 class _Skip(Exception):
-    """An existing entry is kept per --overwrite (recorded in report.skipped)."""
-
-
-def _p(path: bytes) -> str:
-    """An archive path for messages and JSON: undecodable bytes shown as surrogate escapes."""
-    return path.decode("utf-8", "backslashreplace")
+    """An entry is not made here: an existing one is kept per --overwrite (recorded in
+    report.skipped), or a hard link is left to the parent process (deferred_links)."""
 
 
 def _current_umask() -> int:
@@ -711,3 +763,42 @@ def _open_target_dir(target: str) -> tuple[int, bool]:
     except OSError as exc:
         raise SnapfsError(f"{target}: cannot open target folder: {exc.strerror}") from None
     return fd, created
+
+
+def restore_unit(unit: parallel.UnitTask) -> parallel.UnitOutcome:
+    """Restore one unit of a tree cut by restore/parallel.py (in a worker process, where the
+    archive is opened once and kept for the units that follow)."""
+    accessor = parallel.open_archive(unit.opener)
+    report = RestoreReport(kind="pxar", source=accessor.name, target=unit.target)
+    job = _PxarRestore(
+        accessor,
+        unit.target,
+        unit.options,
+        report,
+        Progress.disabled(),
+        resuming=unit.resuming,
+        own_ranges=tuple((start, end) for _, start, end in unit.entries),
+    )
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    job.target_fd = os.open(unit.target, flags)
+    try:
+        pfd = job._open_rel_dir(unit.parent_rel) if unit.parent_rel else job.target_fd
+        try:
+            parent = _Frame(
+                accessor.lookup(unit.parent_path or b"/"),
+                unit.parent_path,
+                unit.parent_rel,
+                pfd,
+                apply_meta=False,  # the parent process leaves it
+                plain=unit.plain,
+            )
+            roots = tuple(
+                parallel.entry_at(accessor, path, offset) for path, offset, _ in unit.entries
+            )
+            job._run_tree(roots, parent)
+        finally:
+            if pfd != job.target_fd:
+                os.close(pfd)
+    finally:
+        os.close(job.target_fd)
+    return parallel.UnitOutcome(report.finish(), job.deferred_links)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from snapfs.errors import SnapfsError
@@ -60,7 +60,7 @@ class _Item:
 
 def walk_ahead(
     accessor: Accessor,
-    root: Entry,
+    roots: tuple[Entry, ...],
     filt: PathFilter,
     out: queue.Queue,
     budget: ByteBudget,
@@ -71,12 +71,12 @@ def walk_ahead(
     try:
         skip_prefix: bytes | None = None
         included_prefixes: list[bytes] = []
-        for entry in accessor.walk(root, on_error=errors.append):
+        for entry, is_root in _walk_each(accessor, roots, errors.append):
             while errors:
                 out.put(errors.pop(0))
             if budget.stopped:
                 return
-            if entry is root:
+            if is_root and entry.is_dir:  # a file as root (a worker's unit) is warmed below
                 out.put(_Item(entry, True))
                 continue
             path = entry.path
@@ -109,3 +109,14 @@ def walk_ahead(
         out.put(exc)
     finally:
         out.put(WALK_DONE)
+
+
+def _walk_each(
+    accessor: Accessor, roots: tuple[Entry, ...], on_error: Callable[[SnapfsError], None]
+) -> Iterator[tuple[Entry, bool]]:
+    """Every entry below each root in turn, roots included: (entry, whether it is a root)."""
+    for root in roots:
+        walk = accessor.walk(root, on_error=on_error)
+        yield next(walk), True  # a walk starts with its root
+        for entry in walk:
+            yield entry, False

@@ -8,7 +8,7 @@ SHA-256 release the GIL and a lone reader would otherwise leave the second core 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from snapfs.errors import CorruptDataError
 from snapfs.format.index import DynamicIndex, FixedIndex
@@ -86,7 +86,7 @@ class IndexStream:
         first = self.index.chunk_at(offset)
         last = self.index.chunk_at(end - 1)
         for i, future in ordered(
-            self._hinting(first, last),
+            self.hinted(range(first, last + 1)),
             self.chunk_data,
             workers=workers,
             window=window,
@@ -102,14 +102,14 @@ class IndexStream:
         self._check_length(i, *self.index.chunk_range(i), data)
         return data
 
-    def _hinting(self, first: int, last: int) -> Iterator[int]:
-        """Chunks first..last in order; on the way, a backend that fetches ahead (S3) is told
-        which chunks come next, PREFETCH_CHUNKS at a time, half of them before they are due."""
-        hinted = first  # chunks below this were already named to the backend's prefetch
-        for i in range(first, last + 1):
-            if hinted <= last and hinted < i + PREFETCH_CHUNKS // 2:
-                stop = min(last + 1, i + PREFETCH_CHUNKS)
-                self.chunks.prefetch([self.index.digest(j) for j in range(hinted, stop)])
+    def hinted(self, chunks: Sequence[int]) -> Iterator[int]:
+        """The chunk numbers `chunks` in order; on the way, a backend that fetches ahead (S3) is
+        told which chunks come next, PREFETCH_CHUNKS at a time, half of them before they are due."""
+        hinted = 0  # chunks[:hinted] were already named to the backend's prefetch
+        for pos, i in enumerate(chunks):
+            if hinted < len(chunks) and hinted < pos + PREFETCH_CHUNKS // 2:
+                stop = min(len(chunks), pos + PREFETCH_CHUNKS)
+                self.chunks.prefetch([self.index.digest(j) for j in chunks[hinted:stop]])
                 hinted = stop
             yield i
 

@@ -106,6 +106,7 @@ def restore(ds: Path, archive: str, target: Path, *extra: str) -> subprocess.Pop
         [*SNAPFS, "restore", str(ds), SNAPSHOT, archive, str(target), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its worker processes die with it, as in a crash
     )
 
 
@@ -115,7 +116,7 @@ def kill_when(proc: subprocess.Popen, progress, point: int) -> bool:
     while proc.poll() is None and progress() < point:
         time.sleep(0.001)  # polling TARGET for progress, not waiting for an outcome
     if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
     return proc.wait(timeout=60) == -signal.SIGKILL
 
 
@@ -152,7 +153,9 @@ def assert_nothing_looks_complete_but_is_not(target: Path, source: Path) -> int:
     return complete
 
 
-def test_tree_restore_survives_sigkill_at_random_points(datastore, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_tree_restore_survives_sigkill_at_random_points(datastore, tmp_path, workers):
+    """In one process, and cut into units restored by two worker processes."""
     ds, tree, _ = datastore
     expected = fs_listing(tree)
     total = len(expected) - 1
@@ -163,7 +166,7 @@ def test_tree_restore_survives_sigkill_at_random_points(datastore, tmp_path):
         assert tries <= MAX_TRIES, f"only {killed} of {KILLS} restores were killed mid-way"
         target = tmp_path / f"t{tries}"
         point = rng.randint(1, total)
-        proc = restore(ds, "root.pxar", target)
+        proc = restore(ds, "root.pxar", target, "--workers", workers)
         if not kill_when(proc, partial(entries, target), point):
             continue
         killed += 1
@@ -172,7 +175,7 @@ def test_tree_restore_survives_sigkill_at_random_points(datastore, tmp_path):
         mid_entry += any(
             name.startswith(".snapfs-partial-") for _, _, names in os.walk(target) for name in names
         )
-        rerun = snapfs("restore", ds, SNAPSHOT, "root.pxar", target)
+        rerun = snapfs("restore", ds, SNAPSHOT, "root.pxar", target, "--workers", workers)
         assert rerun.returncode == 0, rerun.stderr
         assert "finished an interrupted restore" in rerun.stdout
         assert fs_listing(target) == expected, f"kill point {point}"
