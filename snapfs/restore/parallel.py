@@ -1,10 +1,11 @@
 """A large tree restore spread over local worker processes.
 
-One Python process creates files at the speed of one core, and the walker thread that parses the
-archive beside it makes things worse: each of the writer's syscalls gives up the interpreter lock
-and waits to get it back. So a big tree is cut into units, runs of sibling entries of about equal
-archive size, and each unit is restored by a worker process with its own walker, writer and copy
-of the archive (`ArchiveOpener` opens it again there), into a directory this process made for it.
+One Python process restores a tree on little more than one core: its walker thread parses the
+archive and its writer thread makes files, and both need the interpreter lock for everything but
+their syscalls and the decoding. So a big tree is cut into units, runs of sibling entries of about
+equal archive size, and each unit is restored by a worker process with its own walker, writer
+and copy of the archive (`ArchiveOpener` opens it again there), into a directory this process
+made for it.
 
 What this process keeps to itself:
 

@@ -47,7 +47,7 @@ from snapfs.restore import parallel
 from snapfs.restore.filters import OVERWRITE_POLICIES, PathFilter, check_name
 from snapfs.restore.metadata import apply_fd_metadata, apply_path_metadata
 from snapfs.restore.report import RestoreReport, display_path
-from snapfs.restore.walker import WALK_DONE, ByteBudget, walk_ahead
+from snapfs.restore.walker import BATCH, WALK_DONE, ByteBudget, unbatched, walk_ahead
 from snapfs.store.readahead import Readahead
 from snapfs.store.stream import IndexStream
 
@@ -201,7 +201,7 @@ class _PxarRestore:
             readahead = Readahead(self.opts.workers, "snapfs-prefetch")
             warm = partial(readahead.warm_range, content_source)
         budget = ByteBudget(self.opts.prefetch_bytes)
-        items: queue.Queue = queue.Queue(maxsize=4096)
+        items: queue.Queue = queue.Queue(maxsize=4096 // BATCH)
         walker = threading.Thread(
             target=walk_ahead,
             args=(walk_acc, roots, filt, items, budget, warm),
@@ -210,8 +210,7 @@ class _PxarRestore:
         )
         walker.start()
         try:
-            while True:
-                item = items.get()
+            for item in unbatched(items):
                 if item is WALK_DONE:
                     break
                 if isinstance(item, BaseException):

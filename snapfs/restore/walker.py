@@ -17,7 +17,7 @@ from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.entry import Entry
 from snapfs.restore.filters import PathFilter
 
-__all__ = ["WALK_DONE", "ByteBudget", "walk_ahead"]
+__all__ = ["WALK_DONE", "ByteBudget", "unbatched", "walk_ahead"]
 
 
 class ByteBudget:
@@ -37,6 +37,12 @@ class ByteBudget:
             self.used += n
             return not self.stopped
 
+    def would_block(self, n: int) -> bool:
+        """Whether `acquire(n)` would wait now (only the writer's releases change that)."""
+        n = min(n, self.limit)
+        with self.cond:
+            return self.used + n > self.limit and self.used > 0 and not self.stopped
+
     def release(self, n: int) -> None:
         n = min(n, self.limit)
         with self.cond:
@@ -50,6 +56,33 @@ class ByteBudget:
 
 
 WALK_DONE = object()
+#: Entries handed to the writer at once: each handoff wakes the other thread and passes the
+#: interpreter lock, which per entry cost more than the entry's own syscalls.
+BATCH = 64
+
+
+class _Outbox:
+    """What the walker hands on, in batches (lists) of up to BATCH items."""
+
+    def __init__(self, out: queue.Queue) -> None:
+        self.out = out
+        self.batch: list[object] = []
+
+    def put(self, item: object) -> None:
+        self.batch.append(item)
+        if len(self.batch) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.batch:
+            self.out.put(self.batch)
+            self.batch = []
+
+
+def unbatched(items: queue.Queue) -> Iterator[object]:
+    """The writer's side: the walker's items one by one, ending with WALK_DONE."""
+    while True:
+        yield from items.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +99,20 @@ def walk_ahead(
     budget: ByteBudget,
     warm: Callable[[int, int], None],
 ) -> None:
-    """Walk ahead of the writer: filter, announce content to `warm(start, end)`, hand entries on."""
+    """Walk ahead of the writer: filter, announce content to `warm(start, end)`, hand entries on
+    (in batches: the writer reads them with `unbatched`)."""
     errors: list[SnapfsError] = []
+    outbox = _Outbox(out)
     try:
         skip_prefix: bytes | None = None
         included_prefixes: list[bytes] = []
         for entry, is_root in _walk_each(accessor, roots, errors.append):
             while errors:
-                out.put(errors.pop(0))
+                outbox.put(errors.pop(0))
             if budget.stopped:
                 return
             if is_root and entry.is_dir:  # a file as root (a worker's unit) is warmed below
-                out.put(_Item(entry, True))
+                outbox.put(_Item(entry, True))
                 continue
             path = entry.path
             if skip_prefix is not None and path.startswith(skip_prefix):
@@ -97,18 +132,21 @@ def walk_ahead(
                 if not selected and not entry.is_dir:
                     continue
             if selected and entry.is_file and entry.size > 0 and entry.content_offset is not None:
+                if budget.would_block(entry.size):
+                    outbox.flush()  # the writer releases budget only for entries it has
                 if not budget.acquire(entry.size):
                     return
                 warm(entry.content_offset, entry.content_offset + entry.size)
-            out.put(_Item(entry, selected))
+            outbox.put(_Item(entry, selected))
         while errors:
-            out.put(errors.pop(0))
+            outbox.put(errors.pop(0))
     except SnapfsError as exc:
-        out.put(exc)
+        outbox.put(exc)
     except BaseException as exc:  # never leave the writer waiting on a dead walker
-        out.put(exc)
+        outbox.put(exc)
     finally:
-        out.put(WALK_DONE)
+        outbox.put(WALK_DONE)
+        outbox.flush()
 
 
 def _walk_each(

@@ -386,3 +386,29 @@ def test_no_acl_is_inherited_from_a_target_with_a_default_acl(vectors, tmp_path)
             continue
         path = target / "tree" / os.fsdecode(entry.path.lstrip(b"/"))
         assert b"system.posix_acl_access" not in map(os.fsencode, os.listxattr(path)), path
+
+
+def test_a_small_prefetch_budget_never_stalls_the_batched_handoff(tmp_path):
+    """The walker hands entries on in batches; when the byte budget makes it wait, it first
+    hands on the batch it holds (the writer frees budget only for entries it has)."""
+    import threading
+
+    files = [(b"f%03d" % i, os.urandom(3000 + i)) for i in range(300)]
+
+    def build(enc: Encoder) -> None:
+        for name, data in files:
+            enc.add_file(name, F, len(data), [data])
+
+    reports = []
+    job = threading.Thread(
+        target=lambda: reports.append(
+            restore_pxar(
+                _archive(build), None, str(tmp_path / "t"), RestoreOptions(prefetch_bytes=10_000)
+            )
+        ),
+        daemon=True,
+    )
+    job.start()
+    job.join(timeout=60)
+    assert reports and reports[0].ok, "the restore stalled"
+    assert all((tmp_path / "t" / name.decode()).read_bytes() == data for name, data in files)
