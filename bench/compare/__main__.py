@@ -196,6 +196,7 @@ def run(args: argparse.Namespace, argv: list[str], work: str) -> int:
             runner.line_results("limits"),
             manifest.image_size,
             limits.tree_entries(manifest),
+            manifest.tree_bytes,
         )
     if "s3" in args.groups:
         sections["s3"] = s3.section(runner.line_results("s3"))
