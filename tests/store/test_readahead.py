@@ -13,7 +13,13 @@ from snapfs.format.index import build_fixed_index, parse_index
 from snapfs.store.backend import DirListing
 from snapfs.store.cache import ChunkCache
 from snapfs.store.chunks import ChunkReader
-from snapfs.store.readahead import READAHEAD_BYTES, Readahead, SequentialWindow, chunk_digests
+from snapfs.store.readahead import (
+    READAHEAD_BYTES,
+    ForwardReader,
+    Readahead,
+    SequentialWindow,
+    chunk_digests,
+)
 from snapfs.store.singleflight import SingleFlight
 from snapfs.store.stream import IndexStream
 
@@ -169,3 +175,30 @@ def test_readers_join_what_a_shared_table_started() -> None:
     assert flights.run("k", lambda: "own") == "fetched ahead"
     readahead.close(wait=True)
     assert calls == ["ahead"]
+
+
+class RecordingReadahead:
+    """What a ForwardReader names to its Readahead, in order."""
+
+    def __init__(self) -> None:
+        self.named: list[list[bytes]] = []
+
+    def warm(self, chunks: ChunkReader, digests: list[bytes]) -> None:
+        self.named.append(list(digests))
+
+
+def test_a_walk_reads_ahead_where_it_goes_on_not_where_it_jumps() -> None:
+    """A pxar walk reads a directory's goodbye table at its end, then comes back to its first
+    entry: neither jump is read ahead of (the chunks would leave the cache unread)."""
+    stream, _ = image(40, chunk_size=MiB)
+    readahead = RecordingReadahead()
+    reader = ForwardReader(stream, readahead)  # type: ignore[arg-type]
+    digest = stream.index.digest
+
+    assert reader.read_at(0, 4096) == stream.read_at(0, 4096)
+    assert readahead.named == [[digest(i) for i in range(1, 17)]]  # the next 16 MiB
+    reader.read_at(30 * MiB, 4096)  # the goodbye table, far ahead
+    reader.read_at(8192, 4096)  # back to the first entry
+    assert len(readahead.named) == 1
+    reader.read_at(16 * MiB, 4096)  # the walk goes on: the window moves with it
+    assert readahead.named[1] == [digest(i) for i in range(17, 33)]
