@@ -93,6 +93,8 @@ class UnitTask:
 
 @dataclass
 class UnitOutcome:
+    """What a worker did with a unit: its report, and the hard links it left to the parent."""
+
     report: RestoreReport
     deferred_links: list[tuple[bytes, tuple[bytes, ...]]]
 
