@@ -30,6 +30,7 @@ from snapfs.store.stats import PRICE_TABLES
 if TYPE_CHECKING:
     from snapfs.cluster import WorkPool
     from snapfs.format.crypt import CryptConfig
+    from snapfs.store.workers import WorkerStore
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -272,6 +273,17 @@ def source_options(args: argparse.Namespace) -> SourceOptions:
 
 def key_options(args: argparse.Namespace) -> KeyOptions:
     return KeyOptions(args.keyfile, args.password_file)
+
+
+def worker_store(source: SourceOptions, keys: KeyOptions, crypt: CryptConfig | None) -> WorkerStore:
+    """How worker processes open the store and key this command uses (no secret in it)."""
+    from snapfs.store.workers import WorkerStore
+
+    return WorkerStore(
+        source,
+        keys if keys.keyfile else None,
+        crypt.fingerprint if crypt is not None else None,
+    )
 
 
 def work_pool(

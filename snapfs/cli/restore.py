@@ -14,6 +14,7 @@ from snapfs.cli._common import (
     key_options,
     print_json,
     source_options,
+    worker_store,
 )
 from snapfs.errors import UsageError
 
@@ -94,7 +95,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from snapfs.restore.archive import restore_archive
     from snapfs.restore.tree import PARALLEL_MIN_BYTES, RestoreOptions
     from snapfs.store.datastore import parse_namespace, parse_snapshot
-    from snapfs.store.workers import WorkerStore
 
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -102,11 +102,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     keys = key_options(args)
     datastore = source.open()
     crypt = keys.crypt_config()
-    store = WorkerStore(
-        source,
-        keys if keys.keyfile else None,
-        crypt.fingerprint if crypt is not None else None,
-    )
+    store = worker_store(source, keys, crypt)
     options = RestoreOptions(
         overwrite=args.overwrite,
         ignore_ownership=args.ignore_ownership,

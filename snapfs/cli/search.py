@@ -25,6 +25,7 @@ from snapfs.cli._common import (
     size_type,
     source_options,
     work_pool,
+    worker_store,
 )
 from snapfs.errors import UsageError
 
@@ -165,7 +166,6 @@ def _refresh(
     pool: WorkPool | None = None,
 ):
     from snapfs.progress import Progress
-    from snapfs.store.workers import WorkerStore
 
     if getattr(args, "no_refresh", False):
         return None
@@ -174,11 +174,7 @@ def _refresh(
     if pool is not None:
         keys = key_options(args)
         crypt = index.crypt
-        store = WorkerStore(
-            source_options(args),
-            keys if keys.keyfile else None,
-            crypt.fingerprint if crypt is not None else None,
-        )
+        store = worker_store(source_options(args), keys, crypt)
     report = index.refresh(datastore, ns, progress, pool=pool, store=store)
     for line in report.warnings():
         print(f"snapfs: warning: {line}", file=sys.stderr)

@@ -15,6 +15,7 @@ from snapfs.cli._common import (
     print_json,
     source_options,
     work_pool,
+    worker_store,
 )
 
 EXAMPLES: dict[str, list[str]] = {
@@ -59,7 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from snapfs.progress import Progress
     from snapfs.store.datastore import parse_namespace
-    from snapfs.store.workers import WorkerStore
     from snapfs.verify import select_snapshots, verify
     from snapfs.verify.shards import ShardContext
 
@@ -68,13 +68,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     datastore = source.open()
     snapshots = select_snapshots(datastore, parse_namespace(args.ns), args.snapshot)
     crypt = keys.crypt_config()
-    context = ShardContext(
-        WorkerStore(
-            source,
-            keys if keys.keyfile else None,
-            crypt.fingerprint if crypt is not None else None,
-        )
-    )
+    context = ShardContext(worker_store(source, keys, crypt))
     progress = Progress.for_terminal(quiet=args.json, desc="verify", unit="chunk")
     problems = gets = checked_bytes = 0
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
 from snapfs.linux.mountinfo import mounts
 from snapfs.progress import Progress
+from snapfs.restore.holes import data_runs
 from snapfs.restore.report import RestoreReport
 from snapfs.store.pipeline import ordered
 from snapfs.store.stream import IndexStream
@@ -49,36 +50,6 @@ class ImageTarget:
 
     path: str
     device: bool = False
-
-
-def _zeros(n: int, _cache: dict[int, bytes] = {}) -> bytes:  # noqa: B006 - a deliberate memo
-    z = _cache.get(n)
-    if z is None:
-        if len(_cache) > 16:
-            _cache.clear()
-        z = _cache[n] = bytes(n)
-    return z
-
-
-def _is_zero(data: bytes) -> bool:
-    # bytes == bytes is a memcmp; comparing memoryviews element by element is 30x slower.
-    return data == _zeros(len(data))
-
-
-def data_runs(data: bytes, block: int = SPARSE_BLOCK) -> list[tuple[int, int]]:
-    """The [start, stop) ranges of `data` that are not all-zero `block`s, adjacent ones joined."""
-    runs: list[tuple[int, int]] = []
-    size = len(data)
-    for start in range(0, size, block):
-        stop = min(start + block, size)
-        # The two end bytes first: random or text data is never sliced and compared in full.
-        if data[start] == 0 and data[stop - 1] == 0 and _is_zero(data[start:stop]):
-            continue
-        if runs and runs[-1][1] == start:
-            runs[-1] = (runs[-1][0], stop)
-        else:
-            runs.append((start, stop))
-    return runs
 
 
 def _partitions(rdev: int) -> set[int]:
@@ -240,7 +211,7 @@ def restore_image(
                 )
                 progress.update(stop - start)
                 continue
-            runs = data_runs(data) if start >= zeros_from else [(0, len(data))]
+            runs = data_runs(data, SPARSE_BLOCK) if start >= zeros_from else [(0, len(data))]
             view = memoryview(data)
             for run_start, run_stop in runs:
                 _pwrite_all(fd, view[run_start:run_stop], start + run_start, target.path)

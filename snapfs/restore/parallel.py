@@ -47,7 +47,6 @@ __all__ = [
     "ArchiveOpener",
     "UnitOutcome",
     "UnitTask",
-    "entry_at",
     "restore_in_parallel",
     "tree_bytes",
 ]
@@ -83,12 +82,13 @@ class UnitTask:
     target: str
     options: RestoreOptions  # with one process and no opener
     resuming: bool
-    parent_path: bytes  # the directory's archive path
+    parent: Entry  # the directory
+    parent_path: bytes  # its frame's path (b"" for the archive's root)
     parent_rel: tuple[bytes, ...]  # and its path below TARGET
     #: Passes nothing on to new entries (restore/tree.py). Never "fresh": a unit run again after
     #: its worker died finds what the first run made.
     plain: bool
-    entries: tuple[tuple[bytes, int, int], ...]  # (archive path, entry_offset, entry_end)
+    entries: tuple[Entry, ...]  # decoded here already: the worker looks nothing up
 
 
 @dataclass
@@ -96,7 +96,7 @@ class UnitOutcome:
     """What a worker did with a unit: its report, and the hard links it left to the parent."""
 
     report: RestoreReport
-    deferred_links: list[tuple[bytes, tuple[bytes, ...]]]
+    deferred_links: list[tuple[Entry, tuple[bytes, ...]]]
 
 
 def tree_bytes(accessor: Accessor, entry: Entry) -> int:
@@ -123,7 +123,7 @@ def restore_in_parallel(
     worker_options = dataclasses.replace(opts, processes=1, opener=None)
     root_frame = job._root_frame(root)
     cut: list[_Frame] = [root_frame]  # directories this process leaves at the end
-    deferred: list[tuple[bytes, tuple[bytes, ...]]] = []
+    deferred: list[tuple[Entry, tuple[bytes, ...]]] = []
 
     def task(stack: list[_Frame], batch: list[Entry]) -> UnitTask:
         top = stack[-1]
@@ -132,10 +132,11 @@ def restore_in_parallel(
             job.target,
             worker_options,
             job.resuming,
+            top.entry,
             top.path,
             top.rel,
             top.plain,
-            tuple((e.path, e.entry_offset, e.entry_end) for e in batch),
+            tuple(batch),
         )
 
     def units(stack: list[_Frame]) -> Iterator[UnitTask]:
@@ -182,8 +183,8 @@ def restore_in_parallel(
         with open_pool(opts.processes, None, initializer=give_key, initargs=(opener.key,)) as pool:
             for unit, outcome in pool.run(work, units([root_frame])):
                 _merge(job, unit, outcome, deferred)
-        for path, rel in deferred:
-            _make_deferred_link(job, root_frame, path, rel)
+        for entry, rel in deferred:
+            _make_deferred_link(job, root_frame, entry, rel)
         for frame in reversed(cut[1:]):
             job._leave(frame)
         job._drop_marker()  # before TARGET's mtime is set
@@ -199,12 +200,13 @@ def _merge(
     job: _PxarRestore,
     unit: UnitTask,
     outcome: UnitOutcome | BaseException,
-    deferred: list[tuple[bytes, tuple[bytes, ...]]],
+    deferred: list[tuple[Entry, tuple[bytes, ...]]],
 ) -> None:
     report = job.report
     if isinstance(outcome, BaseException):
-        for path, _, _ in unit.entries:
-            report.fail(f"{display_path(path)}: not restored: {outcome}", path=display_path(path))
+        for entry in unit.entries:
+            path = display_path(entry.path)
+            report.fail(f"{path}: not restored: {outcome}", path=path)
         return
     done = outcome.report
     report.files += done.files
@@ -218,12 +220,12 @@ def _merge(
 
 
 def _make_deferred_link(
-    job: _PxarRestore, root_frame: _Frame, path: bytes, rel: tuple[bytes, ...]
+    job: _PxarRestore, root_frame: _Frame, entry: Entry, rel: tuple[bytes, ...]
 ) -> None:
     """A hard link a worker left: its target is on disk now (or failed, and it gets a copy)."""
     accessor = job.accessor
+    path = entry.path
     try:
-        entry = accessor.lookup(path)
         directory = accessor.lookup(path.rsplit(b"/", 1)[0] or b"/")
         target = accessor.resolve_hardlink(entry)
     except SnapfsError as exc:
@@ -260,15 +262,3 @@ def open_archive(opener: ArchiveOpener) -> Accessor:
     if accessor is None:
         accessor = _archives[opener] = opener.open()
     return accessor
-
-
-def entry_at(accessor: Accessor, path: bytes, offset: int) -> Entry:
-    """The entry at `path` that starts at `offset` (a hostile archive may repeat a name)."""
-    entry = accessor.lookup(path)
-    if entry.entry_offset == offset:
-        return entry
-    directory = accessor.lookup(path.rsplit(b"/", 1)[0] or b"/")
-    for child in accessor.listdir(directory):
-        if child.entry_offset == offset:
-            return child
-    raise SnapfsError(f"{accessor.name}: no entry {display_path(path)} at offset {offset}")

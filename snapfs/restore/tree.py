@@ -45,6 +45,7 @@ from snapfs.pxar.acl import ACL_XATTR_DEFAULT
 from snapfs.pxar.entry import Entry, EntryKind
 from snapfs.restore import parallel
 from snapfs.restore.filters import OVERWRITE_POLICIES, PathFilter, check_name
+from snapfs.restore.holes import data_runs
 from snapfs.restore.metadata import apply_fd_metadata, apply_path_metadata
 from snapfs.restore.report import RestoreReport, display_path
 from snapfs.restore.walker import BATCH, WALK_DONE, ByteBudget, unbatched, walk_ahead
@@ -54,7 +55,6 @@ from snapfs.store.stream import IndexStream
 __all__ = ["RestoreOptions", "restore_pxar"]
 
 _BLOCK = 4096
-_ZERO_BLOCK = bytes(_BLOCK)
 _READ_SIZE = 4 * 1024 * 1024
 #: In TARGET while a tree restore into it is under way: its presence means an interrupted one.
 INCOMPLETE_MARKER = b".snapfs-restore-incomplete"
@@ -132,7 +132,7 @@ class _PxarRestore:
     #: In a worker process (restore/parallel.py): the archive ranges of the entries it restores,
     #: and the hard links to files outside them, made by the parent once every worker is done.
     own_ranges: tuple[tuple[int, int], ...] | None = None
-    deferred_links: list[tuple[bytes, tuple[bytes, ...]]] = field(default_factory=list)
+    deferred_links: list[tuple[Entry, tuple[bytes, ...]]] = field(default_factory=list)
 
     # -- entry points
 
@@ -548,7 +548,7 @@ class _PxarRestore:
         target = self.accessor.resolve_hardlink(entry)
         source = self.links.get(target.entry_offset)
         if source is None and self._restored_elsewhere(target):
-            self.deferred_links.append((entry.path, rel))
+            self.deferred_links.append((entry, rel))
             raise _Skip  # counted when the parent makes it
         if source is not None:
             sfd = self._open_rel_dir(source[:-1])
@@ -681,34 +681,13 @@ def _write_sparse(fd: int, data: bytes, offset: int) -> tuple[int, int]:
     file offset the last byte written ends at, or `offset` if nothing was written).
 
     `offset` is a multiple of the block size (reads are), so blocks align with the file's.
-    bytes.find skips through non-zero data at memchr speed; zero runs are then measured in
-    whole blocks.
     """
-    n = len(data)
+    runs = data_runs(data, _BLOCK)
     view = memoryview(data)
-    pos = written_to = skipped = last_end = 0
-    while True:
-        z = data.find(_ZERO_BLOCK, pos)
-        if z < 0:
-            break
-        zs = -(-z // _BLOCK) * _BLOCK
-        if zs + _BLOCK > n:
-            break
-        if data[zs : zs + _BLOCK] != _ZERO_BLOCK:
-            pos = zs
-            continue
-        ze = zs + _BLOCK
-        while ze + _BLOCK <= n and data[ze : ze + _BLOCK] == _ZERO_BLOCK:
-            ze += _BLOCK
-        _write_dense(fd, view[written_to:zs], offset + written_to)
-        skipped += ze - zs
-        if zs > written_to:
-            last_end = zs
-        written_to = pos = ze
-    if written_to < n:
-        _write_dense(fd, view[written_to:], offset + written_to)
-        last_end = n
-    return skipped, offset + last_end
+    for start, stop in runs:
+        _write_dense(fd, view[start:stop], offset + start)
+    written = sum(stop - start for start, stop in runs)
+    return len(data) - written, offset + (runs[-1][1] if runs else 0)
 
 
 def restore_pxar(
@@ -776,7 +755,7 @@ def restore_unit(unit: parallel.UnitTask) -> parallel.UnitOutcome:
         report,
         Progress.disabled(),
         resuming=unit.resuming,
-        own_ranges=tuple((start, end) for _, start, end in unit.entries),
+        own_ranges=tuple((e.entry_offset, e.entry_end) for e in unit.entries),
     )
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     job.target_fd = os.open(unit.target, flags)
@@ -784,17 +763,14 @@ def restore_unit(unit: parallel.UnitTask) -> parallel.UnitOutcome:
         pfd = job._open_rel_dir(unit.parent_rel) if unit.parent_rel else job.target_fd
         try:
             parent = _Frame(
-                accessor.lookup(unit.parent_path or b"/"),
+                unit.parent,
                 unit.parent_path,
                 unit.parent_rel,
                 pfd,
                 apply_meta=False,  # the parent process leaves it
                 plain=unit.plain,
             )
-            roots = tuple(
-                parallel.entry_at(accessor, path, offset) for path, offset, _ in unit.entries
-            )
-            job._run_tree(roots, parent)
+            job._run_tree(unit.entries, parent)
         finally:
             if pfd != job.target_fd:
                 os.close(pfd)

@@ -15,7 +15,8 @@ from support.vectors import IMAGE_SHA256
 from snapfs.cli import main
 from snapfs.errors import UsageError
 from snapfs.format.crypt import CryptConfig
-from snapfs.restore.image import SPARSE_BLOCK, ImageTarget, data_runs, restore_image
+from snapfs.restore.holes import data_runs
+from snapfs.restore.image import SPARSE_BLOCK, ImageTarget, restore_image
 from snapfs.store.backend import LocalBackend
 from snapfs.store.chunks import ChunkReader
 from snapfs.store.datastore import Datastore, parse_snapshot
