@@ -44,11 +44,12 @@ class ArchiveScan:
 class Content:
     """Bytes [base, base+size) of an IndexStream, read chunk by chunk with no copy when possible.
 
-    Keeps the chunk it served last (so a run of small reads inside one chunk touches nothing
-    shared), and after a sequential read names the chunks to decode next (readahead).
+    Holds no chunk between reads: a mount keeps the contents of recently read files (it reads
+    by inode, snapfs.fs.inode_reads), and a chunk held by each would escape the cache's bound.
+    After a sequential read it names the chunks to decode next (readahead).
     """
 
-    __slots__ = ("stream", "base", "size", "name", "scan", "_cur", "_next", "_window")
+    __slots__ = ("stream", "base", "size", "name", "scan", "_next", "_window")
 
     def __init__(
         self,
@@ -63,7 +64,6 @@ class Content:
         self.size = size
         self.name = name
         self.scan = scan  # shared by the files of one archive
-        self._cur: tuple[int, int, memoryview] | None = None  # (start, stop, data) of one chunk
         self._next = 0  # where a sequential reader continues
         self._window = SequentialWindow()
 
@@ -71,21 +71,10 @@ class Content:
         """File bytes at [offset, offset+size); None if not block and a chunk is not decoded yet."""
         if offset >= self.size or size <= 0:
             return b""
-        pos = self.base + offset
-        end = self.base + min(offset + size, self.size)
-        parts = []
-        cur = self._cur
-        while pos < end:
-            if cur is None or not (cur[0] <= pos < cur[1]):
-                cur = self.stream.chunk(self.stream.index.chunk_at(pos), block=block)
-                if cur is None:
-                    return None
-            start, stop, data = cur
-            parts.append(data[pos - start : min(end, stop) - start])
-            pos = min(end, stop)
-        self._cur = cur
-        self._next = offset + size
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        data = self.stream.view_at(self.base + offset, min(size, self.size - offset), block=block)
+        if data is not None:
+            self._next = offset + size
+        return data
 
     def readahead(self, offset: int, size: int) -> list[bytes]:
         """Digests to decode ahead of a sequential reader that just read [offset, offset+size)."""

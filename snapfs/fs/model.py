@@ -105,6 +105,9 @@ class FsModel:
         # Directory listings the kernel asked for (from the start); the kernel keeps the ones of
         # archives (snapfs.fs.listing_cache), so a second `find` adds nothing here.
         self.listings_read = 0
+        # Files the kernel asked snapfs to open: after the first, none when the kernel opens
+        # them itself (snapfs.fs.inode_reads).
+        self.files_opened = 0
         # Told the inodes whose attributes changed after the kernel may have cached them (a hard
         # link's target's st_nlink); the FUSE adapter sets it, elsewhere nothing caches them.
         self.notify_attrs_changed: Callable[[int], None] | None = None
@@ -261,6 +264,7 @@ class FsModel:
         )
         lines.append(f"chunks read from the source: {fetches}")
         lines.append(f"directory listings read by the kernel: {self.listings_read}")
+        lines.append(f"file opens sent by the kernel: {self.files_opened}")
         lines.append(self.indexer.summary())
         versions = self.versions_index
         lines.append("group versions (.versions): off" if versions is None else versions.summary())

@@ -374,7 +374,8 @@ def _serve(
     import pyfuse3
     import trio
 
-    from snapfs.fs import listing_cache
+    from snapfs.fs import inode_reads, listing_cache
+    from snapfs.fs.handler_table import HandlerTable
     from snapfs.fs.indexing import ArchiveIndexer
     from snapfs.fs.model import FsModel
     from snapfs.fs.operations import SnapfsOperations
@@ -410,8 +411,16 @@ def _serve(
                     f"cannot mount on {opts.mountpoint}: {exc} (see the message above)"
                 ) from None
         ops.attach()
-        if not listing_cache.enable(ops.listing_never_changes):
-            log.info("directory listings are not cached by the kernel (pyfuse3 out of reach)")
+        table = HandlerTable.find()
+        if table is None:
+            log.info(
+                "pyfuse3 out of reach: directory listings are not cached by the kernel and "
+                "every file is opened through FUSE"
+            )
+        else:
+            listing_cache.enable(table, ops.listing_never_changes)
+            inode_reads.enable(table)
+            ops.reads_by_inode = True
         unmounted = False
         try:
             trio.run(_main, opts, startup)

@@ -8,6 +8,11 @@ release the GIL) use both cores; reads whose chunk is already decoded are answer
 memoryview of the cached chunk (no copy). After a sequential read the next chunks of that file
 are decoded in the background (`Readahead`, snapfs.store.readahead), at most two at a time.
 
+Files are not opened through FUSE on a mount: the first `open` is answered ENOSYS, after which the
+kernel opens files itself and each `read` names its inode (snapfs.fs.inode_reads), so `tar` of
+many small files costs one request per file, not three. The content of the last files read is
+kept by inode (`OPEN_FILES`) with its readahead state.
+
 Failure semantics: a corrupt or missing chunk fails only the reads that need it (EIO, logged once
 per file and message); a missing or wrong key fails the encrypted archives (EACCES); everything
 else in the mount stays readable. The mount is read-only: every write is EROFS. A request that
@@ -26,6 +31,7 @@ from collections.abc import Iterable
 
 import pyfuse3
 import trio
+from lru import LRU
 
 from snapfs.errors import (
     CryptKeyError,
@@ -50,6 +56,8 @@ log = logging.getLogger("snapfs.fs")
 #: Attributes of archived data never change; placeholders (not yet loaded) are never cached.
 CACHE_TIMEOUT = 24 * 3600.0
 READDIR_BATCH = 256
+#: Files read by inode whose content (and readahead state) is kept between reads.
+OPEN_FILES = 64
 BLOCK_SIZE = 128 * 1024
 
 
@@ -108,6 +116,10 @@ class SnapfsOperations(pyfuse3.Operations):
         self._readahead = Readahead(readahead_workers, "snapfs-readahead")
         self._fhs = itertools.count(1)
         self._files: dict[int, Content | BytesContent] = {}
+        #: The kernel opens files itself and reads by inode (snapfs.fs.inode_reads); the mount
+        #: sets this once the read handler hands over inodes.
+        self.reads_by_inode = False
+        self._by_inode: LRU = LRU(OPEN_FILES)
         self._dirs: dict[int, DirHandle] = {}
         self._session_lock = threading.Lock()
         self._session_open = False
@@ -274,6 +286,9 @@ class SnapfsOperations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx=None):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise pyfuse3.FUSEError(errno.EROFS)
+        self.model.files_opened += 1
+        if self.reads_by_inode:  # the kernel opens every file itself from now on
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self._node(inode)
         content = await self._cached_or_run(node, node.cached_open, node.open)
         fh = next(self._fhs)
@@ -281,8 +296,18 @@ class SnapfsOperations(pyfuse3.Operations):
         live = node.live  # new content on every open: bypass the page cache
         return pyfuse3.FileInfo(fh=fh, keep_cache=not live, direct_io=live)
 
+    async def _content_of(self, inode: int) -> Content | BytesContent:
+        """What a read by inode reads: kept for the next read unless it changes (`live`)."""
+        content = self._by_inode.get(inode)
+        if content is None:
+            node = self._node(inode)
+            content = await self._cached_or_run(node, node.cached_open, node.open)
+            if not node.live:
+                self._by_inode[inode] = content
+        return content
+
     async def read(self, fh, off, size):
-        content = self._files[fh]
+        content = await self._content_of(fh) if self.reads_by_inode else self._files[fh]
         if isinstance(content, BytesContent):
             return content.read(off, size)
         sequential = content.is_sequential(off)

@@ -170,7 +170,15 @@ class LazyFileNode(DatastoreFile):
                 data = self.data()
             except SnapfsError as exc:
                 self.model.report(exc, self.path)
-        return self.attr_of_size(0 if data is None else len(data), final=data is not None)
+        if data is None:
+            return self.attr_of_size(self.stored_size(), final=False)
+        return self.attr_of_size(len(data))
+
+    def stored_size(self) -> int:
+        """The size shown while the data cannot be decoded: not 0 if it can be helped, since the
+        kernel reads nothing of an empty file, and a read must fail with the reason (EACCES
+        for a missing key), not show an empty file."""
+        return 0
 
     def open(self) -> BytesContent:
         return BytesContent(self.data())
@@ -195,6 +203,9 @@ class BlobNode(LazyFileNode):
     ) -> None:
         super().__init__(model, path, snapshot_node)
         self.file = file
+
+    def stored_size(self) -> int:
+        return self.file.size  # what the blob takes in the datastore, as the manifest says
 
     def _load(self) -> bytes:
         state = self.snapshot_node.state()

@@ -138,8 +138,8 @@ def test_a_directory_inside_an_archive_never_changes_a_group_may(golden):
     assert not walk(golden, "host").listing_never_changes()
 
 
-def test_kernel_listing_cache_needs_a_mounted_session():
+def test_handler_table_needs_a_mounted_session():
     """Before `pyfuse3.init` (or after `close`) there is no libfuse copy to change: refused."""
-    from snapfs.fs import listing_cache
+    from snapfs.fs.handler_table import HandlerTable
 
-    assert listing_cache.enable(lambda ino: True) is False
+    assert HandlerTable.find() is None

@@ -153,6 +153,30 @@ def test_kernel_keeps_archive_listings_but_not_snapshot_lists(tree_store, group)
         assert _listings_read(mnt) == read + 1
 
 
+def test_the_kernel_opens_files_itself_and_stats_stay_current(tree_store):
+    """After the first, no `open` reaches snapfs (reads name the inode), every file still reads
+    its own bytes, and `.snapfs/stats` (rendered per stat) never shows a stale page."""
+    src, store, tmp = tree_store
+    with mounted(store, tmp / "mnt-no-open") as mnt:
+        archive = mnt / "host" / "tree" / "latest" / "root.pxar"
+        stats = mnt / ".snapfs" / "stats"
+        chunks_read = re.compile(r"^chunks read from the source: (\d+)$", re.M)
+        before = stats.read_text()
+        deep = Path("a/b/c/d")
+        names = sorted(os.listdir(src / deep))
+        for name in names:  # and again: the second time from the page cache
+            assert (archive / deep / name).read_bytes() == (src / deep / name).read_bytes()
+        assert (archive / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+        with open(archive / "text.txt", "rb") as one, open(archive / "text.txt", "rb") as two:
+            assert one.read(7) == b"hello\nh" and two.read() == (src / "text.txt").read_bytes()
+            assert one.read() == (src / "text.txt").read_bytes()[7:]
+        after = stats.read_text()
+        assert after.splitlines()[-1].startswith("listings ")  # all of it, none cut off
+        assert int(chunks_read.search(after).group(1)) > int(chunks_read.search(before).group(1))
+        opens = int(re.search(r"^file opens sent by the kernel: (\d+)$", after, re.M).group(1))
+        assert opens == 1  # the first, answered "the kernel may open files itself"
+
+
 def _partition(loop: str) -> str:
     part = f"{loop}p1"
     if not os.path.exists(part):

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import shutil
+import tarfile
 import time
 
 import pyfuse3
@@ -118,6 +119,43 @@ def test_missing_chunk_is_eio_and_logged_once(vectors, tmp_path, caplog):
     trio.run(main)
     lines = [r.getMessage() for r in caplog.records if digest in r.getMessage()]
     assert len(lines) == 1 and "drive-scsi0.img" in lines[0]
+
+
+def test_reads_by_inode(vectors, monkeypatch):
+    """With the kernel opening files itself, `open` says ENOSYS and `read` gets the inode: the
+    right bytes per file, a bounded set of kept contents, `.snapfs/stats` as its last stat."""
+    import snapfs.fs.operations as operations
+
+    monkeypatch.setattr(operations, "OPEN_FILES", 2)
+    ops = ops_for(vectors / "datastore")
+    ops.reads_by_inode = True
+
+    async def main():
+        image = await resolve(ops, "vm/100/2024-06-01T10:00:00Z/drive-scsi0.img")
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.open(image.st_ino, os.O_RDONLY)
+        assert info.value.errno == errno.ENOSYS
+        h = hashlib.sha256()
+        for off in range(0, image.st_size, 1 << 20):
+            h.update(await ops.read(image.st_ino, off, 1 << 20))
+        assert h.hexdigest() == IMAGE_SHA256
+        texts = {}
+        with tarfile.open(vectors / "source-tree.tar") as source:
+            for name in ("big_random.bin", "dir_a/nested/notes.txt", "empty_file", "xattr_file"):
+                attr = await resolve(ops, f"{V1}/root.pxar/{name}")
+                texts[attr.st_ino] = source.extractfile(f"./{name}").read()
+        for ino, text in texts.items():
+            assert bytes(await ops.read(ino, 0, 1 << 22)) == text
+        assert len(ops._by_inode) == 2
+        for ino, text in texts.items():  # opened again after the kept ones were dropped
+            assert bytes(await ops.read(ino, 1, 1 << 22)) == text[1:]
+        stats = await resolve(ops, ".snapfs/stats")
+        shown = await ops.getattr(stats.st_ino)
+        text = bytes(await ops.read(stats.st_ino, 0, 1 << 20))
+        assert len(text) == shown.st_size and text.endswith(b"\n")
+        assert b"file opens sent by the kernel: 1\n" in text
+
+    trio.run(main)
 
 
 def test_a_sequential_read_decodes_the_next_chunks_in_the_background(vectors):
