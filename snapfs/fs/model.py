@@ -49,6 +49,7 @@ from snapfs.fs.node import DOT_NAMES, Attr, DatastoreNode, Node
 from snapfs.store.cache import ChunkCache
 from snapfs.store.chunks import ChunkReader
 from snapfs.store.datastore import Datastore
+from snapfs.store.spare_core import SPARE_CORE
 from snapfs.store.stats import format_report
 
 if TYPE_CHECKING:
@@ -92,8 +93,10 @@ class FsModel:
         self.mount_time_ns = time.time_ns()
         # One ChunkReader per key, shared by every snapshot: one fetch per chunk process-wide.
         self.chunk_readers = {
-            False: ChunkReader(datastore.backend, None, self.cache),
-            True: ChunkReader(datastore.backend, crypt, self.cache) if crypt is not None else None,
+            False: ChunkReader(datastore.backend, None, self.cache, spare=SPARE_CORE),
+            True: ChunkReader(datastore.backend, crypt, self.cache, spare=SPARE_CORE)
+            if crypt is not None
+            else None,
         }
         self._nodes: dict[int, DatastoreNode] = {}
         self._entries: dict[int, PxarNode] = {}  # what the kernel references (`counted`)

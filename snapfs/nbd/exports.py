@@ -15,6 +15,7 @@ from snapfs.format.archive_names import FileType, short_name
 from snapfs.format.source import ByteSource
 from snapfs.nbd import protocol as P
 from snapfs.nbd.overlay import Overlay
+from snapfs.store.spare_core import SPARE_CORE
 from snapfs.store.stream import IndexStream
 
 __all__ = ["Export", "datastore_exports"]
@@ -123,7 +124,9 @@ def datastore_exports(
     def reader_for(snapshot) -> SnapshotReader:
         with lock:
             if snapshot not in readers:
-                readers[snapshot] = SnapshotReader(datastore, snapshot, crypt, cache)
+                readers[snapshot] = SnapshotReader(
+                    datastore, snapshot, crypt, cache, spare=SPARE_CORE
+                )
             return readers[snapshot]
 
     exports: list[Export] = []

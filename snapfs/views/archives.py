@@ -27,6 +27,7 @@ from snapfs.pxar.entry import Entry, EntryKind
 from snapfs.store.cache import ChunkCache
 from snapfs.store.chunks import ChunkReader
 from snapfs.store.datastore import Datastore, Snapshot
+from snapfs.store.spare_core import SpareCore
 from snapfs.store.stream import IndexStream
 
 
@@ -56,13 +57,15 @@ class SnapshotReader:
         snapshot: Snapshot,
         crypt: CryptConfig | None = None,
         cache: ChunkCache | None = None,
+        *,
+        spare: SpareCore | None = None,
     ) -> None:
         self.datastore = datastore
         self.snapshot = snapshot
         self.crypt = crypt
         self.manifest = datastore.manifest(snapshot)
         datastore.check_key(snapshot, crypt)
-        self.chunks = ChunkReader(datastore.backend, crypt, cache)
+        self.chunks = ChunkReader(datastore.backend, crypt, cache, spare=spare)
 
     def manifest_text(self) -> bytes:
         raw = self.datastore.backend.read_file(f"{self.snapshot.path}/{MANIFEST_NAME}")

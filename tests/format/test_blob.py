@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -553,3 +554,69 @@ def test_zstd_size_limit_with_compressed_blocks():
     assert decode_blob(raw, max_size=len(data)) == data
     with pytest.raises(CorruptDataError, match="more than"):
         decode_blob(raw, max_size=len(data) - 1)
+
+
+# --- a decode sharing its checks with a helper thread -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def helper():
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def _outcome(*args, **kwargs):
+    try:
+        return "ok", decode_chunk(*args, **kwargs)
+    except SnapfsError as exc:
+        return type(exc).__name__, str(exc)
+
+
+def _many_pieces(size: int = 4 * 1024 * 1024) -> bytes:
+    """Compressible to about half: the compressed chunk spans many of the helper's pieces."""
+    rng = random.Random(5)
+    return bytes(rng.choice(b"abcdefghijklmnop") for _ in range(size))
+
+
+def test_decoding_with_a_helper_equals_decoding_alone(vectors, key, helper):
+    """The upstream chunks, and every kind of blob and size, give the same bytes either way."""
+    for path in sorted((vectors / "blobs").glob("chunk-*")):
+        raw = path.read_bytes()
+        digest = bytes.fromhex(path.name.rsplit(".", 1)[1])
+        assert decode_chunk(raw, digest, key, helper=helper) == decode_chunk(raw, digest, key)
+    for data in (*SAMPLES.values(), _many_pieces()):
+        for crypt in (None, CryptConfig(bytes(range(32)))):
+            for compress in (False, True):
+                digest, raw = encode_chunk(data, crypt, compress=compress)
+                assert decode_chunk(raw, digest, crypt, helper=helper) == data
+                assert decode_chunk(memoryview(raw), digest, crypt, helper=helper) == data
+    digest, raw = encode_chunk(_many_pieces())
+    assert len(raw) > 8 * 256 * 1024  # many pieces indeed
+
+
+def test_a_helper_reports_each_fault_as_decoding_alone_does(vectors, key, helper):
+    """Flipped bytes (CRC), a CRC-valid corruption (zstd, GCM), a wrong name, no key: the same
+    error, naming the same thing."""
+    data = _many_pieces(1024 * 1024)
+    digest, raw = encode_chunk(data)
+    _, encrypted = encode_chunk(data, key)
+    enc_digest = chunk_digest(data, key)
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0x40
+    truncated = _with_fixed_crc(raw[: len(raw) // 2])
+    enc_flipped = bytearray(encrypted)
+    enc_flipped[200] ^= 1
+    cases = [
+        (bytes(flipped), digest, None),  # CRC mismatch
+        (_with_fixed_crc(flipped), digest, None),  # corrupt zstd or a wrong digest
+        (truncated, digest, None),
+        (raw, bytes(32), None),  # not the chunk it is named as
+        (encrypted, enc_digest, None),  # no key
+        (_with_fixed_crc(enc_flipped), enc_digest, key),  # GCM fails
+        (encrypted, enc_digest, CryptConfig(bytes(32))),  # wrong key
+    ]
+    for raw_case, name, crypt in cases:
+        alone = _outcome(raw_case, name, crypt)
+        shared = _outcome(raw_case, name, crypt, helper=helper)
+        assert alone[0] != "ok"
+        assert shared == alone
