@@ -38,7 +38,7 @@ class ArchiveScan:
         self.last_end = max(self.last_end, end) if in_order else end
         if not in_order:
             return None
-        return self.window.after(content.stream.index, end, content.stream.size)
+        return self.window.after(content.stream, end, content.stream.size)
 
 
 class Content:
@@ -84,7 +84,7 @@ class Content:
             if ahead is not None:
                 return ahead
         limit = self.base + self.size  # never past this file (or partition) into the next
-        return self._window.after(self.stream.index, end, limit)
+        return self._window.after(self.stream, end, limit)
 
     def read_ahead(self, pool: Readahead, offset: int, size: int) -> None:
         """After a sequential read of [offset, offset+size): have `pool` decode the chunks a

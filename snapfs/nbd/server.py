@@ -391,7 +391,7 @@ class _Connection:
         """A read ended at `end` and continued the previous one: decode what comes next."""
         source = export.opened
         if isinstance(source, IndexStream):
-            chunks = self.window.after(source.index, end, source.size)
+            chunks = self.window.after(source, end, source.size)
             self.server.readahead.warm(source.chunks, chunks)
 
     @staticmethod

@@ -11,9 +11,10 @@ import threading
 
 from lru import LRU
 
-#: Decoded chunks kept by default: the chunk a reader is in and the readahead's 16 MiB beyond it,
-#: with room for a second reader. Warm data is the kernel's page cache's to keep, not ours
-#: (32 MiB reads an image as fast as 64 MiB did, with 36 MiB less peak RSS).
+#: Decoded chunks kept by default: the chunk a reader is in and the readahead beyond it (a quarter
+#: of the cache, snapfs.store.readahead), with room for other readers. Warm data is the kernel's
+#: page cache's to keep, not ours (32 MiB reads an image as fast as 64 MiB did, with 36 MiB less
+#: peak RSS).
 DEFAULT_CACHE_SIZE = 32 * 1024 * 1024
 
 

@@ -32,10 +32,29 @@ if TYPE_CHECKING:
     from snapfs.store.chunks import ChunkReader
     from snapfs.store.stream import IndexStream
 
-__all__ = ["READAHEAD_BYTES", "ForwardReader", "Readahead", "SequentialWindow", "chunk_digests"]
+__all__ = [
+    "MAX_READAHEAD_BYTES",
+    "ForwardReader",
+    "Readahead",
+    "SequentialWindow",
+    "chunk_digests",
+    "readahead_bytes",
+]
 
-#: How far ahead of a sequential reader chunks are decoded (but always at least two chunks).
-READAHEAD_BYTES = 16 * 1024 * 1024
+#: The farthest ahead of a sequential reader chunks are decoded (but always two chunks at least).
+MAX_READAHEAD_BYTES = 16 * 1024 * 1024
+
+
+def readahead_bytes(stream: IndexStream) -> int:
+    """How far ahead of a sequential reader of `stream` to decode: a quarter of its chunk cache.
+
+    Further ahead, chunks decoded early leave the cache before the reader gets to them (beside
+    the reader's own chunk and whatever else is read): 16 MiB ahead in a 32 MiB cache, tar of
+    the bench tree decoded 242 chunks for 145 distinct ones; 8 MiB ahead, 149.
+    """
+    return min(MAX_READAHEAD_BYTES, stream.chunks.cache.max_bytes // 4)
+
+
 MIN_READAHEAD_CHUNKS = 2
 
 
@@ -91,15 +110,16 @@ class SequentialWindow:
     def __init__(self) -> None:
         self.ahead = -1  # the last chunk named by an earlier call
 
-    def after(self, index: FixedIndex | DynamicIndex, end: int, limit: int) -> list[bytes]:
-        """The chunks after a read that ended at stream offset `end`, up to READAHEAD_BYTES (at
+    def after(self, stream: IndexStream, end: int, limit: int) -> list[bytes]:
+        """The chunks after a read that ended at stream offset `end`, up to `readahead_bytes` (at
         least MIN_READAHEAD_CHUNKS chunks) further and never past `limit`, less those an earlier
         call named already."""
         if end >= limit or end <= 0:
             return []
+        index = stream.index
         current = index.chunk_at(end - 1)
         last = max(
-            index.chunk_at(min(limit, end + READAHEAD_BYTES) - 1),
+            index.chunk_at(min(limit, end + readahead_bytes(stream)) - 1),
             min(current + MIN_READAHEAD_CHUNKS, index.chunk_at(limit - 1)),
         )
         first = current + 1
@@ -135,8 +155,8 @@ class ForwardReader:
 
     def read_at(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.size)
-        if self._end <= offset <= self._end + READAHEAD_BYTES:
-            ahead = self._window.after(self.stream.index, end, self.size)
+        if self._end <= offset <= self._end + readahead_bytes(self.stream):
+            ahead = self._window.after(self.stream, end, self.size)
             if ahead:
                 self._readahead.warm(self.stream.chunks, ahead)
         self._end = end

@@ -14,11 +14,11 @@ from snapfs.store.backend import DirListing
 from snapfs.store.cache import ChunkCache
 from snapfs.store.chunks import ChunkReader
 from snapfs.store.readahead import (
-    READAHEAD_BYTES,
     ForwardReader,
     Readahead,
     SequentialWindow,
     chunk_digests,
+    readahead_bytes,
 )
 from snapfs.store.singleflight import SingleFlight
 from snapfs.store.stream import IndexStream
@@ -55,7 +55,12 @@ class ChunkStore:
         return self.blobs[digest]
 
 
-def image(chunk_count: int, chunk_size: int = 4 * MiB, zero_at: tuple[int, ...] = ()):
+def image(
+    chunk_count: int,
+    chunk_size: int = 4 * MiB,
+    zero_at: tuple[int, ...] = (),
+    cache_size: int = 1 << 30,
+):
     """An IndexStream over chunks 0..n-1 (each its own bytes; those in zero_at all zeros)."""
     contents = [
         bytes(chunk_size) if i in zero_at else (i + 1).to_bytes(4, "big") * (chunk_size // 4)
@@ -66,41 +71,50 @@ def image(chunk_count: int, chunk_size: int = 4 * MiB, zero_at: tuple[int, ...] 
     index = parse_index(
         build_fixed_index(digests, chunk_count * chunk_size, chunk_size), name="image.fidx"
     )
-    return IndexStream(index, ChunkReader(store, None, ChunkCache(1 << 30)), "image"), store
+    return IndexStream(index, ChunkReader(store, None, ChunkCache(cache_size)), "image"), store
 
 
 def test_a_sequential_reader_gets_the_next_16_mib_each_chunk_once() -> None:
     stream, _ = image(12)
     index, size = stream.index, stream.size
     window = SequentialWindow()
-    ahead = READAHEAD_BYTES // (4 * MiB)  # chunks of 4 MiB in the window
+    assert readahead_bytes(stream) == 16 * MiB  # the cache is large
+    ahead = readahead_bytes(stream) // (4 * MiB)  # chunks of 4 MiB in the window
     # A read in chunk 0 names the chunks after it, up to 16 MiB past the read's end.
-    assert window.after(index, 4096, size) == [index.digest(i) for i in range(1, ahead + 1)]
+    assert window.after(stream, 4096, size) == [index.digest(i) for i in range(1, ahead + 1)]
     # Reading on: only what the window newly covers.
-    assert window.after(index, 4 * MiB + 4096, size) == [index.digest(ahead + 1)]
-    assert window.after(index, 4 * MiB + 8192, size) == []  # nothing new yet
+    assert window.after(stream, 4 * MiB + 4096, size) == [index.digest(ahead + 1)]
+    assert window.after(stream, 4 * MiB + 8192, size) == []  # nothing new yet
     # Never past the limit (the end of a file or partition inside the stream).
-    assert window.after(index, 10 * 4 * MiB, size) == [index.digest(10), index.digest(11)]
-    assert window.after(index, size, size) == []
-    assert window.after(index, 0, size) == []
+    assert window.after(stream, 10 * 4 * MiB, size) == [index.digest(10), index.digest(11)]
+    assert window.after(stream, size, size) == []
+    assert window.after(stream, 0, size) == []
+
+
+def test_the_window_is_a_quarter_of_the_chunk_cache() -> None:
+    """Chunks decoded further ahead would leave a small cache before the reader gets there."""
+    stream, _ = image(12, cache_size=32 * MiB)
+    assert readahead_bytes(stream) == 8 * MiB
+    index = stream.index
+    assert SequentialWindow().after(stream, 4096, stream.size) == [index.digest(1), index.digest(2)]
 
 
 def test_after_a_jump_back_the_window_is_named_again() -> None:
     stream, _ = image(12)
     index, size = stream.index, stream.size
     window = SequentialWindow()
-    window.after(index, 8 * 4 * MiB, size)  # named chunks up to 11
-    assert window.after(index, 4096, size) == [index.digest(i) for i in (1, 2, 3, 4)]
+    window.after(stream, 8 * 4 * MiB, size)  # named chunks up to 11
+    assert window.after(stream, 4096, size) == [index.digest(i) for i in (1, 2, 3, 4)]
 
 
 def test_at_least_two_chunks_ahead_when_chunks_are_larger_than_the_window() -> None:
     stream, _ = image(5, chunk_size=16 * MiB)
     window = SequentialWindow()
-    got = window.after(stream.index, 4096, stream.size)
+    got = window.after(stream, 4096, stream.size)
     assert got == [stream.index.digest(1), stream.index.digest(2)]
     # ... but never past the limit: the last byte in chunk 1.
     window = SequentialWindow()
-    assert window.after(stream.index, 4096, 16 * MiB + 1) == [stream.index.digest(1)]
+    assert window.after(stream, 4096, 16 * MiB + 1) == [stream.index.digest(1)]
 
 
 def test_a_repeated_chunk_is_named_once_in_order() -> None:
