@@ -13,6 +13,8 @@ import re
 import subprocess
 from collections import Counter
 
+from snapfs.store.cache import DEFAULT_CACHE_SIZE
+
 from .measure import BENCHMARKS, BY_ID
 from .s3 import OPERATIONS
 
@@ -316,7 +318,8 @@ def markdown(doc: dict, png_name: str | None, notes: str | None) -> str:
         "",
         f"- Machine: {m['cpu']}, {m['memory']} RAM, {m['os']}; data on {m['disk']}; Python {m['python']}.",
         f"- Tools: {', '.join(p['versions'][t] for t in tools)}; each with its defaults"
-        " (snapfs: 64 MiB chunk cache, archive indexes kept in the work folder; borg: unencrypted"
+        f" (snapfs: {DEFAULT_CACHE_SIZE >> 20} MiB chunk cache, archive indexes kept in the work"
+        " folder; borg: unencrypted"
         " repository; restic: encrypted, as it must be, repository v2 with compression).",
         f"- Data: a {p['sizes']['image_mib']} MiB VM-like image (1 MiB regions: 40% random, 35% text, 25% zeros)"
         f" and a tree of {p['tree_files']:,} files ({p['tree_bytes'] / 1e6:,.0f} MB; lognormal sizes, mostly small,"

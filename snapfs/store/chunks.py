@@ -46,14 +46,19 @@ class ChunkReader:
             return data
         return self._flights.run(digest, lambda: self._fetch(digest))
 
+    @property
+    def fetches_ahead(self) -> bool:
+        """Whether the backend fetches named chunks ahead (S3: a round trip per chunk to hide)."""
+        return hasattr(self.backend, "prefetch")
+
     def prefetch(self, digests: list[bytes]) -> None:
         """Tell a backend that can fetch ahead (S3) which chunks a reader will want next.
 
         A hint only: local disks gain nothing from it, so a backend without `prefetch` ignores it.
         """
-        backend_prefetch = getattr(self.backend, "prefetch", None)
-        if backend_prefetch is None:
+        if not self.fetches_ahead:
             return
+        backend_prefetch = self.backend.prefetch  # type: ignore[attr-defined]
         wanted = [d for d in digests if d not in self.cache]
         if wanted:
             backend_prefetch(wanted)

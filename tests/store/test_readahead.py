@@ -99,6 +99,25 @@ def test_the_window_is_a_quarter_of_the_chunk_cache() -> None:
     assert SequentialWindow().after(stream, 4096, stream.size) == [index.digest(1), index.digest(2)]
 
 
+class FetchingAheadStore(ChunkStore):
+    """A backend that fetches named chunks ahead, as S3 does."""
+
+    def prefetch(self, digests) -> None:
+        self.named = list(digests)
+
+
+def test_a_source_that_fetches_ahead_gets_the_whole_window() -> None:
+    """Over S3 a round trip per chunk is what the reader waits for: however small the cache,
+    16 MiB of chunks are named (and fetched at once)."""
+    plain, _ = image(12, cache_size=32 * MiB)
+    stream = IndexStream(
+        plain.index, ChunkReader(FetchingAheadStore([]), None, ChunkCache(32 * MiB)), "image"
+    )
+    assert stream.chunks.fetches_ahead and readahead_bytes(stream) == 16 * MiB
+    ahead = SequentialWindow().after(stream, 4096, stream.size)
+    assert ahead == [stream.index.digest(i) for i in range(1, 5)]
+
+
 def test_after_a_jump_back_the_window_is_named_again() -> None:
     stream, _ = image(12)
     index, size = stream.index, stream.size
