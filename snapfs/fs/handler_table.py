@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Callable
 
 import pyfuse3
 
@@ -94,14 +95,38 @@ class HandlerTable:
             return None
         return cls(copy, handlers)
 
-    def original(self, slot: int) -> int:
-        """The address of pyfuse3's own handler for `slot`."""
-        return self._handlers[slot]
+    def wrap(self, slot: int, argtypes: tuple, handler: Callable[..., None]) -> None:
+        """Have libfuse call `handler(original, *args)` for `slot`, where `original` calls
+        pyfuse3's own handler with the (possibly adjusted) arguments.
 
-    def replace(self, slot: int, function: ctypes._CFuncPtr) -> None:
-        """Have libfuse call `function` (kept alive by the caller) instead of pyfuse3's handler."""
+        `argtypes` are the C handler's arguments. A later mount in the same process wraps the
+        slot of its own table again, with its own `handler`.
+        """
+        wrapper = _wrappers.get(slot)
+        if wrapper is None:
+            wrapper = _wrappers[slot] = _Wrapper(self._handlers[slot], argtypes)
+        wrapper.handler = handler
         place = ctypes.c_void_p.from_address(self._copy + slot * _POINTER)
-        place.value = ctypes.cast(function, ctypes.c_void_p).value
+        place.value = ctypes.cast(wrapper.c_function, ctypes.c_void_p).value
+
+
+class _Wrapper:
+    """A ctypes function in a slot of the table, and pyfuse3's handler behind it."""
+
+    def __init__(self, original: int, argtypes: tuple) -> None:
+        # pyfuse3's handler expects the GIL held, as libfuse calls it from pyfuse3's loop:
+        # PYFUNCTYPE calls it without releasing the GIL.
+        self.original = ctypes.PYFUNCTYPE(None, *argtypes)(original)
+        self.handler: Callable[..., None] | None = None
+        # kept alive for the process: libfuse holds its address
+        self.c_function = ctypes.CFUNCTYPE(None, *argtypes)(self._call)
+
+    def _call(self, *args) -> None:
+        self.handler(self.original, *args)  # type: ignore[misc]  # set before installed
+
+
+#: Slot -> its wrapper, one per process (pyfuse3's handlers are the same for every mount).
+_wrappers: dict[int, _Wrapper] = {}
 
 
 def _find_copy(session: int, table: bytes) -> int | None:

@@ -28,22 +28,6 @@ _READ_ARGS = (
     ctypes.c_int64,  # off_t
     ctypes.POINTER(FileInfo),
 )
-_ReadC = ctypes.CFUNCTYPE(None, *_READ_ARGS)
-#: pyfuse3's handler expects the GIL held (see snapfs.fs.listing_cache).
-_ReadPy = ctypes.PYFUNCTYPE(None, *_READ_ARGS)
-
-
-class _Hook:
-    def __init__(self, original: int) -> None:
-        self.original = _ReadPy(original)
-        self.c_function = _ReadC(self._read)  # kept alive: C holds its address
-
-    def _read(self, req, ino, size, off, fi) -> None:
-        fi.contents.fh = ino
-        self.original(req, ino, size, off, fi)
-
-
-_hook: _Hook | None = None
 
 
 def enable(table: HandlerTable) -> None:
@@ -52,7 +36,9 @@ def enable(table: HandlerTable) -> None:
     The filesystem must then answer `open` with ENOSYS: a file handle it handed out itself
     would be overwritten.
     """
-    global _hook
-    if _hook is None:
-        _hook = _Hook(table.original(READ_SLOT))
-    table.replace(READ_SLOT, _hook.c_function)
+    table.wrap(READ_SLOT, _READ_ARGS, _read)
+
+
+def _read(original, req, ino, size, off, fi) -> None:
+    fi.contents.fh = ino
+    original(req, ino, size, off, fi)

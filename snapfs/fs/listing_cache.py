@@ -7,9 +7,9 @@ answer every later `readdir` itself: a second `find` or `ls` then costs no FUSE 
 of `struct fuse_file_info`. pyfuse3 (3.5) never sets them: its C `opendir` handler copies the
 kernel's `fuse_file_info` and replies with it.
 
-So the mount puts a small ctypes function in the `opendir` slot of libfuse's table of handlers
-(snapfs.fs.handler_table). It sets the two bits when the directory may be cached (the caller
-decides per inode) and calls pyfuse3's own handler, which copies them into its reply.
+So the mount wraps the `opendir` slot of libfuse's table of handlers
+(snapfs.fs.handler_table): the wrapper sets the two bits when the directory may be cached (the
+caller decides per inode) and calls pyfuse3's own handler, which copies them into its reply.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Callable
+from functools import partial
 
 from snapfs.fs.handler_table import (
     CACHE_READDIR,
@@ -28,41 +29,21 @@ from snapfs.fs.handler_table import (
 
 log = logging.getLogger("snapfs.fs")
 
-_OpendirC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(FileInfo))
-#: pyfuse3's handler expects the GIL held, as libfuse calls it from pyfuse3's loop: PYFUNCTYPE
-#: calls it without releasing the GIL.
-_OpendirPy = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(FileInfo))
-
-
-class _Hook:
-    """The installed `opendir` wrapper and the decision it asks for (swapped per mount)."""
-
-    def __init__(self, original: int) -> None:
-        self.original = _OpendirPy(original)
-        self.may_cache: Callable[[int], bool] | None = None
-        self.c_function = _OpendirC(self._opendir)  # kept alive: C holds its address
-
-    def _opendir(self, req, ino, fi) -> None:
-        try:
-            decide = self.may_cache
-            if decide is not None and decide(ino):
-                fi.contents.bits |= KEEP_CACHE | CACHE_READDIR
-        except Exception:  # a cache hint must never fail a request
-            log.exception("deciding whether the kernel may cache the listing of inode %d", ino)
-        self.original(req, ino, fi)
-
-
-_hook: _Hook | None = None
+_OPENDIR_ARGS = (ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(FileInfo))
 
 
 def enable(table: HandlerTable, may_cache: Callable[[int], bool]) -> None:
     """Let the kernel keep the listings of directories for which `may_cache(inode)` is true.
 
-    `may_cache` runs in pyfuse3's loop for every `opendir` and must not block. A later mount in
-    the same process calls this again with its own table and decision.
+    `may_cache` runs in pyfuse3's loop for every `opendir` and must not block.
     """
-    global _hook
-    if _hook is None:
-        _hook = _Hook(table.original(OPENDIR_SLOT))
-    _hook.may_cache = may_cache
-    table.replace(OPENDIR_SLOT, _hook.c_function)
+    table.wrap(OPENDIR_SLOT, _OPENDIR_ARGS, partial(_opendir, may_cache))
+
+
+def _opendir(may_cache: Callable[[int], bool], original, req, ino, fi) -> None:
+    try:
+        if may_cache(ino):
+            fi.contents.bits |= KEEP_CACHE | CACHE_READDIR
+    except Exception:  # a cache hint must never fail a request
+        log.exception("deciding whether the kernel may cache the listing of inode %d", ino)
+    original(req, ino, fi)

@@ -58,10 +58,9 @@ class ChunkReader:
         """
         if not self.fetches_ahead:
             return
-        backend_prefetch = self.backend.prefetch  # type: ignore[attr-defined]
         wanted = [d for d in digests if d not in self.cache]
         if wanted:
-            backend_prefetch(wanted)
+            self.backend.prefetch(wanted)  # type: ignore[attr-defined]
 
     def _fetch(self, digest: bytes) -> bytes:
         """Fetch, decode and cache one chunk; its result is published only once it is cached."""
