@@ -30,7 +30,7 @@ from typing import NoReturn
 from snapfs import logs
 from snapfs.errors import SnapfsError, UsageError
 from snapfs.format.crypt import CryptConfig
-from snapfs.linux.memory import limit_malloc_arenas
+from snapfs.linux.memory import collect_garbage_rarely, limit_malloc_arenas
 from snapfs.linux.mounts import (
     CLEANUP_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -383,6 +383,7 @@ def _serve(
     from snapfs.search.index import default_index_path
 
     limit_malloc_arenas()
+    collect_garbage_rarely()
     versions_index = None
     if opts.index:  # the search index file `snapfs index`, `search` and `versions` use
         path = os.path.abspath(default_index_path(opts.source, opts.endpoint_url))

@@ -1,10 +1,10 @@
 """ArchiveIndex: the metadata of one pxar archive, every entry, in an SQLite file.
 
 Why: a unified (v1) archive interleaves metadata with file contents, so listing its directories
-decodes nearly every chunk of it, again on every mount. One sequential walk records every entry
-(name, kind, mode, owner, size, times, offsets, hard-link targets, xattrs and ACLs); after it,
-lookups, listings and opens are answered from the index and decode no chunk at all. A split
-archive's index is built from its metadata stream alone.
+decodes nearly every chunk of it, again on every mount. One front-to-back pass (pxar/scan.py)
+records every entry (name, kind, mode, owner, size, times, offsets, hard-link targets, xattrs and
+ACLs); after it, lookups, listings and opens are answered from the index and decode no chunk at
+all. A split archive's index is built from its metadata stream alone.
 
 The file is named by the archive's index checksum (which covers every chunk digest of the
 archive), so a rebuilt archive never meets a stale index and an archive seen in another
@@ -32,6 +32,7 @@ from typing import NamedTuple
 from snapfs.errors import CorruptDataError, SnapfsError
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.entry import Acl, Entry, EntryKind
+from snapfs.pxar.scan import scan
 
 log = logging.getLogger("snapfs.index")
 
@@ -237,17 +238,13 @@ def _fill(db: sqlite3.Connection, accessor: Accessor, progress: BuildProgress) -
     db.execute("PRAGMA journal_mode = OFF")
     db.execute("PRAGMA synchronous = OFF")
     db.executescript(_SCHEMA)
-    batch: list[tuple] = []
-    insert = (
-        f"INSERT INTO entries ({', '.join(_ROW_COLUMNS)}) "
-        f"VALUES ({', '.join('?' * len(_ROW_COLUMNS))})"
-    )
-    for row in _rows(accessor, progress):
-        batch.append(row)
-        if len(batch) >= _INSERT_BATCH:
-            db.executemany(insert, batch)
-            batch.clear()
-    db.executemany(insert, batch)
+    try:
+        _insert(db, _scanned_rows(accessor, progress))
+    except CorruptDataError as exc:
+        # Not laid out as the encoder writes (see pxar/scan.py): walk it by its goodbye tables.
+        log.info("%s: %s; indexing it directory by directory", accessor.name, exc)
+        db.execute("DELETE FROM entries")
+        _insert(db, _walked_rows(accessor, progress))
     db.executescript(_INDEXES)
     db.executemany(
         "INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -261,8 +258,41 @@ def _fill(db: sqlite3.Connection, accessor: Accessor, progress: BuildProgress) -
     db.commit()
 
 
-def _rows(accessor: Accessor, progress: BuildProgress) -> Iterator[tuple]:
-    """One row per entry (`_ROW_COLUMNS`), in archive order."""
+def _insert(db: sqlite3.Connection, rows: Iterator[tuple]) -> None:
+    insert = (
+        f"INSERT INTO entries ({', '.join(_ROW_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(_ROW_COLUMNS))})"
+    )
+    batch: list[tuple] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= _INSERT_BATCH:
+            db.executemany(insert, batch)
+            batch.clear()
+    db.executemany(insert, batch)
+
+
+def _scanned_rows(accessor: Accessor, progress: BuildProgress) -> Iterator[tuple]:
+    """One row per entry (`_ROW_COLUMNS`), the archive read front to back (pxar/scan.py): a
+    directory's row and its `directory_done` come once everything in it is done."""
+    children: dict[int, list[tuple[bytes, Entry]]] = {}
+    for entry, parent in scan(accessor):
+        if progress.cancelled:
+            raise BuildCancelled(f"{accessor.name}: indexing stopped")
+        offset = entry.entry_offset
+        resolved, target = _resolved(accessor, entry)
+        if parent >= 0:
+            children.setdefault(parent, []).append((entry.name, resolved))
+        if entry.kind is EntryKind.DIRECTORY:
+            progress.position = entry.entry_end
+            progress.directory_done(entry, tuple(children.pop(offset, ())))
+        else:
+            progress.position = offset
+        yield _row(entry, parent, target)
+
+
+def _walked_rows(accessor: Accessor, progress: BuildProgress) -> Iterator[tuple]:
+    """One row per entry (`_ROW_COLUMNS`), directory by directory through the goodbye tables."""
     # The directories the walk is inside, innermost last, with their children so far.
     open_dirs: list[tuple[Entry, list[tuple[bytes, Entry]]]] = []
     for entry in accessor.walk():
@@ -274,11 +304,7 @@ def _rows(accessor: Accessor, progress: BuildProgress) -> Iterator[tuple]:
             directory, children = open_dirs.pop()
             progress.directory_done(directory, tuple(children))
         parent = open_dirs[-1][0].entry_offset if open_dirs else -1
-        target = None
-        resolved = entry
-        if entry.kind is EntryKind.HARDLINK:
-            resolved = accessor.resolve_hardlink(entry)
-            target = resolved.entry_offset
+        resolved, target = _resolved(accessor, entry)
         if open_dirs:
             open_dirs[-1][1].append((entry.name, resolved))
         if entry.kind is EntryKind.DIRECTORY:
@@ -287,6 +313,14 @@ def _rows(accessor: Accessor, progress: BuildProgress) -> Iterator[tuple]:
     while open_dirs:
         directory, children = open_dirs.pop()
         progress.directory_done(directory, tuple(children))
+
+
+def _resolved(accessor: Accessor, entry: Entry) -> tuple[Entry, int | None]:
+    """The entry a listing shows for `entry` (a hard link's target), and the target's offset."""
+    if entry.kind is not EntryKind.HARDLINK:
+        return entry, None
+    target = accessor.resolve_hardlink(entry)
+    return target, target.entry_offset
 
 
 def _row(entry: Entry, parent: int, target: int | None) -> tuple:

@@ -26,7 +26,7 @@ from snapfs.errors import (
 )
 from snapfs.format.source import ByteSource
 from snapfs.pxar import format as fmt
-from snapfs.pxar.decode import Cursor, decode_entry, decode_filename
+from snapfs.pxar.decode import Cursor, decode_entry_items, decode_filename, decode_regular_file
 from snapfs.pxar.entry import Entry, EntryKind
 from snapfs.pxar.goodbye import (
     GoodbyeTable,
@@ -93,10 +93,10 @@ class Accessor:
         self._dir_cache: OrderedDict[tuple[int, int], GoodbyeTable] = OrderedDict()
         self._dir_cache_bytes = 0
         self._payload_checked: OrderedDict[int, int] = OrderedDict()
-        self.format_version, self.prelude, root_start = self._read_version()
+        self.format_version, self.prelude, self.root_start = self._read_version()
         if self.format_version == 2 and payload is not None:
             self._check_payload_start()
-        self._root = self._decode_root(root_start)
+        self._root = self._decode_root(self.root_start)
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class Accessor:
         size = min(size, entry.size - offset)
         if self.format_version == 1:
             pos = entry.content_offset + offset
-            data = self._read(pos, size)
+            data = self.read_archive(pos, size)
             if len(data) != size:
                 raise TruncatedDataError(
                     f"{self.name}: content of {entry.path!r} truncated at offset {pos}"
@@ -278,17 +278,18 @@ class Accessor:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def _read(self, pos: int, size: int) -> bytes:
+    def read_archive(self, pos: int, size: int) -> bytes:
+        """Up to `size` bytes of the archive (the metadata stream of a split one) at `pos`."""
         data = _read_at(self.archive, self.name, pos, size)
         self.stats.reads += 1
         self.stats.bytes += len(data)
         return data
 
     def _cursor(self, limit: int, window: int) -> Cursor:
-        return Cursor(self._read, self.archive.size, self.name, limit, window)
+        return Cursor(self.read_archive, self.archive.size, self.name, limit, window)
 
     def _read_exact(self, pos: int, size: int) -> bytes:
-        data = self._read(pos, size)
+        data = self.read_archive(pos, size)
         if len(data) != size:
             raise TruncatedDataError(f"{self.name}: archive ends before offset {pos + size}")
         return data
@@ -330,7 +331,7 @@ class Accessor:
         )
         d = self._open_dir(root_stub)
         cur = self._cursor(d.goodbye_start, _ENTRY_WINDOW)
-        entry = decode_entry(
+        entry = decode_entry_items(
             cur,
             b"/",
             b"",
@@ -340,7 +341,7 @@ class Accessor:
             dir_end=self.archive.size,
             version=self.format_version,
             where=self.name,
-        )
+        )[0]
         if not entry.is_dir:
             raise CorruptDataError(
                 f"{self.name}: root entry at offset {root_start} is not a directory"
@@ -386,6 +387,9 @@ class Accessor:
     ) -> Entry | None:
         """Decode the child whose FILENAME is at `f`; None if `expect_name` is given and differs."""
         g = d.goodbye_start
+        entry = decode_regular_file(cur, f, parent_path, g, self.format_version)
+        if entry is not None:
+            return entry if expect_name is None or entry.name == expect_name else None
         hdr = cur.header(f)
         if hdr.htype != fmt.PXAR_FILENAME:
             raise CorruptDataError(
@@ -398,7 +402,7 @@ class Accessor:
         dir_end = f + rsize
         if rsize <= 0 or dir_end > g:
             dir_end = None  # only a directory needs it; a file's size may overshoot (§11.7)
-        return decode_entry(
+        return decode_entry_items(
             cur,
             path,
             name,
@@ -408,7 +412,7 @@ class Accessor:
             dir_end=dir_end,
             version=self.format_version,
             where=self.name,
-        )
+        )[0]
 
     # --- hard links ---------------------------------------------------------------------------
 
@@ -438,7 +442,7 @@ class Accessor:
             )
         name = decode_filename(cur, target_f, hdr, self.name)
         path = _hardlink_path(link.link_target or b"", name)
-        return decode_entry(
+        return decode_entry_items(
             cur,
             path,
             name,
@@ -448,7 +452,7 @@ class Accessor:
             dir_end=None,
             version=self.format_version,
             where=self.name,
-        )
+        )[0]
 
     def _follow_hardlink_path(self, link: Entry, offset_error: SnapfsError) -> Entry:
         target = link.link_target or b""

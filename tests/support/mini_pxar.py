@@ -91,6 +91,24 @@ class MiniPxar:
         return bytes(self.out), None
 
 
+def every_kind(*, split: bool = False) -> tuple[bytes, bytes | None]:
+    """A small archive with an entry of every kind: files (one empty), a hard link, a device, a
+    FIFO, a symlink, and directories (nested); (archive, payload stream of a split one)."""
+    w = MiniPxar(split=split)
+    a = w.file(b"a", b"hello")
+    w.hardlink(b"b", b"a", a)
+    w.special(b"c", 0o20600, (fmt.PXAR_DEVICE, fmt.DEVICE.pack(1, 3)))
+    w.begin_dir(b"d")
+    w.special(b"fifo", 0o10644)
+    w.special(b"link", 0o120777, (fmt.PXAR_SYMLINK, b"../a\0"))
+    w.begin_dir(b"e")
+    w.file(b"f", b"x" * 100, mode=0o104755)
+    w.end_dir()
+    w.end_dir()
+    w.file(b"g", b"")
+    return w.finish()
+
+
 def bst_order(sorted_records: list) -> list:
     """In-order fill of a heap-indexed complete binary tree (docs/formats.md §11.7)."""
     n = len(sorted_records)
