@@ -11,8 +11,9 @@ goodbye.py reads and checks the tables, decode.py the entries; this module walks
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from snapfs.errors import (
@@ -149,11 +150,47 @@ class Accessor:
         does not hide its siblings. A directory that cannot be opened raises here, at the call.
         """
         d = self._open_dir(directory)
-        return self._iter_children(directory, d, on_error)
+        return self._decode_records(directory, d, self._records(directory, d, on_error), on_error)
 
-    def _iter_children(
-        self, directory: Entry, d: GoodbyeTable, on_error: ErrorHandler | None
+    def records(
+        self, directory: Entry, *, on_error: ErrorHandler | None = None
+    ) -> list[tuple[int, int]]:
+        """The children as (FILENAME offset, the size their goodbye record gives), in archive
+        order, none decoded: one read of the directory's goodbye table, where listing a v1
+        directory decodes the chunks its children lie in. A record pointing outside the
+        directory raises, or with `on_error` is reported there and left out."""
+        return self._records(directory, self._open_dir(directory), on_error)
+
+    def children_at(
+        self,
+        directory: Entry,
+        offsets: Sequence[int],
+        *,
+        on_error: ErrorHandler | None = None,
     ) -> Iterator[Entry]:
+        """The children at `offsets` (FILENAME offsets from `records`, in archive order),
+        decoded and checked as `listdir` decodes and checks them: a run of siblings a worker
+        decodes for itself, the sibling before it decoded too to know where the run may start."""
+        d = self._open_dir(directory)
+        records, _ = records_in_archive_order(d)  # `records` reported the bad ones
+        sizes = dict(records)
+        wanted = []
+        for f in offsets:
+            if f not in sizes:
+                raise CorruptDataError(
+                    f"{self.name}: no goodbye record of {directory.path!r} names offset {f}"
+                )
+            wanted.append((f, sizes[f]))
+        covered = d.entry_start + 1
+        before = [r for r in records if r[0] < (offsets[0] if offsets else 0)][-1:]
+        with contextlib.suppress(SnapfsError):  # its own restore reports it; it bounds nothing
+            for previous in self._decode_records(directory, d, before, None):
+                covered = previous.entry_end
+        return self._decode_records(directory, d, wanted, on_error, covered=covered)
+
+    def _records(
+        self, directory: Entry, d: GoodbyeTable, on_error: ErrorHandler | None
+    ) -> list[tuple[int, int]]:
         records, bad = records_in_archive_order(d)
         for roff in bad:
             exc = CorruptDataError(
@@ -163,9 +200,23 @@ class Accessor:
             if on_error is None:
                 raise exc
             on_error(exc)
+        return records
+
+    def _decode_records(
+        self,
+        directory: Entry,
+        d: GoodbyeTable,
+        records: list[tuple[int, int]],
+        on_error: ErrorHandler | None,
+        *,
+        covered: int | None = None,
+    ) -> Iterator[Entry]:
+        """The children `records` name, decoded in turn; `covered` is where the first may start
+        (default: after the directory's own ENTRY)."""
         cur = self._cursor(d.goodbye_start, _LIST_WINDOW)
         parent_path = directory.path
-        covered = d.entry_start + 1  # no child may start inside the directory's own ENTRY
+        if covered is None:
+            covered = d.entry_start + 1  # no child may start inside the directory's own ENTRY
         for f, rsize in records:
             try:
                 if f < covered:

@@ -23,6 +23,7 @@ with --include/--exclude, or a dry run, stays in one process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
@@ -48,6 +49,7 @@ __all__ = [
     "UnitOutcome",
     "UnitTask",
     "restore_in_parallel",
+    "span_bytes",
     "tree_bytes",
 ]
 
@@ -88,7 +90,9 @@ class UnitTask:
     #: Passes nothing on to new entries (restore/tree.py). Never "fresh": a unit run again after
     #: its worker died finds what the first run made.
     plain: bool
-    entries: tuple[Entry, ...]  # decoded here already: the worker looks nothing up
+    #: FILENAME offsets of the sibling entries, in archive order: the worker decodes them, as it
+    #: reads the chunks they lie in anyway (`Accessor.children_at`).
+    children: tuple[int, ...]
 
 
 @dataclass
@@ -101,11 +105,15 @@ class UnitOutcome:
 
 def tree_bytes(accessor: Accessor, entry: Entry) -> int:
     """How much restoring `entry` and what lies below it weighs, in archive bytes."""
-    size = entry.entry_end - entry.entry_offset
+    return span_bytes(accessor, entry.entry_end - entry.entry_offset)
+
+
+def span_bytes(accessor: Accessor, span: int) -> int:
+    """How much restoring what `span` bytes of the archive hold weighs, in archive bytes."""
     if accessor.format_version == 1:
-        return size
+        return span
     payload_share = getattr(accessor.payload, "size", 0) // max(1, accessor.archive.size)
-    return size * max(SPLIT_METADATA_WEIGHT, payload_share)
+    return span * max(SPLIT_METADATA_WEIGHT, payload_share)
 
 
 def restore_in_parallel(
@@ -125,7 +133,7 @@ def restore_in_parallel(
     cut: list[_Frame] = [root_frame]  # directories this process leaves at the end
     deferred: list[tuple[Entry, tuple[bytes, ...]]] = []
 
-    def task(stack: list[_Frame], batch: list[Entry]) -> UnitTask:
+    def task(stack: list[_Frame], batch: list[int]) -> UnitTask:
         top = stack[-1]
         return UnitTask(
             opener,
@@ -140,19 +148,27 @@ def restore_in_parallel(
         )
 
     def units(stack: list[_Frame]) -> Iterator[UnitTask]:
-        """The units below the directory on top of the stack, cutting the big ones further."""
-        batch: list[Entry] = []
+        """The units below the directory on top of the stack, cutting the big ones further.
+        Only the directory's goodbye table is read, and a child decoded only if it is big
+        enough to cut: in a v1 archive its children lie all over it, and decoding them here
+        decoded most of the archive once more than the workers do."""
+        accessor = job.accessor
+        directory = stack[-1].entry
+        batch: list[int] = []
         batch_bytes = 0
-        listing = job.accessor.listdir(stack[-1].entry, on_error=listing_failed)
-        for child in listing:
-            child_bytes = tree_bytes(job.accessor, child)
-            if child.is_dir and child_bytes > unit_bytes and len(stack) <= MAX_CUT_DEPTH:
-                if batch:
-                    yield task(stack, batch)
-                    batch, batch_bytes = [], 0
-                yield from cut_into(stack, child)
-                continue
-            batch.append(child)
+        for f, size in accessor.records(directory, on_error=listing_failed):
+            child_bytes = span_bytes(accessor, size)
+            if child_bytes > unit_bytes and len(stack) <= MAX_CUT_DEPTH:
+                child = next(accessor.children_at(directory, [f], on_error=listing_failed), None)
+                if child is None:
+                    continue
+                if child.is_dir:
+                    if batch:
+                        yield task(stack, batch)
+                        batch, batch_bytes = [], 0
+                    yield from cut_into(stack, child)
+                    continue
+            batch.append(f)
             batch_bytes += child_bytes
             if batch_bytes >= unit_bytes:
                 yield task(stack, batch)
@@ -204,8 +220,7 @@ def _merge(
 ) -> None:
     report = job.report
     if isinstance(outcome, BaseException):
-        for entry in unit.entries:
-            path = display_path(entry.path)
+        for path in _unit_paths(job, unit):
             report.fail(f"{path}: not restored: {outcome}", path=path)
         return
     done = outcome.report
@@ -217,6 +232,20 @@ def _merge(
     report.failures.extend(done.failures)
     deferred.extend(outcome.deferred_links)
     job.progress.update(done.bytes_total, files=done.files)
+
+
+def _unit_paths(job: _PxarRestore, unit: UnitTask) -> list[str]:
+    """The paths of a unit's entries, for the report of a unit that failed as a whole."""
+    named = {}
+    with contextlib.suppress(SnapfsError):  # then named by their offsets
+        for entry in job.accessor.children_at(unit.parent, unit.children, on_error=_ignore):
+            named[entry.entry_offset] = display_path(entry.path)
+    parent = display_path(unit.parent.path)
+    return [named.get(f, f"{parent}: the entry at offset {f}") for f in unit.children]
+
+
+def _ignore(exc: SnapfsError) -> None:
+    """What a unit's failure report does with an entry that cannot be decoded: names it by offset."""
 
 
 def _make_deferred_link(

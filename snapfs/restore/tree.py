@@ -748,6 +748,13 @@ def restore_unit(unit: parallel.UnitTask) -> parallel.UnitOutcome:
     archive is opened once and kept for the units that follow)."""
     accessor = parallel.open_archive(unit.opener)
     report = RestoreReport(kind="pxar", source=accessor.name, target=unit.target)
+    entries = tuple(
+        accessor.children_at(
+            unit.parent,
+            unit.children,
+            on_error=lambda exc: report.fail(f"not restored (archive unreadable here): {exc}"),
+        )
+    )
     job = _PxarRestore(
         accessor,
         unit.target,
@@ -755,7 +762,7 @@ def restore_unit(unit: parallel.UnitTask) -> parallel.UnitOutcome:
         report,
         Progress.disabled(),
         resuming=unit.resuming,
-        own_ranges=tuple((e.entry_offset, e.entry_end) for e in unit.entries),
+        own_ranges=tuple((e.entry_offset, e.entry_end) for e in entries),
     )
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     job.target_fd = os.open(unit.target, flags)
@@ -770,7 +777,7 @@ def restore_unit(unit: parallel.UnitTask) -> parallel.UnitOutcome:
                 apply_meta=False,  # the parent process leaves it
                 plain=unit.plain,
             )
-            job._run_tree(unit.entries, parent)
+            job._run_tree(entries, parent)
         finally:
             if pfd != job.target_fd:
                 os.close(pfd)

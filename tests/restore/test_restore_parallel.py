@@ -143,7 +143,7 @@ def test_the_tree_is_cut_below_big_directories(tmp_path, monkeypatch):
     real = tree.restore_unit
 
     def counting(unit):
-        seen.append((unit.parent_path, len(unit.entries)))
+        seen.append((unit.parent_path, len(unit.children)))
         return real(unit)
 
     monkeypatch.setattr(parallel, "open_pool", _inline_pool)
