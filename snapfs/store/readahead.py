@@ -110,10 +110,13 @@ class Readahead:
 class SequentialWindow:
     """Which chunks to decode next for one sequential reader of one stream, each named once."""
 
-    __slots__ = ("ahead",)
+    __slots__ = ("ahead", "_quiet")
 
     def __init__(self) -> None:
         self.ahead = -1  # the last chunk named by an earlier call
+        #: Reads ending in [from, until) name nothing new: a reader of small files in archive
+        #: order asks after every file, and most ask inside the same chunk (no lookups then).
+        self._quiet = (0, 0)
 
     def after(self, stream: IndexStream, end: int, limit: int) -> list[bytes]:
         """The chunks after a read that ended at stream offset `end`, up to `readahead_bytes` (at
@@ -121,19 +124,32 @@ class SequentialWindow:
         call named already."""
         if end >= limit or end <= 0:
             return []
+        quiet_from, quiet_until = self._quiet
+        if quiet_from <= end < quiet_until:
+            return []
         index = stream.index
         current = index.chunk_at(end - 1)
+        reach = readahead_bytes(stream)
+        final = index.chunk_at(limit - 1)
         last = max(
-            index.chunk_at(min(limit, end + readahead_bytes(stream)) - 1),
-            min(current + MIN_READAHEAD_CHUNKS, index.chunk_at(limit - 1)),
+            index.chunk_at(min(limit, end + reach) - 1),
+            min(current + MIN_READAHEAD_CHUNKS, final),
         )
         first = current + 1
         if first <= self.ahead <= last:
             first = self.ahead + 1
-        if first > last:
-            return []
-        self.ahead = last
-        return chunk_digests(index, first, last)
+        if first <= last:
+            self.ahead = last
+        if self.ahead == last:
+            # Until `end` moves far enough for `last` to grow, later calls name nothing.
+            until = limit
+            if last < final:
+                until = min(
+                    index.chunk_range(last + 1)[0] - reach + 1,
+                    index.chunk_range(max(0, last - MIN_READAHEAD_CHUNKS + 1))[0] + 1,
+                )
+            self._quiet = (end, until)
+        return chunk_digests(index, first, last) if first <= last else []
 
 
 def chunk_digests(index: FixedIndex | DynamicIndex, first: int, last: int) -> list[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -235,3 +236,25 @@ def test_a_walk_reads_ahead_where_it_goes_on_not_where_it_jumps() -> None:
     assert len(readahead.named) == 1
     reader.read_at(16 * MiB, 4096)  # the walk goes on: the window moves with it
     assert readahead.named[1] == [digest(i) for i in range(17, 33)]
+
+
+def test_reads_inside_the_named_window_skip_the_lookups_and_name_the_same() -> None:
+    """The shortcut for reads that can name nothing new (most reads of small files in archive
+    order) gives, for any reading pattern, what the full computation gives."""
+    rng = random.Random(7)
+    for cache_size in (32 * MiB, 1 << 30):
+        stream, _ = image(24, chunk_size=2 * MiB, cache_size=cache_size)
+        for limit in (stream.size, 40 * MiB + 5, 3 * MiB):
+            window, reference = SequentialWindow(), SequentialWindow()
+            end = 0
+            for _ in range(400):
+                pick = rng.random()
+                if pick < 0.85:
+                    end = min(stream.size, end + rng.randint(0, 300_000))
+                elif pick < 0.95:
+                    end = rng.randint(0, stream.size)
+                else:
+                    end = min(stream.size, end + rng.randint(0, 12 * MiB))
+                reference._quiet = (0, 0)  # always computed in full
+                assert window.after(stream, end, limit) == reference.after(stream, end, limit)
+                assert window.ahead == reference.ahead
