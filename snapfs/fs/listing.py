@@ -100,9 +100,13 @@ class CachedListingHandle(DirHandle):
 
     def items(self, start: int) -> Iterator[DirItem]:
         entry_node = self.archive.entry_node
-        for i, (name, entry) in enumerate(itertools.islice(self.listing, start, None), start + 1):
+        listing = self.listing
+        # By position, not islice: a 20,000-entry directory is read a few dozen at a time, and
+        # islice walked from the start on every request.
+        for i in range(start, len(listing)):
+            name, entry = listing[i]
             node = entry_node(entry)
-            yield DirItem(name, node, node.attr(), i)
+            yield DirItem(name, node, node.attr(), i + 1)
 
 
 class IndexedListingHandle(CachedListingHandle):

@@ -373,6 +373,9 @@ class Extra(NamedTuple):
     quota: int | None = None
 
 
+_NO_EXTRA = Extra()
+
+
 def parse_extra(extra: str | None) -> Extra:
     """What `entry_extra` made of an entry (other keys in the JSON are ignored: the search
     index adds its own to the same object)."""
@@ -388,27 +391,28 @@ def parse_extra(extra: str | None) -> Extra:
 
 
 def _entry(row: tuple) -> Entry:
-    """An Entry from its `_ENTRY_COLUMNS`."""
+    """An Entry from its `_ENTRY_COLUMNS` (a listing makes one per child: positional, and no
+    JSON parsed for the nearly all entries that have no rare metadata)."""
     (offset, name, path, kind, mode, uid, gid, mtime_ns, flags, size, end, content) = row[:12]
     link, device, extra = row[12:]
-    xattrs, acl, fcaps, quota = parse_extra(extra)
+    xattrs, acl, fcaps, quota = _NO_EXTRA if extra is None else parse_extra(extra)
     return Entry(
-        path=path,
-        name=name,
-        kind=_KINDS[kind],
-        mode=mode,
-        uid=uid,
-        gid=gid,
-        mtime_ns=mtime_ns,
-        flags=flags,
-        size=size,
-        xattrs=xattrs,
-        acl=acl,
-        fcaps=fcaps,
-        quota_project_id=quota,
-        link_target=link,
-        device=None if device is None else tuple(map(int, device.split(":"))),
-        entry_offset=offset,
-        entry_end=end,
-        content_offset=content,
+        path,
+        name,
+        _KINDS[kind],
+        mode,
+        uid,
+        gid,
+        mtime_ns,
+        flags,
+        size,
+        xattrs,
+        acl,
+        fcaps,
+        quota,
+        link,
+        None if device is None else tuple(map(int, device.split(":"))),
+        offset,
+        end,
+        content,
     )
