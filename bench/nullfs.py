@@ -6,7 +6,10 @@ snapfs's mount (pyfuse3 and trio, snapfs's mount options, attribute timeouts and
 * `/image`: a file of the size asked for, one pseudo-random 4 MiB block repeated (CONTENT_SEED),
   opened with keep_cache as snapfs opens an image;
 * `/dir`: a directory of N files, `f0000000` on, whose listing hands the kernel every entry's
-  attributes (readdirplus), as snapfs's listings do (each file's st_size is its number; no data).
+  attributes (readdirplus), as snapfs's listings do (each file's st_size is its number; no data);
+* `/bigdir`: another such directory, of M files (for `ls -l`). Every entry has no extended
+  attributes and no ACL, answered as snapfs answers (ENODATA, the kernel keeping ACLs): `ls -l`
+  asks for both, for every file.
 
 What snapfs's mount reaches against this is what its own Python costs over FUSE's. Started by
 `scripts/bench` (bench/compare/limits.py) as `python -m bench.nullfs MOUNTPOINT --size BYTES
@@ -27,9 +30,9 @@ import time
 
 BLOCK = 4 * 1024 * 1024
 CONTENT_SEED = 11
-ROOT, IMAGE, DIR = 1, 2, 3  # inodes; the directory's entries follow from FIRST_ENTRY
-FIRST_ENTRY = 4
-ROOT_ENTRIES = ((b"image", IMAGE), (b"dir", DIR))
+ROOT, IMAGE, DIR, BIGDIR = 1, 2, 3, 4  # inodes; /dir's entries, then /bigdir's, from FIRST_ENTRY
+FIRST_ENTRY = 5
+ROOT_ENTRIES = ((b"image", IMAGE), (b"dir", DIR), (b"bigdir", BIGDIR))
 ATTR_TIMEOUT = 24 * 3600.0  # what snapfs gives entries that never change
 
 
@@ -58,22 +61,31 @@ def entry_size(i: int) -> int:
     return i
 
 
-def serve(mountpoint: str, size: int, entries: int) -> None:
+def serve(mountpoint: str, size: int, entries: int, bigdir_entries: int = 0) -> None:
     import pyfuse3
 
     from snapfs.fs.mount import DEFAULT_READ_AHEAD_KB, MountOptions, mount_options
 
     data = memoryview(block())
     now = time.time_ns()
+    first_big = FIRST_ENTRY + entries  # /bigdir's first entry
+    end = first_big + bigdir_entries
+
+    def number(ino: int) -> int:
+        return ino - (first_big if ino >= first_big else FIRST_ENTRY)
+
+    def listed(directory: int) -> tuple[int, int]:
+        """The entry inodes a directory holds, as a range."""
+        return (FIRST_ENTRY, first_big) if directory == DIR else (first_big, end)
 
     def attributes(ino: int) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino
-        if ino in (ROOT, DIR):
+        if ino in (ROOT, DIR, BIGDIR):
             e.st_mode, e.st_nlink, e.st_size = stat.S_IFDIR | 0o555, 2, 0
         else:
             e.st_mode, e.st_nlink = stat.S_IFREG | 0o444, 1
-            e.st_size = size if ino == IMAGE else entry_size(ino - FIRST_ENTRY)
+            e.st_size = size if ino == IMAGE else entry_size(number(ino))
         e.st_blksize = 128 * 1024
         e.st_blocks = (e.st_size + 511) // 512
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = now
@@ -83,31 +95,38 @@ def serve(mountpoint: str, size: int, entries: int) -> None:
     class NullFS(pyfuse3.Operations):
         supports_dot_lookup = False
         enable_writeback_cache = False
-        enable_acl = False
+        enable_acl = True  # as snapfs: the kernel keeps each file's (absent) ACL
 
         async def getattr(self, inode, ctx=None):
-            if inode >= FIRST_ENTRY + entries:
+            if inode >= end:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return attributes(inode)
+
+        async def getxattr(self, inode, name, ctx=None):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+
+        async def listxattr(self, inode, ctx=None):
+            return []
 
         async def lookup(self, parent_inode, name, ctx=None):
             if parent_inode == ROOT and name in dict(ROOT_ENTRIES):
                 return attributes(dict(ROOT_ENTRIES)[name])
-            if parent_inode == DIR and name[:1] == b"f" and name[1:].isdigit():
+            if parent_inode in (DIR, BIGDIR) and name[:1] == b"f" and name[1:].isdigit():
+                first, stop = listed(parent_inode)
                 i = int(name[1:])
-                if i < entries and name == entry_name(i):
-                    return attributes(FIRST_ENTRY + i)
+                if i < stop - first and name == entry_name(i):
+                    return attributes(first + i)
             raise pyfuse3.FUSEError(errno.ENOENT)
 
         async def opendir(self, inode, ctx=None):
-            if inode not in (ROOT, DIR):
+            if inode not in (ROOT, DIR, BIGDIR):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             return inode
 
         async def readdir(self, fh, start_id, token):
-            count = len(ROOT_ENTRIES) if fh == ROOT else entries
-            for i in range(start_id, count):
-                name, ino = ROOT_ENTRIES[i] if fh == ROOT else (entry_name(i), FIRST_ENTRY + i)
+            first, stop = (0, len(ROOT_ENTRIES)) if fh == ROOT else listed(fh)
+            for i in range(start_id, stop - first):
+                name, ino = ROOT_ENTRIES[i] if fh == ROOT else (entry_name(i), first + i)
                 if not pyfuse3.readdir_reply(token, name, attributes(ino), i + 1):
                     return
 
@@ -138,18 +157,27 @@ def serve(mountpoint: str, size: int, entries: int) -> None:
         for o in mount_options(MountOptions(source="nullfs", mountpoint=mountpoint))
         if not o.startswith(("fsname=", "subtype="))
     } | {"fsname=snapfs-bench-nullfs", "subtype=nullfs"}
-    run_mounted(NullFS(), mountpoint, options, DEFAULT_READ_AHEAD_KB)
+    run_mounted(NullFS(), mountpoint, options, DEFAULT_READ_AHEAD_KB, cache_listings=True)
 
 
-def run_mounted(ops, mountpoint: str, options: set[str], read_ahead_kb: int) -> None:
+def run_mounted(
+    ops, mountpoint: str, options: set[str], read_ahead_kb: int, *, cache_listings: bool = False
+) -> None:
     """Mount `ops` (pyfuse3 Operations) as snapfs mounts, print "ready" once it answers, serve
-    until SIGTERM or SIGINT, unmount. The bench's reference filesystems all run this way."""
+    until SIGTERM or SIGINT, unmount. The bench's reference filesystems all run this way;
+    `cache_listings` has the kernel keep directory listings, as snapfs has it keep those of
+    archives (snapfs.fs.listing_cache)."""
     import pyfuse3
     import trio
 
+    from snapfs.fs import listing_cache
+    from snapfs.fs.handler_table import HandlerTable
     from snapfs.fs.mount import set_read_ahead
 
     pyfuse3.init(ops, mountpoint, options)
+    table = HandlerTable.find() if cache_listings else None
+    if table is not None:
+        listing_cache.enable(table, lambda inode: True)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -183,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mountpoint")
     parser.add_argument("--size", type=int, required=True, help="bytes of /image")
     parser.add_argument("--entries", type=int, required=True, help="files in /dir")
+    parser.add_argument("--bigdir-entries", type=int, default=0, help="files in /bigdir")
     args = parser.parse_args(argv)
-    serve(os.path.abspath(args.mountpoint), args.size, args.entries)
+    serve(os.path.abspath(args.mountpoint), args.size, args.entries, args.bigdir_entries)
     return 0
 
 

@@ -352,8 +352,9 @@ def markdown(doc: dict, png_name: str | None, notes: str | None) -> str:
             " already do not, so with few distinct chunks the ratio can pass 1). Null FUSE FS:"
             " `bench/nullfs.py`, pyfuse3 + trio serving a file of the image's size and a"
             f" directory of {doc['limits']['entries']:,} entries (readdirplus) from memory, read"
-            " with the same reader and `find` as above: the most a Python FUSE filesystem"
-            " reaches here.",
+            " with the same reader and `find` as above, and one of the big directory's size"
+            " listed by the same `ls -l` (every file's SELinux label and ACLs asked for, none"
+            " there, as in snapfs): the most a Python FUSE filesystem reaches here.",
             "",
             limits_table(doc["limits"]),
             "",
