@@ -2,10 +2,12 @@
 
 `Accessor.walk` finds each directory's children through its goodbye table and decodes each one
 where the table points. That is what browsing needs, but a walk over everything then pays, per
-directory, for a table read, a jump and a fresh read window, and per entry for the goodbye
-bookkeeping: about half the time of indexing an archive. The items lie in the order the encoder
-wrote them (a directory's ENTRY, its children, its goodbye table), so one pass over them in that
-order decodes the same entries with the same `decode_entry_items`.
+directory, for a table read, a jump and a fresh read window, and per entry for the records'
+bookkeeping. The items lie in the order the encoder wrote them (a directory's ENTRY, its
+children, its goodbye table), so one pass over them in that order decodes the same entries with
+the same decoders (`decode_regular_file`, else `decode_entry_items`). With both, indexing the
+bench's 101,345-entry tree went from 2.17 to 1.6 s, most of the rest being the decoding of its
+chunks and SQLite.
 
 The scan yields exactly what `Accessor.listdir` would, or raises: at each directory's goodbye
 table (read and checked by `read_goodbye_table`) the records must name exactly the children the

@@ -846,3 +846,45 @@ def test_encoder_round_trip(split):
     assert (leaf.quota_project_id, acc.read(leaf, 0, 10)) == (9, b"abc")
     paths = [e.path for e in acc.walk()]
     assert len(paths) == depth + 5 and paths[-1] == b"/s" and paths[-2] == leaf_path
+
+
+@pytest.mark.parametrize(("archive", "payload", "dump"), GOLDEN)
+def test_records_and_children_at_give_what_listdir_gives(vectors, archive, payload, dump):
+    """A tree restore cuts a directory from its records alone and hands runs of them to
+    workers: each run decodes to the very entries listdir gives."""
+    acc = open_golden(vectors, archive, payload)
+    for directory in (e for e in acc.walk() if e.is_dir):
+        children = list(acc.listdir(directory))
+        records = acc.records(directory)
+        assert [f for f, _ in records] == [c.entry_offset for c in children]
+        for child, (_, size) in zip(children, records, strict=True):
+            if child.is_dir:
+                assert size == child.entry_end - child.entry_offset
+        for start in range(len(records)):
+            run = [f for f, _ in records[start : start + 2]]
+            assert list(acc.children_at(directory, run)) == children[start : start + 2]
+    root = acc.root()
+    with pytest.raises(CorruptDataError, match=f"{archive}: no goodbye record .* offset 1"):
+        acc.children_at(root, [1])
+
+
+def test_a_run_of_children_may_not_start_inside_the_sibling_before_it():
+    """children_at checks a run's first entry against the sibling before it, as listdir does:
+    a forged record pointing into a file's content decodes to nothing."""
+    inner = MiniPxar()
+    c = inner.file(b"c", b"")
+    items = bytes(inner.out[c:])  # c's FILENAME, ENTRY and PAYLOAD
+    w = MiniPxar()
+    a = w.file(b"a", items)  # ... as a's content
+    w.file(b"b", b"y")
+    forged = a + 18 + fmt.ENTRY_FULL_SIZE + 16  # where c's items lie inside a's payload
+    w.stack[-1][2].append((fmt.filename_hash(b"c"), forged, len(items)))
+    acc = open_bytes(w.finish()[0])
+    root = acc.root()
+    assert forged in [f for f, _ in acc.records(root)]
+    listed_errors: list = []
+    assert [e.name for e in acc.listdir(root, on_error=listed_errors.append)] == [b"a", b"b"]
+    errors: list = []
+    assert list(acc.children_at(root, [forged], on_error=errors.append)) == []
+    assert [str(e) for e in errors] == [str(e) for e in listed_errors]
+    assert "inside a sibling" in str(errors[0])
