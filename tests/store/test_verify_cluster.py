@@ -188,9 +188,17 @@ def _running_past_three_shards(bucket: dict, state: Path, *args: str) -> Iterato
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ctrl_c_heard,
     ) as run:
         _wait_for_shards(state, 3, run)
         yield run
+
+
+def _ctrl_c_heard() -> None:
+    """In the child before exec: SIGINT back to its default. A suite started in the background by
+    a non-interactive shell ignores SIGINT, the child inherits that, and Python then raises no
+    KeyboardInterrupt: the run would go on to its end and the test could not interrupt it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_shards(state: Path, count: int, run: subprocess.Popen) -> None:
