@@ -11,6 +11,7 @@ goodbye.py reads and checks the tables, decode.py the entries; this module walks
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -181,10 +182,10 @@ class Accessor:
                     f"{self.name}: no goodbye record of {directory.path!r} names offset {f}"
                 )
             wanted.append((f, sizes[f]))
-        covered = d.entry_start + 1
-        before = [r for r in records if r[0] < (offsets[0] if offsets else 0)][-1:]
+        covered = None  # after the directory's own ENTRY, unless a sibling comes before
+        first = bisect.bisect_left(records, (offsets[0],)) if offsets else 0
         with contextlib.suppress(SnapfsError):  # its own restore reports it; it bounds nothing
-            for previous in self._decode_records(directory, d, before, None):
+            for previous in self._decode_records(directory, d, records[first - 1 : first], None):
                 covered = previous.entry_end
         return self._decode_records(directory, d, wanted, on_error, covered=covered)
 
