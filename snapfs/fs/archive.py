@@ -134,7 +134,7 @@ class Archive:
         self.accessor = accessor
         self.encrypted = encrypted
         self.lock = threading.Lock()
-        self.id = model.new_archive_id()
+        self.id = model.add_archive(self)
         self.root = accessor.root()
         self.links: dict[int, set[int]] = {}  # target entry_offset -> link entry_offsets seen
         self.index: ArchiveIndex | None = model.indexer.load(accessor, encrypted)
@@ -155,6 +155,16 @@ class Archive:
                 f"{self.accessor.name}: entry at offset {entry_offset} is beyond what inode numbers hold"
             )
         return (self.id << ARCHIVE_SHIFT) | entry_offset
+
+    def node_at(self, entry_offset: int) -> PxarNode | None:
+        """The node of the entry at `entry_offset`, made from the index (blocking: SQLite);
+        None without an index, or if no entry an inode can name starts there (a hard link is
+        its target's inode, never its own)."""
+        index = self.index
+        entry = None if index is None else index.entry(entry_offset)
+        if entry is None or entry.kind is _HARDLINK:
+            return None
+        return self.entry_node(entry)
 
     def entry_node(self, entry: Entry) -> PxarNode:
         """The node of a (resolved) entry, of the class its kind needs."""
@@ -263,6 +273,7 @@ class Archive:
         """From now on lookups and listings come from `index`, and every st_nlink is exact."""
         self.index = index
         self.model.attrs_changed(self.ino_at(offset) for offset in index.nlinks)
+        self.model.archive_indexed(self.id)
 
     @property
     def content_needs_io(self) -> bool:
@@ -365,6 +376,10 @@ class PxarNode(Node):
     @property
     def path(self) -> str:
         return self.archive.path(self.entry)
+
+    @property
+    def reproducible(self) -> bool:  # type: ignore[override]
+        return self.archive.index is not None
 
     def attr(self, load: bool = True) -> Attr:
         return self.archive.entry_attr(self.entry, self.ino)

@@ -16,14 +16,20 @@ changes, so it is read once.
 
 Inodes: the datastore-level nodes get small numbers from a counter (never reused) and live as
 long as the mount or until a refresh finds them gone (there are as many as snapshots and archives,
-not files). Entries inside a pxar archive derive theirs from their offset (`archive.py`) and are
-kept in the table only while the kernel references them (lookup counts, dropped on `forget`), as
-are the nodes below `GROUP/.versions/ARCHIVE`, numbered from a counter in an archive id of their
-own (`versions.py`). An archive id (the bits above an entry offset) is never given out twice.
+not files). Entries inside a pxar archive derive theirs from their offset (`archive.py`). Once
+the archive is indexed, an entry's node is made again from the index whenever the kernel names
+its inode, so the table holds nothing per entry: only the last RECENT_NODES nodes handed out
+are kept, so that the requests that follow a listing (`ls -l` asks three per file) are answered
+without the index. Memory then stays flat however many entries the kernel holds (a `find` over
+ten million files holds them all). Until then, an entry's node is kept in the table while the
+kernel references it (lookup counts, dropped on `forget`), and given up once the index is there;
+so are the nodes below `GROUP/.versions/ARCHIVE`, numbered from a counter in an archive id of
+their own (`versions.py`). An archive id (the bits above an entry offset) is never given out
+twice.
 
 Threading: node methods documented as blocking read storage or decode chunks and are meant to run
 in worker threads; their `cached_` twins never block. The pxar part of the inode table
-(`remember`, `forget`) is touched only from the thread that serves FUSE requests; datastore-level
+(`node`, `remember`, `forget`) is touched only from the thread that serves FUSE requests; datastore-level
 nodes are added and dropped by the (worker) threads that list, one dict operation at a time.
 `.versions` nodes are made by both, each tree's under its own lock.
 """
@@ -35,12 +41,15 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from lru import LRU
+
 from snapfs.errors import NotFoundError, UnsupportedFormatError
 from snapfs.format.crypt import CryptConfig
-from snapfs.fs.archive import MAX_ARCHIVES, OFFSET_MASK, PxarNode
+from snapfs.fs.archive import ARCHIVE_SHIFT, MAX_ARCHIVES, OFFSET_MASK, Archive, PxarNode
 from snapfs.fs.content import BytesContent, Content
 from snapfs.fs.indexing import ArchiveIndexer
 from snapfs.fs.listing import LISTING_CACHE_ENTRIES, DirHandle, DirItem, Listing, ListingCache
@@ -59,6 +68,10 @@ log = logging.getLogger("snapfs.fs")
 
 ROOT_INODE = 1
 NAME_MAX = 255
+#: Nodes of indexed archives kept after they were handed out (a few hundred bytes each, their
+#: entries mostly shared with the listing cache): more than the biggest directory `ls -l` is
+#: usually run on, since it asks about each file after listing them all.
+RECENT_NODES = 32_768
 
 
 class FsModel:
@@ -76,6 +89,7 @@ class FsModel:
         listing_cache_entries: int = LISTING_CACHE_ENTRIES,
         indexer: ArchiveIndexer | None = None,
         versions_index: VersionsIndex | None = None,
+        recent_nodes: int = RECENT_NODES,
     ) -> None:
         self.datastore = datastore
         self.crypt = crypt
@@ -100,6 +114,10 @@ class FsModel:
         }
         self._nodes: dict[int, DatastoreNode] = {}
         self._entries: dict[int, PxarNode] = {}  # what the kernel references (`counted`)
+        # Nodes of indexed archives recently handed out; the rest are made again on request.
+        self._recent: LRU = LRU(recent_nodes)
+        self._archives: weakref.WeakValueDictionary[int, Archive] = weakref.WeakValueDictionary()
+        self._indexed: list[int] = []  # archives whose counted nodes can now be given up
         self._inos = itertools.count(ROOT_INODE)
         self._archive_ids = itertools.count(1)
         self._reported: set[tuple[str, str]] = set()
@@ -132,11 +150,24 @@ class FsModel:
         return ino
 
     def new_archive_id(self) -> int:
-        """The number an opened archive's entry inodes (or a `.versions` tree's) start with."""
+        """The number a `.versions` tree's inodes start with (an archive's: `add_archive`)."""
         archive_id = next(self._archive_ids)
         if archive_id > MAX_ARCHIVES:
             raise UnsupportedFormatError("too many pxar archives opened in one mount")
         return archive_id
+
+    def add_archive(self, archive: Archive) -> int:
+        """The number an opened archive's entry inodes start with; `node` finds the archive by
+        it for as long as the archive is open (its node not dropped by a refresh)."""
+        archive_id = self.new_archive_id()
+        self._archives[archive_id] = archive
+        return archive_id
+
+    def archive_indexed(self, archive_id: int) -> None:
+        """The archive's index is in use: its entries' nodes can be made again from it, so the
+        ones counted until now need not be kept (given up on the FUSE thread, at its next
+        request). Called from the thread that built the index."""
+        self._indexed.append(archive_id)
 
     def drop(self, node: DatastoreNode) -> None:
         """Forget a node that vanished on refresh, and every node loaded below it."""
@@ -147,24 +178,54 @@ class FsModel:
             todo.extend(n.loaded_children())
 
     def node(self, ino: int) -> Node:
+        """The node of an inode the kernel was given; an indexed archive's entry is made again
+        from the index if it is no longer kept (SQLite, a few microseconds)."""
         node = self._nodes.get(ino)
         if node is None:
             node = self._entries.get(ino)
             if node is None:
-                raise NotFoundError(f"inode {ino} is not known (forgotten or never looked up)")
+                node = self._recent.get(ino)
+                if node is None:
+                    node = self._made_again(ino)
+        return node
+
+    def _made_again(self, ino: int) -> PxarNode:
+        archive = self._archives.get(ino >> ARCHIVE_SHIFT)
+        node = None if archive is None else archive.node_at(ino & OFFSET_MASK)
+        if node is None:
+            raise NotFoundError(f"inode {ino} is not known (forgotten or never looked up)")
+        self._recent[ino] = node
         return node
 
     def remember(self, node: Node) -> Node:
-        """The kernel got this node (lookup, readdirplus): count it; returns the table's node."""
-        if node.counted:
-            known = self._entries.get(node.ino)
-            if known is None:
-                self._entries[node.ino] = known = node
-            known.lookups += 1
-            return known
-        return node
+        """The kernel got this node (lookup, readdirplus): count it, unless it can be made again
+        from its archive's index; returns the table's node."""
+        if not node.counted:
+            return node
+        if self._indexed:
+            self._give_up_indexed()
+        if node.reproducible:
+            self._recent[node.ino] = node
+            return node
+        known = self._entries.get(node.ino)
+        if known is None:
+            self._entries[node.ino] = known = node
+        known.lookups += 1
+        return known
+
+    def _give_up_indexed(self) -> None:
+        """Drop the counted nodes of archives indexed since the last request: `node` makes them
+        again from the index (the kernel's later `forget`s of them find nothing, as intended)."""
+        ids = set()
+        while self._indexed:
+            ids.add(self._indexed.pop())
+        self._entries = {
+            ino: node for ino, node in self._entries.items() if ino >> ARCHIVE_SHIFT not in ids
+        }
 
     def forget(self, ino: int, count: int) -> None:
+        if self._indexed:
+            self._give_up_indexed()
         node = self._entries.get(ino)
         if node is not None:
             node.lookups -= count
@@ -180,7 +241,8 @@ class FsModel:
 
     @property
     def entries_referenced(self) -> int:
-        """pxar entries the kernel still holds (what `forget` keeps bounded)."""
+        """Counted nodes the table keeps while the kernel holds them (what `forget` bounds):
+        entries of archives not indexed, and `.versions` nodes."""
         return len(self._entries)
 
     def resolve(self, names: Iterable[bytes]) -> Node:

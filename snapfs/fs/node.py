@@ -73,6 +73,9 @@ class Node:
     #: Kept in the inode table only while the kernel holds references to it (`remember`,
     #: `forget`); other nodes stay for the life of the mount or until a refresh drops them.
     counted = False
+    #: The model can make this node again whenever its inode is named (an indexed archive's
+    #: entry): the inode table need not keep it, however long the kernel holds the inode.
+    reproducible = False
 
     @property
     def where(self) -> str:

@@ -200,15 +200,26 @@ class ArchiveIndex:
 
     def listing(self, directory: int) -> tuple[tuple[bytes, Entry], ...]:
         """The directory's children in archive order as (name, entry), hard links resolved."""
-        with self._lock:
+        with self._lock, self._readable():
             rows = self._db.execute(
                 _RESOLVED + "WHERE e.parent = ? ORDER BY e.offset", (directory,)
             ).fetchall()
         return tuple((row[0], _entry(row[1:])) for row in rows)
 
     def _one(self, sql: str, args: tuple = ()) -> tuple | None:
-        with self._lock:
+        with self._lock, self._readable():
             return self._db.execute(sql, args).fetchone()
+
+    @contextlib.contextmanager
+    def _readable(self) -> Iterator[None]:
+        """An index file damaged under a running mount (a disk error) is the archive's error,
+        named, not SQLite's exception from a FUSE request."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise CorruptDataError(
+                f"{self.name}: its metadata index cannot be read: {exc}"
+            ) from None
 
 
 # -- building ---------------------------------------------------------------------------------------

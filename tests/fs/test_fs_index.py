@@ -9,6 +9,7 @@ import pytest
 from support.fs_model import SPLIT, V1, listing, model_for, walk
 from support.vectors import VECTOR_PASSWORD
 
+from snapfs.errors import NotFoundError
 from snapfs.fs import indexing
 from snapfs.fs.indexing import ArchiveIndexer
 from snapfs.keysource import load_crypt_config
@@ -115,3 +116,56 @@ def test_without_indexing_nothing_is_built_or_kept(vectors, tmp_path):
     everything(model, root)
     assert root.archive.build is None and root.archive.index is None
     assert os.listdir(tmp_path) == []
+
+
+def handed_out(model, node) -> list:
+    """Every entry below node as the kernel gets it from readdirplus: remembered, by inode."""
+    out = []
+    for item in listing(model, node):
+        out.append((item.node.ino, item.node.entry, item.attr))
+        model.remember(item.node)
+        if item.attr.is_dir:
+            out += handed_out(model, item.node)
+    return out
+
+
+@pytest.mark.parametrize("snapshot", [V1, SPLIT])
+def test_an_indexed_archive_keeps_no_node_per_entry_and_makes_each_again(
+    vectors, tmp_path, snapshot
+):
+    model = model_for(vectors / "datastore", indexer=ArchiveIndexer(str(tmp_path)))
+    indexed(model, snapshot)
+    later = model_for(vectors / "datastore", indexer=ArchiveIndexer(str(tmp_path)), recent_nodes=2)
+    root = walk(later, f"{snapshot}/root.pxar")
+    given = handed_out(later, root)
+    assert len({ino for ino, _, _ in given}) > 10
+    assert later.entries_referenced == 0  # nothing counted: only the last two nodes kept
+    for ino, entry, attr in given:  # long evicted: made again from the index, the same
+        node = later.node(ino)
+        assert node.ino == ino and node.entry == entry and node.attr() == attr
+        later.forget(ino, 1)  # the kernel's forget of a node not kept is nothing
+    assert later.node(given[0][0]).entry == given[0][1]
+    with pytest.raises(NotFoundError):  # no entry starts there: never an inode handed out
+        later.node(given[0][0] + 1)
+
+
+def test_nodes_counted_before_the_index_are_given_up_once_it_is_there(
+    vectors, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(indexing, "LARGE_ARCHIVE", 0)  # no walk starts by itself: not at
+    monkeypatch.setattr(indexing, "LARGE_WALK_DIRS", 1000)  # a hard link, not after listings
+    model = model_for(vectors / "datastore", indexer=ArchiveIndexer(str(tmp_path)), recent_nodes=2)
+    root = walk(model, f"{V1}/root.pxar")
+    given = handed_out(model, root)
+    inodes = {ino for ino, _, _ in given}
+    assert model.entries_referenced == len(inodes)  # decoded, no index: each kept while held
+
+    archive = root.archive
+    assert archive.build is None
+    archive.build = model.indexer.build_in_background(archive, archive.encrypted)
+    assert archive.build.wait_finished(30) and archive.index is not None
+    model.forget(given[0][0], 1)  # the next request on the FUSE thread gives them up
+    assert model.entries_referenced == 0
+    for ino, entry, attr in given:
+        node = model.node(ino)
+        assert node.entry == entry and node.attr() == attr

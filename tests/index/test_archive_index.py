@@ -13,7 +13,7 @@ from support.fs_model import SPLIT, V1
 from support.stores import pxar_store
 from support.vectors import VECTOR_PASSWORD
 
-from snapfs.errors import SnapfsError
+from snapfs.errors import CorruptDataError, SnapfsError
 from snapfs.index.archive import ArchiveIndex, BuildCancelled, BuildProgress, index_file_name
 from snapfs.keysource import load_crypt_config
 from snapfs.pxar.entry import EntryKind
@@ -103,6 +103,22 @@ def test_an_index_of_another_schema_or_not_sqlite_is_ignored(vectors, tmp_path):
     path.write_bytes(b"not a database at all" * 100)
     assert ArchiveIndex.load(str(path), name="root.pxar") is None
     assert ArchiveIndex.load(str(tmp_path / "absent.sqlite"), name="root.pxar") is None
+
+
+def test_an_index_damaged_under_a_mount_is_a_named_error_not_sqlites(vectors, tmp_path):
+    acc = accessor_for(vectors, V1)
+    path = tmp_path / "i.sqlite"
+    ArchiveIndex.build(acc, str(path))
+    loaded = ArchiveIndex.load(str(path), name="root.pxar")
+    assert loaded is not None
+    with open(path, "r+b") as f:  # every page after the first overwritten, as a bad disk would
+        size = f.seek(0, os.SEEK_END)
+        f.seek(4096)
+        f.write(b"\xff" * (size - 4096))
+    root = acc.root().entry_offset
+    for query in (lambda: loaded.listing(root), lambda: loaded.child(root, b"dir_a")):
+        with pytest.raises(CorruptDataError, match="root.pxar: its metadata index cannot be read"):
+            query()
 
 
 def test_a_corrupt_chunk_fails_the_build_and_leaves_no_file(tmp_path):
