@@ -238,6 +238,12 @@ class Accessor:
 
     def read(self, entry: Entry, offset: int, size: int) -> bytes:
         """Up to `size` bytes of file content from `offset`; short only at the end of the file."""
+        data = self.read_view(entry, offset, size)
+        return data if isinstance(data, bytes) else data.tobytes()
+
+    def read_view(self, entry: Entry, offset: int, size: int) -> bytes | memoryview:
+        """`read` without a copy where the source allows (bytes within one chunk of an index
+        stream: a view on the decoded chunk, to be used at once, not kept)."""
         if entry.is_hardlink:
             entry = self.resolve_hardlink(entry)
         if not entry.is_file or entry.content_offset is None:
@@ -249,7 +255,7 @@ class Accessor:
         size = min(size, entry.size - offset)
         if self.format_version == 1:
             pos = entry.content_offset + offset
-            data = self.read_archive(pos, size)
+            data = self._view_archive(pos, size)
             if len(data) != size:
                 raise TruncatedDataError(
                     f"{self.name}: content of {entry.path!r} truncated at offset {pos}"
@@ -333,6 +339,21 @@ class Accessor:
     def read_archive(self, pos: int, size: int) -> bytes:
         """Up to `size` bytes of the archive (the metadata stream of a split one) at `pos`."""
         data = _read_at(self.archive, self.name, pos, size)
+        self.stats.reads += 1
+        self.stats.bytes += len(data)
+        return data
+
+    def _view_archive(self, pos: int, size: int) -> bytes | memoryview:
+        """`read_archive`, without a copy from an index stream (file content of a v1 archive)."""
+        view_at = getattr(self.archive, "view_at", None)
+        if view_at is None:
+            return self.read_archive(pos, size)
+        try:
+            data = view_at(pos, size)
+        except (ValueError, OSError) as exc:
+            raise CorruptDataError(
+                f"{self.name}: cannot read {size} bytes at offset {pos}: {exc}"
+            ) from exc
         self.stats.reads += 1
         self.stats.bytes += len(data)
         return data

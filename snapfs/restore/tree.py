@@ -256,7 +256,7 @@ class _PxarRestore:
                         self._materialize(stack)
                     continue
                 try:
-                    pfd = self._materialize(stack)
+                    pfd = top.fd if top.fd is not None else self._materialize(stack)
                     if pfd is None:
                         continue
                     self._restore_entry(pfd, entry.name, entry, rel, stack[-1])
@@ -526,7 +526,7 @@ class _PxarRestore:
         offset = 0
         file_end = 0  # where the file ends on disk: before entry.size if a last hole was skipped
         while offset < entry.size:
-            data = self.accessor.read(entry, offset, min(_READ_SIZE, entry.size - offset))
+            data = self.accessor.read_view(entry, offset, min(_READ_SIZE, entry.size - offset))
             if not data:
                 raise SnapfsError(
                     f"{display_path(entry.path)}: content ends at {offset} of {entry.size} bytes"

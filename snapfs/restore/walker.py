@@ -28,12 +28,15 @@ class ByteBudget:
         self.used = 0
         self.cond = threading.Condition()
         self.stopped = False
+        self._waiting = False  # the walker waits: a release must wake it
 
     def acquire(self, n: int) -> bool:
         n = min(n, self.limit)
         with self.cond:
             while self.used + n > self.limit and self.used > 0 and not self.stopped:
+                self._waiting = True
                 self.cond.wait()
+            self._waiting = False
             self.used += n
             return not self.stopped
 
@@ -47,7 +50,8 @@ class ByteBudget:
         n = min(n, self.limit)
         with self.cond:
             self.used = max(0, self.used - n)
-            self.cond.notify_all()
+            if self._waiting:  # once per file: notify_all costs more than the rest of this
+                self.cond.notify_all()
 
     def stop(self) -> None:
         with self.cond:

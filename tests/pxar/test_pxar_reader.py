@@ -26,6 +26,9 @@ from snapfs.pxar import format as fmt
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.encoder import Encoder, Metadata
 from snapfs.pxar.entry import Acl, Entry, EntryKind
+from snapfs.store.backend import LocalBackend
+from snapfs.store.datastore import Datastore, parse_snapshot
+from snapfs.views.archives import SnapshotReader
 
 GOLDEN = [
     ("archive-v1.pxar", None, "upstream-decoder-dump-v1.txt"),
@@ -223,6 +226,22 @@ def test_read_at_random_offsets(vectors, archive, payload, dump):
             off = rng.randrange(0, e.size + 10)
             n = rng.choice([0, 1, 15, 16, 4096, 70000, e.size + 5])
             assert acc.read(e, off, n) == full[off : off + n]
+            assert bytes(acc.read_view(e, off, n)) == full[off : off + n]
+
+
+def test_read_view_is_read_without_a_copy_from_a_datastore(vectors):
+    ds = Datastore(LocalBackend(vectors / "datastore"))
+    snapshot = parse_snapshot("host/testhost/2024-06-01T11:00:00Z")
+    acc = SnapshotReader(ds, snapshot).pxar("root.pxar")
+    files = [e for e in acc.walk() if e.is_file and e.size]
+    assert files
+    for e in files:
+        view = acc.read_view(e, 0, e.size)
+        assert bytes(view) == acc.read(e, 0, e.size)
+        start, end = e.content_offset, e.content_offset + e.size
+        index = acc.archive.index
+        if index.chunk_at(start) == index.chunk_at(end - 1):  # in one chunk: the cached bytes
+            assert isinstance(view, memoryview)
 
 
 @pytest.mark.parametrize(("archive", "payload", "dump"), GOLDEN)
