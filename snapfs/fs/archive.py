@@ -381,6 +381,12 @@ class PxarNode(Node):
     def reproducible(self) -> bool:  # type: ignore[override]
         return self.archive.index is not None
 
+    @property
+    def found_by_listing(self) -> bool:  # type: ignore[override]
+        # Not a hard link's target seen so far: one of its names may lie in another directory.
+        entry = self.entry
+        return entry.kind is not _DIRECTORY and entry.entry_offset not in self.archive.links
+
     def attr(self, load: bool = True) -> Attr:
         return self.archive.entry_attr(self.entry, self.ino)
 

@@ -58,6 +58,10 @@ class DirHandle:
     def load(self) -> None:
         """Where `loads`: read the listing now (blocking), so that reads are answered inline."""
 
+    def find(self, ino: int) -> Node | None:
+        """The node of inode `ino` if this directory lists it (blocking unless `in_memory`)."""
+        return next((item.node for item in self.all_items() if item.node.ino == ino), None)
+
     def all_items(self, batch: int = 1000) -> list[DirItem]:
         """Every entry, read `batch` at a time as the kernel reads them, so a handle that takes a
         lock per read (DecodingHandle) holds it for one batch at a time, not the whole listing."""
@@ -97,6 +101,14 @@ class CachedListingHandle(DirHandle):
         super().__init__(node)
         self.archive = archive
         self.listing = listing
+
+    def find(self, ino: int) -> Node | None:
+        self.load()
+        archive = self.archive
+        for _, entry in self.listing:  # by entry: no node, no attributes made for the others
+            if archive.ino(entry) == ino:
+                return archive.entry_node(entry)
+        return None
 
     def items(self, start: int) -> Iterator[DirItem]:
         entry_node = self.archive.entry_node

@@ -21,15 +21,18 @@ the archive is indexed, an entry's node is made again from the index whenever th
 its inode, so the table holds nothing per entry: only the last RECENT_NODES nodes handed out
 are kept, so that the requests that follow a listing (`ls -l` asks three per file) are answered
 without the index. Memory then stays flat however many entries the kernel holds (a `find` over
-ten million files holds them all). Until then, an entry's node is kept in the table while the
-kernel references it (lookup counts, dropped on `forget`), and given up once the index is there;
-so are the nodes below `GROUP/.versions/ARCHIVE`, numbered from a counter in an archive id of
-their own (`versions.py`). An archive id (the bits above an entry offset) is never given out
-twice.
+ten million files holds them all). Until then, the table counts the kernel's references to each
+entry (lookup counts, dropped on `forget`) and keeps, for a file, only the directory it was
+found in (a tenth of a node: listing that directory again finds it, from the listing cache or
+by decoding, in a worker thread), and directories and hard links' targets whole; all of it is
+given up once the index is there. The nodes below `GROUP/.versions/ARCHIVE` are kept whole
+while the kernel references them, numbered from a counter in an archive id of their own
+(`versions.py`). An archive id (the bits above an entry offset) is never given out twice.
 
 Threading: node methods documented as blocking read storage or decode chunks and are meant to run
-in worker threads; their `cached_` twins never block. The pxar part of the inode table
-(`node`, `remember`, `forget`) is touched only from the thread that serves FUSE requests; datastore-level
+in worker threads; their `cached_` twins never block (as `cached_node` is `node`'s). The pxar
+part of the inode table (`remember`, `forget`) is changed only from the thread that serves FUSE
+requests (`node`, in a worker thread, only reads it and adds to the recent nodes); datastore-level
 nodes are added and dropped by the (worker) threads that list, one dict operation at a time.
 `.versions` nodes are made by both, each tree's under its own lock.
 """
@@ -118,6 +121,9 @@ class FsModel:
         self._recent: LRU = LRU(recent_nodes)
         self._archives: weakref.WeakValueDictionary[int, Archive] = weakref.WeakValueDictionary()
         self._indexed: list[int] = []  # archives whose counted nodes can now be given up
+        # Entries of archives not indexed yet that a listing of their directory finds again:
+        # ino -> (the directory's ino, the kernel's references), a tenth of a whole node.
+        self._parents: dict[int, tuple[int, int]] = {}
         self._inos = itertools.count(ROOT_INODE)
         self._archive_ids = itertools.count(1)
         self._reported: set[tuple[str, str]] = set()
@@ -178,28 +184,47 @@ class FsModel:
             todo.extend(n.loaded_children())
 
     def node(self, ino: int) -> Node:
-        """The node of an inode the kernel was given; an indexed archive's entry is made again
-        from the index if it is no longer kept (SQLite, a few microseconds)."""
-        node = self._nodes.get(ino)
+        """The node of an inode the kernel was given (may block: a node given up before its
+        archive was indexed is found again in its directory's listing, decoded if need be)."""
+        node = self.cached_node(ino)
         if node is None:
-            node = self._entries.get(ino)
-            if node is None:
-                node = self._recent.get(ino)
-                if node is None:
-                    node = self._made_again(ino)
+            found = self._parents.get(ino)
+            if found is None:  # forgotten while this request waited for a thread
+                raise NotFoundError(f"inode {ino} is not known (forgotten or never looked up)")
+            node = self._found_again(ino, self.node(found[0]).opendir())
         return node
 
-    def _made_again(self, ino: int) -> PxarNode:
+    def cached_node(self, ino: int) -> Node | None:
+        """`node` if it needs no decoding (never blocks, but an indexed archive's entry is made
+        again from the index: SQLite, a few microseconds); None if `node` must decode."""
+        node = self._nodes.get(ino) or self._entries.get(ino) or self._recent.get(ino)
+        if node is not None:
+            return node
         archive = self._archives.get(ino >> ARCHIVE_SHIFT)
         node = None if archive is None else archive.node_at(ino & OFFSET_MASK)
-        if node is None:
+        if node is not None:
+            self._recent[ino] = node
+            return node
+        found = self._parents.get(ino)
+        if found is None:
             raise NotFoundError(f"inode {ino} is not known (forgotten or never looked up)")
+        parent = self.cached_node(found[0])
+        handle = None if parent is None else parent.cached_opendir()
+        if handle is None or not handle.in_memory:
+            return None
+        return self._found_again(ino, handle)
+
+    def _found_again(self, ino: int, handle: DirHandle) -> Node:
+        node = handle.find(ino)
+        if node is None:  # the directory no longer lists it: only a damaged archive does that
+            raise NotFoundError(f"inode {ino} is no longer in its directory {handle.node.where}")
         self._recent[ino] = node
         return node
 
-    def remember(self, node: Node) -> Node:
-        """The kernel got this node (lookup, readdirplus): count it, unless it can be made again
-        from its archive's index; returns the table's node."""
+    def remember(self, node: Node, parent: Node | None = None) -> Node:
+        """The kernel got this node (lookup, readdirplus; `parent`: the directory it was found
+        in): count it, unless it can be made again from its archive's index, or by listing
+        `parent` again (then the table keeps only where to look); returns the table's node."""
         if not node.counted:
             return node
         if self._indexed:
@@ -207,9 +232,20 @@ class FsModel:
         if node.reproducible:
             self._recent[node.ino] = node
             return node
-        known = self._entries.get(node.ino)
+        ino = node.ino
+        if parent is not None and node.found_by_listing and ino not in self._entries:
+            self._recent[ino] = node
+            known = self._parents.get(ino)
+            self._parents[ino] = (parent.ino, 1 if known is None else known[1] + 1)
+            return node
+        known = self._entries.get(ino)
         if known is None:
-            self._entries[node.ino] = known = node
+            self._entries[ino] = known = node
+            # Found before as a plain file, now known as a hard link's target (whose other
+            # names lie in other directories): kept whole from now on, with its references.
+            moved = self._parents.pop(ino, None)
+            if moved is not None:
+                known.lookups += moved[1]
         known.lookups += 1
         return known
 
@@ -222,15 +258,34 @@ class FsModel:
         self._entries = {
             ino: node for ino, node in self._entries.items() if ino >> ARCHIVE_SHIFT not in ids
         }
+        self._parents = {
+            ino: found for ino, found in self._parents.items() if ino >> ARCHIVE_SHIFT not in ids
+        }
 
     def forget(self, ino: int, count: int) -> None:
         if self._indexed:
             self._give_up_indexed()
+        found = self._parents.get(ino)
+        if found is not None:
+            if found[1] <= count:
+                del self._parents[ino]
+                self._recent.pop(ino, None)
+            else:
+                self._parents[ino] = (found[0], found[1] - count)
+            return
         node = self._entries.get(ino)
         if node is not None:
             node.lookups -= count
             if node.lookups <= 0:
                 del self._entries[ino]
+
+    def references(self, ino: int) -> int:
+        """The kernel's references to `ino` that the table counts (0 if it counts none)."""
+        found = self._parents.get(ino)
+        if found is not None:
+            return found[1]
+        node = self._entries.get(ino)
+        return 0 if node is None else node.lookups
 
     def attrs_changed(self, inos: Iterable[int]) -> None:
         """These nodes' attributes changed: whoever caches them must ask again."""
@@ -241,9 +296,9 @@ class FsModel:
 
     @property
     def entries_referenced(self) -> int:
-        """Counted nodes the table keeps while the kernel holds them (what `forget` bounds):
-        entries of archives not indexed, and `.versions` nodes."""
-        return len(self._entries)
+        """Inodes the table counts while the kernel holds them (what `forget` bounds): entries
+        of archives not indexed (whole, or where to find them again), and `.versions` nodes."""
+        return len(self._entries) + len(self._parents)
 
     def resolve(self, names: Iterable[bytes]) -> Node:
         """The node at this path of names below the root, looked up as the kernel would (may

@@ -76,6 +76,9 @@ class Node:
     #: The model can make this node again whenever its inode is named (an indexed archive's
     #: entry): the inode table need not keep it, however long the kernel holds the inode.
     reproducible = False
+    #: Listing the directory the kernel found it in gives this node again (an archive entry
+    #: that is no directory, while its archive has no index): the table need keep only that.
+    found_by_listing = False
 
     @property
     def where(self) -> str:

@@ -184,8 +184,12 @@ class SnapfsOperations(pyfuse3.Operations):
             self.model.report(exc, where)
         return pyfuse3.FUSEError(code)
 
-    def _node(self, ino: int) -> Node:
-        return self._inline(f"inode {ino}", self.model.node, ino, quiet_enoent=True)
+    async def _node(self, ino: int) -> Node:
+        where = f"inode {ino}"
+        node = self._inline(where, self.model.cached_node, ino, quiet_enoent=True)
+        if node is None:  # given up before its archive was indexed: its directory finds it
+            node = await self._run(where, self.model.node, ino, quiet_enoent=True)
+        return node
 
     async def _attr(self, node: Node) -> Attr:
         attr = node.attr(load=False)
@@ -196,13 +200,13 @@ class SnapfsOperations(pyfuse3.Operations):
     # -- metadata -----------------------------------------------------------------------------
 
     async def lookup(self, parent_inode, name, ctx=None):
-        parent = self._node(parent_inode)
+        parent = await self._node(parent_inode)
         name = bytes(name)
         child = self._inline(parent.path, parent.cached_lookup, name, quiet_enoent=True)
         if child is None:
             child = await self._run(parent.path, parent.lookup, name, quiet_enoent=True)
         attr = await self._attr(child)
-        self.model.remember(child)
+        self.model.remember(child, parent)
         return entry_attributes(attr)
 
     async def forget(self, inode_list):
@@ -210,18 +214,18 @@ class SnapfsOperations(pyfuse3.Operations):
             self.model.forget(ino, count)
 
     async def getattr(self, inode, ctx=None):
-        return entry_attributes(await self._attr(self._node(inode)))
+        return entry_attributes(await self._attr(await self._node(inode)))
 
     async def readlink(self, inode, ctx=None):
-        node = self._node(inode)
+        node = await self._node(inode)
         return self._inline(node.path, node.readlink)
 
     async def getxattr(self, inode, name, ctx=None):
-        node = self._node(inode)
+        node = await self._node(inode)
         return self._inline(node.path, node.xattr, bytes(name))
 
     async def listxattr(self, inode, ctx=None):
-        return [key for key, _ in self._node(inode).xattrs()]
+        return [key for key, _ in (await self._node(inode)).xattrs()]
 
     async def statfs(self, ctx=None):
         s = pyfuse3.StatvfsData()
@@ -240,12 +244,13 @@ class SnapfsOperations(pyfuse3.Operations):
         Called inline for every `opendir`, before `opendir` itself: no I/O.
         """
         try:
-            return self.model.node(inode).listing_never_changes()
+            node = self.model.cached_node(inode)
         except SnapfsError:
             return False
+        return node is not None and node.listing_never_changes()
 
     async def opendir(self, inode, ctx=None):
-        node = self._node(inode)
+        node = await self._node(inode)
         handle = await self._cached_or_run(node, node.cached_opendir, node.opendir)
         fh = next(self._fhs)
         self._dirs[fh] = handle
@@ -258,16 +263,16 @@ class SnapfsOperations(pyfuse3.Operations):
         if not handle.in_memory and handle.loads:
             await self._run(handle.node.path, handle.load)
         if handle.in_memory:
-            self._reply_entries(handle.items(start_id), token)
+            self._reply_entries(handle.node, handle.items(start_id), token)
             return
         start = start_id
         while True:
             items = await self._run(handle.node.path, handle.read, start, READDIR_BATCH)
-            if not items or not self._reply_entries(items, token):
+            if not items or not self._reply_entries(handle.node, items, token):
                 return
             start = items[-1].next_offset
 
-    def _reply_entries(self, items: Iterable[DirItem], token) -> bool:
+    def _reply_entries(self, directory: Node, items: Iterable[DirItem], token) -> bool:
         """Hand entries to the kernel until its buffer is full (False) or they run out (True)."""
         remember = self.model.remember
         for item in items:
@@ -275,7 +280,7 @@ class SnapfsOperations(pyfuse3.Operations):
                 token, item.name, entry_attributes(item.attr), item.next_offset
             ):
                 return False
-            remember(item.node)  # readdirplus hands the kernel a reference
+            remember(item.node, directory)  # readdirplus hands the kernel a reference
         return True
 
     async def releasedir(self, fh):
@@ -289,7 +294,7 @@ class SnapfsOperations(pyfuse3.Operations):
         self.model.files_opened += 1
         if self.reads_by_inode:  # the kernel opens every file itself from now on
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        node = self._node(inode)
+        node = await self._node(inode)
         content = await self._cached_or_run(node, node.cached_open, node.open)
         fh = next(self._fhs)
         self._files[fh] = content
@@ -300,7 +305,7 @@ class SnapfsOperations(pyfuse3.Operations):
         """What a read by inode reads: kept for the next read unless it changes (`live`)."""
         content = self._by_inode.get(inode)
         if content is None:
-            node = self._node(inode)
+            node = await self._node(inode)
             content = await self._cached_or_run(node, node.cached_open, node.open)
             if not node.live:
                 self._by_inode[inode] = content

@@ -169,3 +169,49 @@ def test_nodes_counted_before_the_index_are_given_up_once_it_is_there(
     for ino, entry, attr in given:
         node = model.node(ino)
         assert node.entry == entry and node.attr() == attr
+
+
+def listed_with_parents(model, node) -> list:
+    """`handed_out`, each entry remembered with the directory it was listed in, as readdirplus
+    remembers it."""
+    out = []
+    for item in listing(model, node):
+        out.append((item.node.ino, item.node.entry, item.attr))
+        model.remember(item.node, node)
+        if item.attr.is_dir:
+            out += listed_with_parents(model, item.node)
+    return out
+
+
+@pytest.mark.parametrize("snapshot", [V1, SPLIT])
+def test_without_an_index_files_are_kept_as_where_they_were_found(vectors, snapshot):
+    model = model_for(vectors / "datastore", recent_nodes=2, listing_cache_entries=0)
+    root = walk(model, f"{snapshot}/root.pxar")
+    given = listed_with_parents(model, root)
+    inodes = {ino for ino, _, _ in given}
+    assert model.entries_referenced == len(inodes)  # every one counted ...
+    whole = [ino for ino, entry, _ in given if entry.is_dir or ino in model._entries]
+    assert len(model._entries) == len(set(whole)) < len(inodes) // 2  # ... few kept whole
+    for ino, entry, attr in given:  # evicted long ago: its directory is decoded again
+        node = model.node(ino)
+        assert node.ino == ino and node.entry == entry and node.attr() == attr
+    for ino in inodes:
+        model.forget(ino, model.references(ino))
+    assert model.entries_referenced == 0
+    with pytest.raises(NotFoundError):
+        model.node(given[-1][0])
+
+
+def test_a_file_then_known_as_a_hard_links_target_keeps_its_references(vectors):
+    model = model_for(vectors / "datastore", recent_nodes=2)
+    root = walk(model, f"{V1}/root.pxar")
+    items = {i.name: i for i in listing(model, root)}
+    target = items[b"hardlink_a"].node
+    archive = root.archive
+    met = dict(archive.links)
+    archive.links.clear()  # as if the link had not been met yet: a plain file
+    model.remember(target, root)
+    assert target.ino in model._parents
+    archive.links.update(met)
+    model.remember(items[b"hardlink_b"].node, root)  # now known as a target: kept whole
+    assert target.ino not in model._parents and model.references(target.ino) == 2

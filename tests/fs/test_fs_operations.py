@@ -25,10 +25,12 @@ from snapfs.errors import (
     UsageError,
     WrongKeyError,
 )
-from snapfs.fs.model import ROOT_INODE
+from snapfs.fs.model import ROOT_INODE, FsModel
 from snapfs.fs.mount import MountOptions, mount_options
-from snapfs.fs.operations import errno_for
-from snapfs.store.backend import chunk_path
+from snapfs.fs.operations import SnapfsOperations, errno_for
+from snapfs.store.backend import LocalBackend, chunk_path
+from snapfs.store.cache import ChunkCache
+from snapfs.store.datastore import Datastore
 
 V1 = "host/testhost/2024-06-01T11:00:00Z"
 
@@ -189,3 +191,38 @@ def test_mount_options_always_read_only_with_kernel_permission_checks():
     assert "allow_other" in mount_options(
         MountOptions(source="/s", mountpoint="/m", allow_other=True)
     )
+
+
+def test_a_file_given_up_before_indexing_is_found_again_in_its_directory(vectors):
+    """No index, one node kept, no listing kept: the table holds only where each file was
+    found, and a request on one long evicted decodes its directory again, in a thread."""
+    model = FsModel(
+        Datastore(LocalBackend(vectors / "datastore")),
+        None,
+        ChunkCache(64 << 20),
+        recent_nodes=1,
+        listing_cache_entries=0,
+    )
+    ops = SnapfsOperations(model)
+
+    async def main():
+        xattr_file = await resolve(ops, f"{V1}/root.pxar/xattr_file")
+        small = await resolve(ops, f"{V1}/root.pxar/dir_a/small.bin")  # evicts xattr_file
+        assert model.cached_node(xattr_file.st_ino) is None  # its directory must be decoded
+        again = await ops.getattr(xattr_file.st_ino)
+        assert (again.st_ino, again.st_size, again.st_mtime_ns) == (
+            xattr_file.st_ino,
+            xattr_file.st_size,
+            xattr_file.st_mtime_ns,
+        )
+        assert await ops.getxattr(xattr_file.st_ino, b"user.binary") == b"\x00\xff\x10"
+        await ops.lookup(ROOT_INODE, b"vm")  # evicts it again
+        fi = await ops.open(small.st_ino, os.O_RDONLY)
+        assert len(await ops.read(fi.fh, 0, small.st_size + 10)) == small.st_size
+        assert model.references(xattr_file.st_ino) == 1
+        await ops.forget([(xattr_file.st_ino, 1)])
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.getattr(xattr_file.st_ino)
+        assert info.value.errno == errno.ENOENT
+
+    trio.run(main)
