@@ -63,10 +63,14 @@ class ReadStats:
     payload_bytes: int = 0
 
 
-def _read_at(source: ByteSource, name: str, pos: int, size: int) -> bytes:
-    """`source.read_at`, a failing read (a bad offset, a dead disk) reported as corrupt data."""
+def _read_at(
+    source: ByteSource, name: str, pos: int, size: int, *, view: bool = False
+) -> bytes | memoryview:
+    """`source.read_at`, a failing read (a bad offset, a dead disk) reported as corrupt data;
+    with `view`, the source's `view_at` where it has one (no copy within one chunk)."""
+    read = getattr(source, "view_at", source.read_at) if view else source.read_at
     try:
-        return source.read_at(pos, size)
+        return read(pos, size)
     except (ValueError, OSError) as exc:
         raise CorruptDataError(f"{name}: cannot read {size} bytes at offset {pos}: {exc}") from exc
 
@@ -255,7 +259,7 @@ class Accessor:
         size = min(size, entry.size - offset)
         if self.format_version == 1:
             pos = entry.content_offset + offset
-            data = self._view_archive(pos, size)
+            data = self.read_archive(pos, size, view=True)
             if len(data) != size:
                 raise TruncatedDataError(
                     f"{self.name}: content of {entry.path!r} truncated at offset {pos}"
@@ -336,24 +340,11 @@ class Accessor:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def read_archive(self, pos: int, size: int) -> bytes:
-        """Up to `size` bytes of the archive (the metadata stream of a split one) at `pos`."""
-        data = _read_at(self.archive, self.name, pos, size)
-        self.stats.reads += 1
-        self.stats.bytes += len(data)
-        return data
-
-    def _view_archive(self, pos: int, size: int) -> bytes | memoryview:
-        """`read_archive`, without a copy from an index stream (file content of a v1 archive)."""
-        view_at = getattr(self.archive, "view_at", None)
-        if view_at is None:
-            return self.read_archive(pos, size)
-        try:
-            data = view_at(pos, size)
-        except (ValueError, OSError) as exc:
-            raise CorruptDataError(
-                f"{self.name}: cannot read {size} bytes at offset {pos}: {exc}"
-            ) from exc
+    def read_archive(self, pos: int, size: int, *, view: bool = False) -> bytes | memoryview:
+        """Up to `size` bytes of the archive (the metadata stream of a split one) at `pos`; with
+        `view`, a memoryview where the source gives one without a copy (file content of a v1
+        archive, read by `read_view`)."""
+        data = _read_at(self.archive, self.name, pos, size, view=view)
         self.stats.reads += 1
         self.stats.bytes += len(data)
         return data

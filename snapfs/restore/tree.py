@@ -256,7 +256,7 @@ class _PxarRestore:
                         self._materialize(stack)
                     continue
                 try:
-                    pfd = top.fd if top.fd is not None else self._materialize(stack)
+                    pfd = self._materialize(stack)
                     if pfd is None:
                         continue
                     self._restore_entry(pfd, entry.name, entry, rel, stack[-1])
@@ -304,6 +304,8 @@ class _PxarRestore:
 
     def _materialize(self, stack: list[_Frame]) -> int | None:
         """Create/open every directory on the stack not yet on disk; the innermost fd."""
+        if stack[-1].fd is not None:  # on disk, so is every directory below it (per file)
+            return stack[-1].fd
         for i, frame in enumerate(stack):
             if frame.rel is None:
                 return None
