@@ -6,6 +6,13 @@
 * chunk decode: the image's distinct chunks fetched and decoded (CRC, zstd, SHA-256 against the
   digest: ChunkReader.read_chunk) on 2 threads, cold, in chunks/s: the ceiling of cold 4 KiB random
   reads, each of which decodes a whole chunk;
+* first walk: the tree archive indexed in this process as the mount's first walk indexes it
+  (snapfs.fs.indexing.build_index: every chunk decoded on 2 threads, every entry parsed and
+  stored), page cache dropped first, in entries/s: the first walk's own work without FUSE, the
+  ceiling of a cold `find` on a first mount, which waits for it;
+* index listings: every directory of that index listed in this process as the mount lists an
+  indexed directory (ArchiveIndex.listing), page cache dropped first: the ceiling of `find` on
+  the next mount without FUSE;
 * null FS: bench/nullfs.py, a pyfuse3 + trio filesystem serving a file of the image's size and a
   directory of as many entries as the tree from memory: the FUSE-in-Python ceiling, read with
   the bench's own sequential reader and walked with the bench's own `find`;
@@ -44,6 +51,7 @@ if TYPE_CHECKING:
 
 WORKERS = 2  # both cores
 IMAGE_ARCHIVE = "drive-scsi0.img"
+TREE_ARCHIVE = "root.pxar"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LINES = [
@@ -59,6 +67,18 @@ LINES = [
         "chunks/s",
         "limits",
     ),
+    Line(
+        "first-walk",
+        "first walk: the tree archive indexed in process (chunks decoded, entries parsed), cold",
+        "entries/s",
+        "limits",
+    ),
+    Line(
+        "index-listings",
+        "index listings: every directory of the tree read from its index in process, cold",
+        "entries/s",
+        "limits",
+    ),
     Line("nullfs-seq", "null FUSE FS: sequential read of the image's size, cold", "MB/s", "limits"),
     Line(
         "nullfs-find-stat-cold",
@@ -70,6 +90,12 @@ LINES = [
         "nullfs-find-stat-warm",
         "null FUSE FS: find + stat of a directory of the tree's size, warm",
         "entries/s",
+        "limits",
+    ),
+    Line(
+        "nullfs-tar-cold",
+        "null FUSE FS: tar of as many files of the tree's sizes, in one directory, cold",
+        "MB/s",
         "limits",
     ),
     Line(
@@ -112,9 +138,12 @@ COMPARED = [
     ("image-seq-cold", "decode"),
     ("restore-image", "decode"),
     ("image-rand4k-cold", "chunk-decode"),
+    ("find-stat-cold", "first-walk"),
+    ("find-stat-next", "index-listings"),
     ("image-seq-cold", "nullfs-seq"),
     ("find-stat-cold", "nullfs-find-stat-cold"),
     ("find-stat-warm", "nullfs-find-stat-warm"),
+    ("tree-tar-cold", "nullfs-tar-cold"),
     ("ls-l-bigdir-cold", "nullfs-ls-l-cold"),
     ("ls-l-bigdir-warm", "nullfs-ls-l-warm"),
     ("find-stat-cold", "local-find-stat-cold"),
@@ -154,6 +183,7 @@ def measure(runner: Runner, tool: Tool) -> None:
     stream = image_stream(tool.repo)
     runner.attempt(["decode"], decode, runner, stream)
     runner.attempt(["chunk-decode"], chunk_decode, runner, stream)
+    runner.attempt(["first-walk", "index-listings"], metadata_walks, runner, tool.repo)
     runner.attempt([line.id for line in LINES if line.id.startswith("nullfs")], null_fs, runner)
     runner.attempt([line.id for line in LINES if line.id.startswith("local")], local_disk, runner)
     runner.attempt(["disk-write"], disk_write, runner)
@@ -179,7 +209,7 @@ def local_disk(runner: Runner) -> None:
         start = time.perf_counter()
         proc = subprocess.Popen(["tar", "-C", tree, "-cf", "-", "."], stdout=subprocess.PIPE)
         assert proc.stdout is not None
-        total, problem = check_tar_stream(proc.stdout, runner.manifest)
+        total, problem = check_tar_stream(proc.stdout, runner.manifest.files)
         rc = proc.wait()
         elapsed = time.perf_counter() - start
         runner.record_line(
@@ -265,15 +295,56 @@ def chunk_decode(runner: Runner, stream: IndexStream) -> None:
     )
 
 
+def metadata_walks(runner: Runner, repo: str) -> None:
+    """The tree archive indexed in process, then every directory listed from that index."""
+    from snapfs.fs.indexing import build_index
+    from snapfs.index.archive import ArchiveIndex
+    from snapfs.store.cache import DEFAULT_CACHE_SIZE, ChunkCache
+    from snapfs.store.datastore import parse_snapshot
+    from snapfs.store.sources import SourceOptions
+    from snapfs.views.archives import SnapshotReader
+
+    reader = SnapshotReader(  # with the mount's chunk cache: the walk reads through it
+        SourceOptions(repo).open(),
+        parse_snapshot(f"host/tree/{SNAPFS_TIME}"),
+        cache=ChunkCache(DEFAULT_CACHE_SIZE),
+    )
+    accessor = reader.pxar(TREE_ARCHIVE)
+    entries = tree_entries(runner.manifest)
+    path = os.path.join(runner.work, "first-walk.sqlite")
+    drop_caches()
+    start = time.perf_counter()
+    index = build_index(accessor, path)
+    elapsed = time.perf_counter() - start
+    indexed = index.entries - 1  # less the root, which find does not count either
+    problem = None if indexed == entries else f"indexed {indexed} entries, the tree has {entries}"
+    runner.record_line("first-walk", entries / elapsed, problem)
+    drop_caches()
+    start = time.perf_counter()
+    index = ArchiveIndex.load(path, name=accessor.name)
+    listed = 0
+    directories = [accessor.root().entry_offset]
+    while directories:
+        for _, entry in index.listing(directories.pop()):
+            listed += 1
+            if entry.is_dir:
+                directories.append(entry.entry_offset)
+    elapsed = time.perf_counter() - start
+    problem = None if listed == entries else f"listed {listed} entries, the tree has {entries}"
+    runner.record_line("index-listings", entries / elapsed, problem)
+    os.unlink(path)
+
+
 def null_fs(runner: Runner) -> None:
     size = runner.manifest.image_size
     entries = tree_entries(runner.manifest)
     bigdir = len(runner.manifest.bigdir_files())
     mnt = os.path.join(runner.work, "mnt", "nullfs")
-    with null_fs_mounted(mnt, size, entries, bigdir):
+    file_sizes = [file_size for file_size, _ in runner.manifest.files.values()]
+    with null_fs_mounted(mnt, size, entries, bigdir, file_sizes):
         drop_caches()
         rate, digest, got = read_sequential(os.path.join(mnt, "image"))
-        same = (got, digest) == (size, nullfs.image_sha256(size))
+        same = (got, digest) == (size, nullfs.content_sha256(size))
         runner.record_line(
             "nullfs-seq", rate / 1e6, None if same else f"read {got} bytes, not what it serves"
         )
@@ -310,18 +381,45 @@ def null_fs(runner: Runner) -> None:
             listed = len(out.splitlines()) - 1  # less the "total" line
             problem = None if listed == bigdir else f"listed {listed} entries, not {bigdir}"
             runner.record_line(line, elapsed, problem, entries=bigdir)
+        # Every file's bytes are the image's first st_size bytes (nullfs.content_sha256).
+        sha = nullfs.content_sha256s(file_sizes)
+        want = {
+            nullfs.entry_name(i).decode(): (file_size, sha[file_size])
+            for i, file_size in enumerate(file_sizes)
+        }
+        drop_caches()
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            ["tar", "-C", os.path.join(mnt, "files"), "-cf", "-", "."], stdout=PIPE
+        )
+        assert proc.stdout is not None
+        total, problem = check_tar_stream(proc.stdout, want)
+        rc = proc.wait()
+        elapsed = time.perf_counter() - start
+        runner.record_line(
+            "nullfs-tar-cold",
+            total / elapsed / 1e6,
+            problem or (f"tar exited {rc}" if rc else None),
+            files=len(file_sizes),
+        )
 
 
 @contextlib.contextmanager
-def null_fs_mounted(mnt: str, size: int, entries: int, bigdir: int = 0) -> Iterator[None]:
+def null_fs_mounted(
+    mnt: str, size: int, entries: int, bigdir: int = 0, file_sizes: list[int] | None = None
+) -> Iterator[None]:
     """bench/nullfs.py mounted on mnt in a process of its own; always unmounted at the end."""
     os.makedirs(mnt, exist_ok=True)
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
+    sizes_file = os.path.join(os.path.dirname(mnt), "nullfs-file-sizes")
+    with open(sizes_file, "w") as f:
+        f.writelines(f"{file_size}\n" for file_size in file_sizes or ())
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "bench.nullfs", mnt),
             *("--size", str(size), "--entries", str(entries), "--bigdir-entries", str(bigdir)),
+            *("--file-sizes", sizes_file),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -344,6 +442,7 @@ def null_fs_mounted(mnt: str, size: int, entries: int, bigdir: int = 0) -> Itera
             subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
         with contextlib.suppress(OSError):
             os.rmdir(mnt)
+        os.unlink(sizes_file)
 
 
 def in_limit_unit(

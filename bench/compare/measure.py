@@ -352,7 +352,7 @@ class Runner:
                     ["tar", "-C", root, "-cf", "-", "."], stdout=subprocess.PIPE, bufsize=MiB
                 )
                 assert proc.stdout is not None
-                total, problem = check_tar_stream(proc.stdout, self.manifest)
+                total, problem = check_tar_stream(proc.stdout, self.manifest.files)
                 rc = proc.wait()
                 elapsed = time.perf_counter() - start
                 if rc != 0:

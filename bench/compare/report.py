@@ -349,12 +349,18 @@ def markdown(doc: dict, png_name: str | None, notes: str | None) -> str:
             " `IndexStream.iter_range` with 2 workers, no FUSE, page cache dropped. Chunk decode:"
             " the image's distinct chunks fetched and decoded (CRC, zstd, SHA-256) on 2 threads,"
             " cold; each cold random read decodes one chunk (reads that land in a chunk decoded"
-            " already do not, so with few distinct chunks the ratio can pass 1). Null FUSE FS:"
-            " `bench/nullfs.py`, pyfuse3 + trio serving a file of the image's size and a"
-            f" directory of {doc['limits']['entries']:,} entries (readdirplus) from memory, read"
-            " with the same reader and `find` as above, and one of the big directory's size"
-            " listed by the same `ls -l` (every file's SELinux label and ACLs asked for, none"
-            " there, as in snapfs): the most a Python FUSE filesystem reaches here.",
+            " already do not, so with few distinct chunks the ratio can pass 1). First walk:"
+            " the tree archive indexed in process as a mount's first walk indexes it"
+            " (`snapfs.fs.indexing.build_index`: every chunk decoded on 2 threads, every entry"
+            " parsed and stored), cold, no FUSE: a first mount's cold `find` waits for it. Index"
+            " listings: every directory of that index listed in process as the mount lists an"
+            " indexed directory, cold. Null FUSE FS: `bench/nullfs.py`, pyfuse3 + trio serving"
+            " from memory a file of the image's size, a directory of"
+            f" {doc['limits']['entries']:,} entries (readdirplus) and one of as many files as"
+            " the tree, of the tree's sizes (each read by inode, no open, as snapfs's are), read"
+            " with the same reader, `find` and `tar` as above, and one of the big directory's"
+            " size listed by the same `ls -l` (every file's SELinux label and ACLs asked for,"
+            " none there, as in snapfs): the most a Python FUSE filesystem reaches here.",
             "",
             limits_table(doc["limits"]),
             "",

@@ -57,9 +57,9 @@ def check_ls_l(output: str, manifest: Manifest) -> str | None:
     return None
 
 
-def check_tar_stream(stream: BinaryIO, manifest: Manifest) -> tuple[int, str | None]:
-    """Reads a GNU/ustar stream to its end; returns (file bytes, None or the first problem)."""
-    files = manifest.files
+def check_tar_stream(stream: BinaryIO, files: dict[str, tuple[int, str]]) -> tuple[int, str | None]:
+    """Reads a GNU/ustar stream to its end, each file checked against `files` (relpath ->
+    (size, sha256), as Manifest.files); returns (file bytes, None or the first problem)."""
     seen = 0
     total = 0
     problem: str | None = None

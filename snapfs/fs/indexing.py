@@ -57,6 +57,21 @@ def default_index_dir(cache_dir: str | None = None) -> str:
     return os.path.join(base, "snapfs", "index")
 
 
+def build_index(
+    accessor: Accessor, path: str | None, progress: BuildProgress | None = None
+) -> ArchiveIndex:
+    """The indexing walk, in the calling thread: the archive's metadata read front to back with
+    INDEX_DECODERS threads decoding the chunks ahead of it, the index kept at `path`."""
+    readahead = Readahead(INDEX_DECODERS, "snapfs-index-decode")
+    try:
+        # Its own Accessor over the same (thread-safe) stream: no lock shared with requests;
+        # the payload stream of a split archive is not needed for metadata.
+        walker = Accessor(ForwardReader(accessor.archive, readahead), name=accessor.name)
+        return ArchiveIndex.build(walker, path, progress)
+    finally:
+        readahead.close()
+
+
 class ArchiveIndexer:
     """The mount's policy for archive indexes: `directory` None keeps them in memory only;
     `enabled` False never builds one (every listing decodes, as without this module)."""
@@ -148,12 +163,8 @@ class ArchiveIndexer:
         if not isinstance(stream, IndexStream):
             return None
         start = time.perf_counter()
-        readahead = Readahead(INDEX_DECODERS, "snapfs-index-decode")
         try:
-            # Its own Accessor over the same (thread-safe) stream: no lock shared with requests;
-            # the payload stream of a split archive is not needed for metadata.
-            walker = Accessor(ForwardReader(stream, readahead), name=accessor.name)
-            index = ArchiveIndex.build(walker, self._path(accessor, encrypted), build)
+            index = build_index(accessor, self._path(accessor, encrypted), build)
         except BuildCancelled:
             return None
         except (SnapfsError, OSError, sqlite3.Error) as exc:
@@ -164,8 +175,6 @@ class ArchiveIndexer:
                 exc,
             )
             return None
-        finally:
-            readahead.close()
         self._count("built")
         log.info(
             "%s: indexed %d entries in %.1f s",

@@ -76,6 +76,23 @@ def test_bench_tiny_json(tmp_path: Path) -> None:
         "serve-zip-tree-cold/restore-tree-cold",
     }
 
+    # This machine's limits, each measured and checked, and snapfs's figures held against them:
+    # among them the first walk's own work and the null filesystem's tar of as many files.
+    limits = doc["limits"]
+    assert {line["line"] for line in limits["results"]} >= {
+        "decode",
+        "first-walk",
+        "index-listings",
+        "nullfs-find-stat-cold",
+        "nullfs-tar-cold",
+    }
+    assert all(line["verified"] for line in limits["results"]), limits["results"]
+    assert {
+        "find-stat-cold/first-walk",
+        "find-stat-next/index-listings",
+        "tree-tar-cold/nullfs-tar-cold",
+    } <= set(limits["ratios"])
+
     # The human-facing outputs: the markdown table names every benchmark; the chart is a PNG.
     table = (out / "benchmarks.md").read_text()
     assert table.count("\n| ") >= len(benchmarks)
