@@ -81,6 +81,7 @@ def test_bench_tiny_json(tmp_path: Path) -> None:
     limits = doc["limits"]
     assert {line["line"] for line in limits["results"]} >= {
         "decode",
+        "chunk-decode-serial",
         "first-walk",
         "index-listings",
         "nullfs-find-stat-cold",
