@@ -14,9 +14,10 @@
 * index listings: every directory of that index listed in this process as the mount lists an
   indexed directory (ArchiveIndex.listing), page cache dropped first: the ceiling of `find` on
   the next mount without FUSE;
-* null FS: bench/nullfs.py, a pyfuse3 + trio filesystem serving a file of the image's size and a
-  directory of as many entries as the tree from memory: the FUSE-in-Python ceiling, read with
-  the bench's own sequential reader and walked with the bench's own `find`;
+* null FS: bench/nullfs.py, a pyfuse3 + trio filesystem serving from memory a file of the image's
+  size, a directory of as many entries as the tree and one of as many files as the tree, of its
+  sizes: the FUSE-in-Python ceiling, read with the bench's own sequential reader, walked with its
+  own `find` and `ls -l`, and tarred with its own `tar`;
 * local disk: the same `find`, `tar`, an image copy and a copy of the tree by `tar | tar -x`
   (both synced, as a restore is) run on the source data on this machine's disk: what the kernel
   and the disk give without FUSE or decoding, the ceiling of the walks, the tar and the restores.
