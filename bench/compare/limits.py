@@ -48,6 +48,7 @@ from .verify import check_tar_stream, check_tree, check_walk
 
 if TYPE_CHECKING:
     from snapfs.store.stream import IndexStream
+    from snapfs.views.archives import SnapshotReader
 
     from .measure import Runner
 
@@ -165,23 +166,29 @@ COMPARED = [
 ]
 
 
-def image_stream(repo: str, *, spare_core: bool = False) -> IndexStream:
-    """The image archive of the bench's snapfs datastore, opened as snapfs's commands open it,
-    with no chunk cache (every chunk asked for is fetched and decoded); `spare_core`: a decode
-    that runs alone borrows the other core, as the mount's do (snapfs.store.spare_core)."""
+def snapshot_reader(
+    repo: str, snapshot: str, cache_size: int, *, spare_core: bool = False
+) -> SnapshotReader:
+    """A snapshot of the bench's snapfs datastore, opened as snapfs's commands open it, with a
+    chunk cache of `cache_size`; `spare_core`: a decode that runs alone borrows the other core,
+    as the mount's do (snapfs.store.spare_core)."""
     from snapfs.store.cache import ChunkCache
     from snapfs.store.datastore import parse_snapshot
     from snapfs.store.sources import SourceOptions
     from snapfs.store.spare_core import SpareCore
     from snapfs.views.archives import SnapshotReader
 
-    datastore = SourceOptions(repo).open()
-    reader = SnapshotReader(
-        datastore,
-        parse_snapshot(f"vm/1/{SNAPFS_TIME}"),
-        cache=ChunkCache(0),
+    return SnapshotReader(
+        SourceOptions(repo).open(),
+        parse_snapshot(snapshot),
+        cache=ChunkCache(cache_size),
         spare=SpareCore() if spare_core else None,
     )
+
+
+def image_stream(repo: str, *, spare_core: bool = False) -> IndexStream:
+    """The image archive, with no chunk cache (every chunk asked for is fetched and decoded)."""
+    reader = snapshot_reader(repo, f"vm/1/{SNAPFS_TIME}", 0, spare_core=spare_core)
     return reader.stream(IMAGE_ARCHIVE)
 
 
@@ -320,16 +327,10 @@ def metadata_walks(runner: Runner, repo: str) -> None:
     """The tree archive indexed in process, then every directory listed from that index."""
     from snapfs.fs.indexing import build_index
     from snapfs.index.archive import ArchiveIndex
-    from snapfs.store.cache import DEFAULT_CACHE_SIZE, ChunkCache
-    from snapfs.store.datastore import parse_snapshot
-    from snapfs.store.sources import SourceOptions
-    from snapfs.views.archives import SnapshotReader
+    from snapfs.store.cache import DEFAULT_CACHE_SIZE
 
-    reader = SnapshotReader(  # with the mount's chunk cache: the walk reads through it
-        SourceOptions(repo).open(),
-        parse_snapshot(f"host/tree/{SNAPFS_TIME}"),
-        cache=ChunkCache(DEFAULT_CACHE_SIZE),
-    )
+    # With the mount's chunk cache: the walk reads through it.
+    reader = snapshot_reader(repo, f"host/tree/{SNAPFS_TIME}", DEFAULT_CACHE_SIZE)
     accessor = reader.pxar(TREE_ARCHIVE)
     entries = tree_entries(runner.manifest)
     path = os.path.join(runner.work, "first-walk.sqlite")

@@ -187,11 +187,8 @@ class FsModel:
         """The node of an inode the kernel was given (may block: a node given up before its
         archive was indexed is found again in its directory's listing, decoded if need be)."""
         node = self.cached_node(ino)
-        if node is None:
-            found = self._parents.get(ino)
-            if found is None:  # forgotten while this request waited for a thread
-                raise NotFoundError(f"inode {ino} is not known (forgotten or never looked up)")
-            node = self._found_again(ino, self.node(found[0]).opendir())
+        if node is None:  # its directory finds it (unless the kernel forgot it meanwhile)
+            node = self._found_again(ino, self.node(self._directory_of(ino)).opendir())
         return node
 
     def cached_node(self, ino: int) -> Node | None:
@@ -205,14 +202,18 @@ class FsModel:
         if node is not None:
             self._recent[ino] = node
             return node
-        found = self._parents.get(ino)
-        if found is None:
-            raise NotFoundError(f"inode {ino} is not known (forgotten or never looked up)")
-        parent = self.cached_node(found[0])
+        parent = self.cached_node(self._directory_of(ino))
         handle = None if parent is None else parent.cached_opendir()
         if handle is None or not handle.in_memory:
             return None
         return self._found_again(ino, handle)
+
+    def _directory_of(self, ino: int) -> int:
+        """The directory a file given up before its archive was indexed was found in."""
+        found = self._parents.get(ino)
+        if found is None:
+            raise NotFoundError(f"inode {ino} is not known (forgotten or never looked up)")
+        return found[0]
 
     def _found_again(self, ino: int, handle: DirHandle) -> Node:
         node = handle.find(ino)
