@@ -25,9 +25,11 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from lru import LRU
+
 from snapfs.errors import SnapfsError, TruncatedDataError, UnsupportedFormatError
 from snapfs.format.archive_names import PxarNames
-from snapfs.fs.content import ArchiveScan, Content
+from snapfs.fs.content import ArchiveScan, Content, FilesJob, Hand
 from snapfs.fs.listing import (
     CachedListingHandle,
     DecodingHandle,
@@ -51,6 +53,11 @@ ARCHIVE_SHIFT = 44
 MAX_ARCHIVES = (1 << (63 - ARCHIVE_SHIFT)) - 1
 #: Entry offsets an inode number holds; datastore-level nodes are numbered below it too.
 OFFSET_MASK = (1 << ARCHIVE_SHIFT) - 1
+#: Chunks an archive remembers having handed every file of (`files_beside`): 4 GiB of 4 MiB
+#: chunks, about what a page cache keeps; a chunk read again after that hands them out again.
+FILLED_CHUNKS = 1024
+#: Chunks whose files were handed out in part, kept with the files left (a few hundred each).
+PART_FILLED_CHUNKS = 32
 
 # An enum member read as a class attribute costs ~70 ns on Python 3.11 (measured), a module
 # global ~15: the per-entry paths (every readdir item, every lookup) compare against these.
@@ -142,6 +149,10 @@ class Archive:
         self._indexing = self.index is not None
         self.build: IndexBuild | None = None  # the indexing walk, once one started
         self.scan = ArchiveScan()  # files read in archive order get the stream read ahead
+        #: `files_beside`'s chunks: those whose files were all handed out lately, and those
+        #: with files left to hand, with their (entry_offset, content_offset, size).
+        self._filled: LRU = LRU(FILLED_CHUNKS)
+        self._left_to_fill: LRU = LRU(PART_FILLED_CHUNKS)
 
     def ino(self, entry: Entry) -> int:
         return self.ino_at(entry.entry_offset)
@@ -331,7 +342,52 @@ class Archive:
             raise UnsupportedFormatError(
                 f"{acc.name}: content of {entry.path!r} is not in an index stream"
             )
-        return Content(source, entry.content_offset, entry.size, self.path(entry), self.scan)
+        beside = self.files_beside if acc.format_version == 1 else None
+        return Content(
+            source, entry.content_offset, entry.size, self.path(entry), self.scan, beside
+        )
+
+    def files_beside(self, base: int) -> FilesJob | None:
+        """For a file of this (v1) archive read from its start at archive offset `base`: if the
+        chunk it starts in is decoded and some of its files were not handed out yet, the job
+        that hands over the other files stored wholly in that chunk. A reader going through the
+        archive reads them next; the mount hands them to the kernel's page cache (snapfs.fs.
+        page_fill). The kernel takes only files it knows, those of directories already listed:
+        the others are kept for the next read in the chunk, which comes once their directory
+        is. None without an index, which the job lists the chunk's files from."""
+        index = self.index
+        if index is None:
+            return None
+        stream = self.accessor.archive
+        chunks = stream.index
+        i = chunks.chunk_at(base)
+        if i in self._filled:
+            return None
+        data = stream.chunks.cache.peek(chunks.digest(i))
+        if data is None:
+            return None
+        start, end = chunks.chunk_range(i)
+
+        def hand_over(hand: Hand) -> None:
+            if i in self._filled:  # by a job queued before this one
+                return
+            files = self._left_to_fill.get(i)
+            if files is None:
+                files = index.files_within(start, end)
+            view = memoryview(data)
+            left = [
+                (offset, content, size)
+                for offset, content, size in files
+                if content != base  # being read: the kernel has it
+                and not hand(self.ino_at(offset), view[content - start : content - start + size])
+            ]
+            if left:
+                self._left_to_fill[i] = left
+            else:
+                self._left_to_fill.pop(i, None)
+                self._filled[i] = True
+
+        return hand_over
 
 
 def unknown_child(directory: Node, name: bytes) -> None:

@@ -8,8 +8,16 @@ next.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from snapfs.store.readahead import Readahead, SequentialWindow
 from snapfs.store.stream import IndexStream
+
+#: hand(inode, bytes): give a file's whole content to whoever caches it; False if it cannot take
+#: that file yet (the kernel takes a file only once it knows its inode).
+Hand = Callable[[int, memoryview], bool]
+#: Work for another thread: hand over the files stored beside one just read.
+FilesJob = Callable[[Hand], None]
 
 SEQUENTIAL_SLACK = 4 * 1024 * 1024
 #: Files whose contents start at most this far after the last one read are read in archive order
@@ -49,7 +57,7 @@ class Content:
     After a sequential read it names the chunks to decode next (readahead).
     """
 
-    __slots__ = ("stream", "base", "size", "name", "scan", "_next", "_window")
+    __slots__ = ("stream", "base", "size", "name", "scan", "beside", "_next", "_window")
 
     def __init__(
         self,
@@ -58,12 +66,14 @@ class Content:
         size: int,
         name: str,
         scan: ArchiveScan | None = None,
+        beside: Callable[[int], FilesJob | None] | None = None,
     ) -> None:
         self.stream = stream
         self.base = base
         self.size = size
         self.name = name
         self.scan = scan  # shared by the files of one archive
+        self.beside = beside  # the archive's files_beside (a v1 pxar archive)
         self._next = 0  # where a sequential reader continues
         self._window = SequentialWindow()
 
@@ -94,6 +104,11 @@ class Content:
             chunks = self.stream.chunks
             chunks.prefetch(digests)
             pool.warm(chunks, digests)
+
+    def files_beside(self) -> FilesJob | None:
+        """Once this file was read from its start: the job that lists the other files stored in
+        the chunk it starts in, if that is worth doing now (see Archive.files_beside)."""
+        return None if self.beside is None or not self.size else self.beside(self.base)
 
     def is_sequential(self, offset: int) -> bool:
         # The kernel's readahead keeps several requests in flight, so they may arrive a little

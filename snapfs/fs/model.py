@@ -135,6 +135,11 @@ class FsModel:
         # Files the kernel asked snapfs to open: after the first, none when the kernel opens
         # them itself (snapfs.fs.inode_reads).
         self.files_opened = 0
+        # Reads of archive and image files the kernel sent (none for pages it holds already).
+        self.reads_sent = 0
+        # The FUSE adapter's line on the files it hands the kernel before they are read
+        # (snapfs.fs.page_fill); None elsewhere.
+        self.page_fill_summary: Callable[[], str] | None = None
         # Told the inodes whose attributes changed after the kernel may have cached them (a hard
         # link's target's st_nlink); the FUSE adapter sets it, elsewhere nothing caches them.
         self.notify_attrs_changed: Callable[[int], None] | None = None
@@ -386,6 +391,9 @@ class FsModel:
         lines.append(f"chunks read from the source: {fetches}")
         lines.append(f"directory listings read by the kernel: {self.listings_read}")
         lines.append(f"file opens sent by the kernel: {self.files_opened}")
+        lines.append(f"archive and image reads sent by the kernel: {self.reads_sent}")
+        if self.page_fill_summary is not None:
+            lines.append(self.page_fill_summary())
         lines.append(self.indexer.summary())
         versions = self.versions_index
         lines.append("group versions (.versions): off" if versions is None else versions.summary())

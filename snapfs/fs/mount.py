@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from snapfs import logs
 from snapfs.errors import SnapfsError, UsageError
@@ -45,6 +45,9 @@ from snapfs.linux.mounts import (
 )
 from snapfs.store.cache import DEFAULT_CACHE_SIZE, ChunkCache
 from snapfs.store.datastore import Datastore
+
+if TYPE_CHECKING:
+    from snapfs.fs.operations import SnapfsOperations
 
 log = logging.getLogger("snapfs.fs")
 
@@ -424,7 +427,7 @@ def _serve(
             ops.reads_by_inode = True
         unmounted = False
         try:
-            trio.run(_main, opts, startup)
+            trio.run(_main, opts, startup, ops)
             unmounted = True
         finally:
             ops.detach()
@@ -455,12 +458,12 @@ def _report_stats(model, opts: MountOptions) -> None:
         log.info("unmount statistics: %s", line, extra={"file_only": opts.foreground})
 
 
-async def _main(opts: MountOptions, startup: _Startup) -> None:
+async def _main(opts: MountOptions, startup: _Startup, ops: SnapfsOperations) -> None:
     import pyfuse3
     import trio
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signals)
+        nursery.start_soon(_on_signals, ops)
         nursery.start_soon(_announce_ready, opts, startup)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
@@ -470,8 +473,11 @@ async def _main(opts: MountOptions, startup: _Startup) -> None:
         )
 
 
-async def _on_signals() -> None:
+async def _on_signals(ops: SnapfsOperations) -> None:
     """SIGINT, SIGTERM and SIGHUP end the main loop, and with it the mount.
+
+    The page cache filler stops first, while the loop still answers: a store it is in may be
+    waiting for a READ that only the loop answers (snapfs.fs.page_fill).
 
     They are blocked from just before the mount is made (`_serve`) until this receiver takes
     them, and again once it is gone: no signal can kill the process between mounting and
@@ -485,6 +491,7 @@ async def _on_signals() -> None:
         try:
             async for signum in signals:
                 log.info("signal %d: unmounting", signum)
+                await trio.to_thread.run_sync(ops.stop_filling)
                 pyfuse3.terminate()
         finally:
             signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)

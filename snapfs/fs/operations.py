@@ -49,6 +49,7 @@ from snapfs.fs.content import BytesContent, Content
 from snapfs.fs.listing import DirHandle, DirItem
 from snapfs.fs.model import FsModel
 from snapfs.fs.node import Attr, Node
+from snapfs.fs.page_fill import PageFiller
 from snapfs.store.readahead import Readahead
 
 log = logging.getLogger("snapfs.fs")
@@ -58,6 +59,8 @@ CACHE_TIMEOUT = 24 * 3600.0
 READDIR_BATCH = 256
 #: Files read by inode whose content (and readahead state) is kept between reads.
 OPEN_FILES = 64
+#: How long the mount waits for the page cache filler to stop (it waits for at most one READ).
+FILL_STOP_TIMEOUT = 10.0
 BLOCK_SIZE = 128 * 1024
 
 
@@ -114,6 +117,7 @@ class SnapfsOperations(pyfuse3.Operations):
         self.model = model
         self._limiter = trio.CapacityLimiter(workers)
         self._readahead = Readahead(readahead_workers, "snapfs-readahead")
+        self._filler = PageFiller()
         self._fhs = itertools.count(1)
         self._files: dict[int, Content | BytesContent] = {}
         #: The kernel opens files itself and reads by inode (snapfs.fs.inode_reads); the mount
@@ -128,6 +132,18 @@ class SnapfsOperations(pyfuse3.Operations):
         """Stop the readahead threads; for the mount, once the FUSE main loop has returned."""
         self._readahead.close()
 
+    def stop_filling(self, timeout: float = FILL_STOP_TIMEOUT) -> bool:
+        """Hand the kernel no more files (snapfs.fs.page_fill); True once nothing is being
+        handed. Called while the main loop still answers, before it is ended, and by `detach`."""
+        return self._filler.stop(timeout)
+
+    def _fill_summary(self) -> str:
+        filler = self._filler
+        return (
+            f"files handed to the kernel's page cache before a read: {filler.files} "
+            f"({filler.pending} jobs pending)"
+        )
+
     # -- what the kernel caches ---------------------------------------------------------------
 
     def attach(self) -> None:
@@ -135,10 +151,14 @@ class SnapfsOperations(pyfuse3.Operations):
         with self._session_lock:
             self._session_open = True
         self.model.notify_attrs_changed = self._invalidate_attrs
+        self.model.page_fill_summary = self._fill_summary
 
     def detach(self) -> None:
-        """Before `pyfuse3.close`: a walk still running must not notify a closed session."""
+        """Before `pyfuse3.close`: a walk still running must not notify a closed session, nor
+        the page cache filler store into one."""
         self.model.notify_attrs_changed = None
+        if not self.stop_filling():
+            log.warning("the page cache filler is still waiting for the kernel; closing anyway")
         with self._session_lock:
             self._session_open = False
 
@@ -315,6 +335,7 @@ class SnapfsOperations(pyfuse3.Operations):
         content = await self._content_of(fh) if self.reads_by_inode else self._files[fh]
         if isinstance(content, BytesContent):
             return content.read(off, size)
+        self.model.reads_sent += 1
         sequential = content.is_sequential(off)
         try:
             data = content.read(off, size, block=False)
@@ -329,7 +350,19 @@ class SnapfsOperations(pyfuse3.Operations):
             raise self._fail(exc, content.name) from None
         if sequential:
             self._read_ahead(content, off, size)
+        if off == 0:
+            self._fill_beside(content)
         return data
+
+    def _fill_beside(self, content: Content) -> None:
+        """Have the files stored beside this one handed to the kernel (snapfs.fs.page_fill)."""
+        try:
+            job = content.files_beside()
+        except Exception as exc:  # a hint never fails the read it follows
+            log.debug("%s: no page cache fill: %s", content.name, exc)
+            return
+        if job is not None:
+            self._filler.submit(job)
 
     def _read_ahead(self, content: Content, off: int, size: int) -> None:
         content.read_ahead(self._readahead, off, size)

@@ -50,6 +50,8 @@ __all__ = [
 #: Bumped whenever the tables change: an index of another version is built again.
 SCHEMA_VERSION = 2
 _INSERT_BATCH = 10_000
+#: How far before its content `files_within` looks for a file's entry (see there).
+_ITEMS_BEFORE_CONTENT = 64 * 1024
 
 _KINDS = tuple(EntryKind)
 _KIND_CODE = {kind: code for code, kind in enumerate(_KINDS)}
@@ -205,6 +207,27 @@ class ArchiveIndex:
                 _RESOLVED + "WHERE e.parent = ? ORDER BY e.offset", (directory,)
             ).fetchall()
         return tuple((row[0], _entry(row[1:])) for row in rows)
+
+    def files_within(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """(entry_offset, content_offset, size) of the non-empty regular files whose content lies
+        wholly in archive bytes [start, end), in archive order (a v1 archive holds the content).
+
+        Found by entry offset, which comes just before the content: a file whose items before
+        its content (name, ENTRY, xattrs, ACL) span more than _ITEMS_BEFORE_CONTENT is left out.
+        """
+        with self._lock, self._readable():
+            return self._db.execute(
+                "SELECT offset, content_offset, size FROM entries "
+                "WHERE offset BETWEEN ? AND ? AND kind = ? AND size > 0 "
+                "AND content_offset >= ? AND content_offset + size <= ? ORDER BY offset",
+                (
+                    max(0, start - _ITEMS_BEFORE_CONTENT),
+                    end,
+                    _KIND_CODE[EntryKind.FILE],
+                    start,
+                    end,
+                ),
+            ).fetchall()
 
     def _one(self, sql: str, args: tuple = ()) -> tuple | None:
         with self._lock, self._readable():

@@ -38,6 +38,11 @@ class ChunkCache:
                 self.hits += 1
             return data
 
+    def peek(self, digest: bytes) -> bytes | None:
+        """`get` for a look that is not a read (not counted as a hit or a miss)."""
+        with self._lock:
+            return self._entries.get(digest)
+
     def put(self, digest: bytes, data: bytes) -> None:
         if len(data) > self.max_bytes:
             return  # would evict everything and still not fit

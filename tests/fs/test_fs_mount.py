@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.mounting import SNAPFS, is_mounted, mounted, snapfs
+from support.mounting import foreground_mount, is_mounted, mounted, snapfs
 
 from snapfs.store.backend import chunk_path
 
@@ -359,27 +359,11 @@ def test_foreground_mount_unmounts_on_sigterm_and_sigint(tmp_path, vectors):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        proc = subprocess.Popen(
-            [*SNAPFS, "mount", "--foreground", str(vectors / "datastore"), str(mnt)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            line = proc.stderr.readline()  # the mount announces itself once it answers
-            assert "mounted" in line, line
-            assert os.listdir(mnt) == ["ct", "host", "ns", "vm"] or sorted(os.listdir(mnt)) == [
-                "ct",
-                "host",
-                "ns",
-                "vm",
-            ]
+        with foreground_mount(vectors / "datastore", mnt) as proc:
+            assert sorted(os.listdir(mnt)) == ["ct", "host", "ns", "vm"]
             proc.send_signal(sig)
             assert proc.wait(timeout=30) == 0
             assert not is_mounted(mnt)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                snapfs("umount", mnt)
 
 
 def _daemon_pid(mnt: Path) -> int:

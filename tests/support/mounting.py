@@ -58,6 +58,26 @@ def mounted(source: Path, mnt: Path, *options, env=None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def foreground_mount(source: Path, mnt: Path, *options) -> Iterator[subprocess.Popen]:
+    """`snapfs mount --foreground` until it announces itself; killed and unmounted afterwards
+    if it still runs (a test that stops it checks how it ended)."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [*SNAPFS, "mount", "--foreground", *map(str, options), str(source), str(mnt)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stderr.readline()  # the mount announces itself once it answers
+        assert "mounted" in line, line
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            snapfs("umount", mnt)
+
+
+@contextlib.contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` (mount(8) syntax) at `path`, lazily unmounted afterwards."""
     path.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,188 @@
+"""Files handed to the kernel's page cache before they are read (snapfs.fs.page_fill): which
+files an archive hands over (Archive.files_beside, over the upstream vectors), and the filler
+thread's behaviour, here with a recording store in place of the kernel's (a store that waits
+for a READ nobody answers is a fault a real mount cannot be made to show on demand; the real
+mount is tested in test_page_fill_mount.py)."""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+import pytest
+from support.fs_model import V1, listing, model_for, walk
+
+from snapfs.fs import indexing
+from snapfs.fs.indexing import ArchiveIndexer
+from snapfs.fs.page_fill import PENDING_JOBS, PageFiller
+
+
+@pytest.fixture(autouse=True)
+def autouse_walk_at_once(monkeypatch):
+    monkeypatch.setattr(indexing, "WALK_DIRS", 1)
+
+
+def files_of(model, node) -> list:
+    """Every regular file below node, as its node."""
+    out = []
+    for item in listing(model, node):
+        child = model.lookup(node, item.name)
+        if item.attr.is_dir:
+            out += files_of(model, child)
+        elif child.entry.is_file:
+            out.append(child)
+    return out
+
+
+@pytest.fixture
+def indexed_v1(vectors):
+    model = model_for(vectors / "datastore", indexer=ArchiveIndexer(None))  # in memory
+    root = walk(model, f"{V1}/root.pxar")
+    listing(model, root)  # starts the walk
+    archive = root.archive
+    assert archive.build is not None and archive.build.wait_finished(30)
+    assert archive.index is not None
+    return model, archive, files_of(model, root)
+
+
+def chunk_mates(archive, file_node) -> dict[int, bytes]:
+    """What the archive should hand over after a read of file_node: the other non-empty files
+    whose content lies wholly in the chunk file_node's content starts in, by inode, with bytes."""
+    stream = archive.accessor.archive
+    start, end = stream.index.chunk_range(stream.index.chunk_at(file_node.entry.content_offset))
+    mates = {}
+    for node in files_of(archive.model, archive.node):
+        entry = node.entry
+        inside = start <= entry.content_offset and entry.content_offset + entry.size <= end
+        if inside and entry.size and node.ino != file_node.ino:
+            mates[node.ino] = bytes(node.open().read(0, entry.size))
+    return mates
+
+
+def test_a_read_file_s_chunk_mates_are_handed_over_once_with_their_bytes(indexed_v1):
+    model, archive, files = indexed_v1
+    first = next(node for node in files if node.entry.size)
+    content = first.open()
+    content.read(0, first.entry.size)  # the chunk is decoded now, as after the mount's read
+    expected = chunk_mates(archive, first)
+    assert expected, "the vector archive keeps several files in one chunk"
+
+    handed: dict[int, bytes] = {}
+    job = content.files_beside()
+    assert job is not None
+    job(lambda ino, data: handed.setdefault(ino, bytes(data)) is not None)
+    assert handed == expected
+    assert content.files_beside() is None  # all of that chunk's files were taken
+
+
+def test_files_the_kernel_does_not_know_yet_are_handed_at_the_next_read(indexed_v1):
+    model, archive, files = indexed_v1
+    first = next(node for node in files if node.entry.size)
+    content = first.open()
+    content.read(0, first.entry.size)
+    expected = chunk_mates(archive, first)
+    refused = min(expected)
+
+    def hand_all_but_one(ino, data):
+        return ino != refused
+
+    content.files_beside()(hand_all_but_one)
+    handed = {}
+    content.files_beside()(lambda ino, data: handed.setdefault(ino, bytes(data)) is not None)
+    assert handed == {refused: expected[refused]}
+    assert content.files_beside() is None
+
+
+def test_nothing_is_handed_over_before_the_chunk_is_decoded_or_without_an_index(vectors):
+    model = model_for(vectors / "datastore", cache_size=4 << 20)
+    root = walk(model, f"{V1}/root.pxar")  # no listing: no walk, no index
+    node = next(n for n in files_of(model, root) if n.entry.size)
+    content = node.open()
+    content.read(0, node.entry.size)
+    assert root.archive.index is None and content.files_beside() is None
+
+
+class Recorder:
+    """A store that records what it is given, refuses some inodes, and can be held."""
+
+    def __init__(self, unknown=(), fail_with=None):
+        self.stored: list[int] = []
+        self.unknown = set(unknown)
+        self.fail_with = fail_with
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, ino, offset, data):
+        self.entered.set()
+        self.release.wait()
+        assert offset == 0
+        if ino in self.unknown:
+            raise OSError(errno.ENOENT, "not known")
+        if self.fail_with is not None:
+            raise OSError(self.fail_with, "refused")
+        self.stored.append(ino)
+
+
+def job_of(inos, taken=None, done=None):
+    def job(hand):
+        try:
+            for ino in inos:
+                ok = hand(ino, memoryview(b"x"))
+                if taken is not None:
+                    taken[ino] = ok
+        finally:
+            if done is not None:
+                done.set()
+
+    return job
+
+
+def test_the_filler_hands_every_file_and_says_which_the_kernel_did_not_take():
+    store = Recorder(unknown={2})
+    filler = PageFiller(store)
+    taken: dict[int, bool] = {}
+    done = threading.Event()
+    filler.submit(job_of([1, 2, 3], taken, done))
+    assert done.wait(10) and filler.stop(10)
+    assert store.stored == [1, 3] and taken == {1: True, 2: False, 3: True}
+    assert filler.files == 2 and filler.pending == 0
+
+
+def test_a_store_that_fails_otherwise_ends_the_filling():
+    store = Recorder(fail_with=errno.ENODEV)  # the connection is gone
+    filler = PageFiller(store)
+    done = threading.Event()
+    filler.submit(job_of([1, 2], done=done))
+    assert done.wait(10)
+    filler.submit(job_of([3]))  # stopped by the failure: dropped
+    assert filler.stop(10)
+    assert store.stored == [] and filler.files == 0
+    filler.submit(job_of([4]))  # stopped: dropped
+    assert filler.pending == 0
+
+
+def test_jobs_past_the_pending_bound_are_dropped():
+    store = Recorder()
+    store.release.clear()
+    filler = PageFiller(store)
+    filler.submit(job_of([0]))
+    assert store.entered.wait(10)  # the thread holds job 0 in its store
+    for ino in range(1, PENDING_JOBS + 3):
+        filler.submit(job_of([ino]))
+    store.release.set()
+    assert filler.stop(10)
+    # Job 0 ran; of the others only PENDING_JOBS could wait, and stop dropped those not started.
+    assert store.stored[0] == 0 and len(store.stored) <= 1 + PENDING_JOBS
+
+
+def test_stop_waits_for_a_store_and_says_if_it_is_still_held():
+    store = Recorder()
+    store.release.clear()
+    filler = PageFiller(store)
+    filler.submit(job_of([1, 2, 3]))
+    assert store.entered.wait(10)
+    assert filler.stop(0.2) is False  # the store waits (for a READ only the main loop answers)
+    store.release.set()
+    assert filler.stop(10) is True
+    assert store.stored == [1]  # nothing more was handed once stopping

@@ -1,0 +1,90 @@
+"""A real mount hands the kernel the files stored beside one just read (snapfs.fs.page_fill):
+they are then read from the page cache, with the right bytes and without a READ."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+from support.mounting import foreground_mount, is_mounted, mounted
+from support.stores import pxar_store
+
+from snapfs.pxar.tree import encode_tree
+
+pytestmark = pytest.mark.slow
+
+ARCHIVE = "host/bad/2024-06-01T11:00:00Z/root.pxar"
+
+
+def stats(mnt) -> str:
+    return (mnt / ".snapfs" / "stats").read_text()
+
+
+def counter(mnt, pattern: str) -> int:
+    return int(re.search(pattern, stats(mnt)).group(1))
+
+
+def wait_for(mnt, done, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not done(stats(mnt)):
+        assert time.monotonic() < deadline, f"{what}:\n{stats(mnt)}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def small_files(tmp_path):
+    """200 small files in 20 directories: the whole archive is one chunk."""
+    tree = tmp_path / "tree"
+    for d in range(20):
+        (tree / f"d{d}").mkdir(parents=True)
+        for f in range(10):
+            (tree / f"d{d}" / f"f{f}").write_bytes(os.urandom(700 + 97 * f))  # no page size
+    out = io.BytesIO()
+    encode_tree(tree, out)
+    return tree, pxar_store(tmp_path / "store", out.getvalue())
+
+
+def test_files_beside_a_read_one_come_from_the_page_cache(tmp_path, small_files):
+    tree, store = small_files
+    with mounted(store, tmp_path / "mnt", "--index-dir", str(tmp_path / "index")) as mnt:
+        root = mnt / ARCHIVE
+        names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file())
+        # Every directory listed: the kernel knows every file, and the archive gets indexed.
+        subprocess.run(["find", str(root)], check=True, capture_output=True)
+        wait_for(mnt, lambda text: "1 built" in text, "the archive was not indexed")
+
+        first, *rest = names
+        assert (root / first).read_bytes() == (tree / first).read_bytes()
+        wait_for(
+            mnt,
+            lambda text: (
+                re.search(r"before a read: (\d+) \(0 jobs pending\)", text)
+                and int(re.search(r"before a read: (\d+)", text).group(1)) == len(rest)
+            ),
+            "the other files were not handed to the kernel",
+        )
+        reads = counter(mnt, r"archive and image reads sent by the kernel: (\d+)")
+        for name in rest:
+            assert (root / name).read_bytes() == (tree / name).read_bytes(), name
+        assert counter(mnt, r"archive and image reads sent by the kernel: (\d+)") == reads
+
+
+def test_a_mount_stopped_by_a_signal_while_reading_ends(tmp_path, small_files):
+    """SIGTERM during a tar that has the filler handing files over: the mount stops the filler
+    while it still answers READs, then ends and unmounts (no store left waiting)."""
+    _, store = small_files
+    mnt = tmp_path / "mnt"
+    with foreground_mount(store, mnt, "--index-dir", tmp_path / "index") as proc:
+        root = mnt / ARCHIVE
+        subprocess.run(["find", str(root)], check=True, capture_output=True)
+        wait_for(mnt, lambda text: "1 built" in text, "the archive was not indexed")
+        with subprocess.Popen(["tar", "-C", str(root), "-cf", "/dev/null", "."]) as tar:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            assert not is_mounted(mnt)
+            tar.wait(timeout=30)  # its reads fail once the mount is gone
