@@ -106,8 +106,8 @@ class Content:
             pool.warm(chunks, digests)
 
     def files_beside(self) -> FilesJob | None:
-        """Once this file was read from its start: the job that lists the other files stored in
-        the chunk it starts in, if that is worth doing now (see Archive.files_beside)."""
+        """Once this file was read from its start: the job that hands over the other files
+        stored in the chunk it starts in, if there is one to do now (Archive.files_beside)."""
         return None if self.beside is None or not self.size else self.beside(self.base)
 
     def is_sequential(self, offset: int) -> bool:
