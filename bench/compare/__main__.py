@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from . import data, limits, report, s3, serve
+from . import data, limits, report, s3, serve, split
 from .measure import GROUPS, Runner, log
 from .tools import TOOLS, is_mounted
 
@@ -44,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--json",
         action="store_true",
-        help='print one JSON object {"results", "ratios", "limits", "s3", "serve", ...}',
+        help='print one JSON object {"results", "ratios", "limits", "s3", "serve", "split", ...}',
     )
     parser.add_argument(
         "--out", help="write benchmarks.md and bench-ratios.png into this directory"
@@ -202,6 +202,8 @@ def run(args: argparse.Namespace, argv: list[str], work: str) -> int:
         sections["s3"] = s3.section(runner.line_results("s3"))
     if "serve" in args.groups:
         sections["serve"] = serve.section(runner.line_results("serve"))
+    if "split" in args.groups:
+        sections["split"] = split.section(runner.line_results("split"), results)
     peers = [t.name for t in tools if t.name != "snapfs"]
     doc = {
         "results": results,
@@ -258,6 +260,7 @@ def run(args: argparse.Namespace, argv: list[str], work: str) -> int:
             ("limits", report.limits_table),
             ("s3", report.s3_table),
             ("serve", report.serve_table),
+            ("split", report.split_table),
         ):
             if name in sections:
                 print(render(sections[name]))

@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING
 from .. import nullfs
 from .data import IMAGE_NAME, TREE_NAME, Manifest, sha256_file
 from .lines import Line
-from .probes import READY_TIMEOUT, drop_caches, read_sequential
+from .probes import READY_TIMEOUT, drop_caches, read_sequential, timed_find, timed_tar
 from .tools import SNAPFS_TIME, Tool, ToolError, is_mounted
-from .verify import check_tar_stream, check_tree, check_walk
+from .verify import check_tree, check_walk
 
 if TYPE_CHECKING:
     from snapfs.store.stream import IndexStream
@@ -226,24 +226,13 @@ def local_disk(runner: Runner) -> None:
     for line in ("local-find-stat-cold", "local-find-stat-warm"):
         if line.endswith("cold"):
             drop_caches()
-        start = time.perf_counter()
-        out = subprocess.run(
-            ["find", tree, "-printf", "%P\t%y\t%s\n"], capture_output=True, text=True, check=True
-        ).stdout
-        elapsed = time.perf_counter() - start
-        runner.record_line(line, entries / elapsed, check_walk(out.split("\n"), runner.manifest))
+        elapsed, lines = timed_find(tree)
+        runner.record_line(line, entries / elapsed, check_walk(lines, runner.manifest))
     for line in ("local-tar-cold", "local-tar-warm"):
         if line.endswith("cold"):
             drop_caches()
-        start = time.perf_counter()
-        proc = subprocess.Popen(["tar", "-C", tree, "-cf", "-", "."], stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        total, problem = check_tar_stream(proc.stdout, runner.manifest.files)
-        rc = proc.wait()
-        elapsed = time.perf_counter() - start
-        runner.record_line(
-            line, total / elapsed / 1e6, problem or (f"tar exited {rc}" if rc else None)
-        )
+        elapsed, total, problem = timed_tar(tree, runner.manifest.files)
+        runner.record_line(line, total / elapsed / 1e6, problem)
 
 
 def disk_write(runner: Runner) -> None:
@@ -403,15 +392,8 @@ def null_fs(runner: Runner) -> None:
         for line in ("nullfs-find-stat-cold", "nullfs-find-stat-warm"):
             if line.endswith("cold"):
                 drop_caches()
-            start = time.perf_counter()
-            out = subprocess.run(
-                ["find", os.path.join(mnt, "dir"), "-printf", "%P\t%y\t%s\n"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            elapsed = time.perf_counter() - start
-            seen = sorted(x for x in out.split("\n") if x and not x.startswith("\t"))
+            elapsed, lines = timed_find(os.path.join(mnt, "dir"))
+            seen = sorted(x for x in lines if x and not x.startswith("\t"))
             problem = (
                 None if seen == want else f"listed {len(seen)} entries, not the {entries} served"
             )
@@ -437,18 +419,11 @@ def null_fs(runner: Runner) -> None:
             for i, file_size in enumerate(file_sizes)
         }
         drop_caches()
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            ["tar", "-C", os.path.join(mnt, "files"), "-cf", "-", "."], stdout=PIPE
-        )
-        assert proc.stdout is not None
-        total, problem = check_tar_stream(proc.stdout, want)
-        rc = proc.wait()
-        elapsed = time.perf_counter() - start
+        elapsed, total, problem = timed_tar(os.path.join(mnt, "files"), want)
         runner.record_line(
             "nullfs-tar-cold",
             total / elapsed / 1e6,
-            problem or (f"tar exited {rc}" if rc else None),
+            problem,
             files=len(file_sizes),
         )
 

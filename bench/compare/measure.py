@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import limits, s3, serve
+from . import limits, s3, serve, split
 from .data import BIGDIR, IMAGE_NAME, Manifest, Sizes
 from .lines import LineSample, summarize
 from .probes import (
@@ -31,12 +31,12 @@ from .probes import (
     read_sequential,
     start_profiler,
     stop_profiler,
+    timed_find,
+    timed_tar,
     wait_listing,
 )
 from .tools import Mount, Restic, Tool, ToolError, is_mounted
-from .verify import check_ls_l, check_tar_stream, check_tree, check_walk
-
-MiB = 1024 * 1024
+from .verify import check_ls_l, check_tree, check_walk
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,11 @@ BENCHMARKS = [
     Benchmark("restore-image", "restore of the image (to disk, synced)", "s", "lower", "restore"),
 ]
 BY_ID = {b.id: b for b in BENCHMARKS}
-# The groups of lines measured for snapfs alone (no peer): this machine's limits, S3, serve.
-LINES = [*limits.LINES, *s3.LINES, *serve.LINES]
+# The groups of lines measured for snapfs alone (no peer): this machine's limits, S3, serve, and
+# the tree as a split archive.
+LINES = [*limits.LINES, *s3.LINES, *serve.LINES, *split.LINES]
 LINE_BY_ID = {line.id: line for line in LINES}
-SNAPFS_ONLY = ("limits", "s3", "serve")
+SNAPFS_ONLY = ("limits", "s3", "serve", "split")
 #: The least time the warm random reads are timed over (passes over the same offsets repeated).
 WARM_RANDOM_SECONDS = 0.5
 GROUPS = ["mount", "walk", "lsl", "seq", "random", "tar", "restore", *SNAPFS_ONLY]
@@ -282,15 +283,8 @@ class Runner:
             self._timed_find("find-stat-next", tool, mount)
 
     def _timed_find(self, bench: str, tool: Tool, mount: Mount) -> None:
-        start = time.perf_counter()
-        out = subprocess.run(
-            ["find", tool.tree_path(mount.mountpoint), "-printf", "%P\t%y\t%s\n"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        elapsed = time.perf_counter() - start
-        self.record(bench, tool, elapsed, check_walk(out.split("\n"), self.manifest))
+        elapsed, lines = timed_find(tool.tree_path(mount.mountpoint))
+        self.record(bench, tool, elapsed, check_walk(lines, self.manifest))
 
     def bench_lsl(self, tool: Tool) -> None:
         with self.mounted(tool, "lsl") as mount:
@@ -350,16 +344,7 @@ class Runner:
             for bench in ("tree-tar-cold", "tree-tar-warm"):
                 if bench.endswith("cold"):
                     drop_caches()
-                start = time.perf_counter()
-                proc = subprocess.Popen(
-                    ["tar", "-C", root, "-cf", "-", "."], stdout=subprocess.PIPE, bufsize=MiB
-                )
-                assert proc.stdout is not None
-                total, problem = check_tar_stream(proc.stdout, self.manifest.files)
-                rc = proc.wait()
-                elapsed = time.perf_counter() - start
-                if rc != 0:
-                    problem = problem or f"tar exited {rc}"
+                elapsed, total, problem = timed_tar(root, self.manifest.files)
                 self.record(bench, tool, total / elapsed / 1e6, problem)
 
     def bench_restore(self, tool: Tool) -> None:
@@ -406,6 +391,9 @@ class Runner:
         if self._serve is None:  # one server for every round
             self._serve = serve.ServeLines.start(tool, self.work)
         self._serve.measure(self, tool)
+
+    def bench_split(self, tool: Tool) -> None:
+        split.measure(self, tool)
 
     def run(self, groups: list[str], repeat: int) -> None:
         snapfs_only = [t for t in self.tools if t.name == "snapfs"]

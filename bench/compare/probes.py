@@ -1,5 +1,6 @@
 """The measuring primitives every benchmark shares: dropping the page cache, peak RSS, waiting for
-a mount to answer, the sequential and random readers, and py-spy attached to a mount (--profile).
+a mount to answer, the sequential and random readers, the timed `find` and `tar`, and py-spy
+attached to a mount (--profile).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 
 from .tools import Mount, ToolError
+from .verify import check_tar_stream
 
 MiB = 1024 * 1024
 READY_TIMEOUT = 120.0
@@ -94,6 +96,29 @@ def read_random(
     finally:
         os.close(fd)
     return reads / (time.perf_counter() - start), bad
+
+
+def timed_find(root: str) -> tuple[float, list[str]]:
+    """`find ROOT -printf` as every walk line runs it: (seconds, its output lines)."""
+    start = time.perf_counter()
+    out = subprocess.run(
+        ["find", root, "-printf", "%P\t%y\t%s\n"], capture_output=True, text=True, check=True
+    ).stdout
+    return time.perf_counter() - start, out.split("\n")
+
+
+def timed_tar(root: str, files: dict[str, tuple[int, str]]) -> tuple[float, int, str | None]:
+    """`tar -c` of ROOT's contents, each member checked against `files` (name: size, SHA-256) as
+    it streams by: (seconds, bytes of file content, what was wrong or None)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        ["tar", "-C", root, "-cf", "-", "."], stdout=subprocess.PIPE, bufsize=MiB
+    )
+    assert proc.stdout is not None
+    total, problem = check_tar_stream(proc.stdout, files)
+    rc = proc.wait()
+    elapsed = time.perf_counter() - start
+    return elapsed, total, problem or (f"tar exited {rc}" if rc else None)
 
 
 # --- profiling (--profile): py-spy attached to the snapfs mount process ----------------------------

@@ -235,6 +235,23 @@ def serve_table(section: dict) -> str:
     return "\n".join(lines)
 
 
+def split_table(section: dict) -> str:
+    """Each split-archive line beside the unified archive's figure of the same run."""
+    lines = [
+        "| the tree as a split archive | split | unified | split / unified |",
+        "|---|---|---|---|",
+    ]
+    for line in section["results"]:
+        cells = [
+            line["title"],
+            _line_value(line),
+            _line_value(section["unified"].get(line["line"])),
+            _ratio(section["ratios"].get(line["line"])),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def chart(rat: dict[str, float], peers: list[str], path: str, title: str) -> None:
     """Horizontal bars of snapfs/peer per benchmark, log scale, lines at 1x (parity) and 2x (goal)."""
     import matplotlib
@@ -391,6 +408,19 @@ def markdown(doc: dict, png_name: str | None, notes: str | None) -> str:
             serve_table(doc["serve"]),
             "",
         ]
+    if doc.get("split"):
+        out += [
+            "## Split archives",
+            "",
+            "The same tree backed up again by `snapfs backup --split` as PBS writes it with"
+            " change detection `data` or `metadata` (an `.mpxar` metadata stream and a `.ppxar`"
+            " payload stream), then walked and tarred through a fresh mount, cold, checked as"
+            " above; beside the unified archive's figure of the same run (> 1: the split"
+            " archive is faster).",
+            "",
+            split_table(doc["split"]),
+            "",
+        ]
     if notes:
         out += [notes.strip(), ""]
     out += [
@@ -401,7 +431,7 @@ def markdown(doc: dict, png_name: str | None, notes: str | None) -> str:
             {
                 "results": doc["results"],
                 "ratios": doc["ratios"],
-                **{k: doc[k] for k in ("limits", "s3", "serve") if doc.get(k)},
+                **{k: doc[k] for k in ("limits", "s3", "serve", "split") if doc.get(k)},
             },
             indent=1,
         ),
@@ -455,5 +485,6 @@ __all__ = [
     "ratios",
     "s3_table",
     "serve_table",
+    "split_table",
     "summarize_profile",
 ]

@@ -40,8 +40,9 @@ from snapfs.fs.listing import (
 from snapfs.fs.node import DOT_NAMES, Attr, DatastoreNode, Node
 from snapfs.index.archive import ArchiveIndex
 from snapfs.pxar import acl as aclmod
-from snapfs.pxar.accessor import Accessor
+from snapfs.pxar.accessor import Accessor, check_payload_header
 from snapfs.pxar.entry import Acl, Entry, EntryKind
+from snapfs.pxar.format import HEADER_SIZE, is_payload_header
 from snapfs.store.stream import IndexStream
 
 if TYPE_CHECKING:
@@ -286,11 +287,6 @@ class Archive:
         self.model.attrs_changed(self.ino_at(offset) for offset in index.nlinks)
         self.model.archive_indexed(self.id)
 
-    @property
-    def content_needs_io(self) -> bool:
-        """Whether `content` may block: only a split archive reads (the PAYLOAD header)."""
-        return self.accessor.format_version != 1
-
     def entry_attr(self, entry: Entry, ino: int | None = None) -> Attr:
         model = self.model
         size = 0
@@ -318,47 +314,67 @@ class Archive:
         )
 
     def content(self, entry: Entry) -> Content:
-        """A regular file's bytes as a window on the stream that holds them.
+        """A regular file's bytes as a window on the stream that holds them. No I/O for a v1
+        archive; a split archive's content starts where the PAYLOAD header its entry points at
+        ends, and that header is read and checked first (blocking)."""
+        content = self._content(entry)
+        if self.accessor.format_version != 1 and entry.size:
+            with self.lock:
+                self.accessor.read(entry, 0, 1)  # reads and checks the header
+        return content
 
-        Blocking only for a split archive (the PAYLOAD header is read and checked, once per
-        entry); for a v1 archive no I/O at all (see `content_needs_io`).
-        """
+    def cached_content(self, entry: Entry) -> Content | None:
+        """`content` without blocking: None for a split archive's file whose PAYLOAD header is
+        not in a chunk decoded already. A reader going through the archive nearly always finds
+        it there (in the chunk of the file before, or one read ahead), and the event loop then
+        opens the file without a thread."""
+        content = self._content(entry)
+        if self.accessor.format_version != 1 and entry.size:
+            pos = content.base - HEADER_SIZE
+            if pos < 0 or content.base + entry.size > content.stream.size:
+                return None  # `content` names what is wrong
+            head = content.stream.view_at(pos, HEADER_SIZE, block=False)
+            if head is None:
+                return None
+            check_payload_header(entry, head, self.accessor.payload_name)
+        return content
+
+    def _content(self, entry: Entry) -> Content:
         acc = self.accessor
         if entry.kind is not _FILE or entry.content_offset is None:
             raise UnsupportedFormatError(f"{acc.name}: {entry.path!r} is not a regular file")
-        if acc.format_version == 1:
-            source = acc.archive
-            if entry.content_offset + entry.size > source.size:
-                raise TruncatedDataError(
-                    f"{acc.name}: content of {entry.path!r} ({entry.size} bytes at offset "
-                    f"{entry.content_offset}) runs past the end of the archive"
-                )
-        else:
-            if entry.size:
-                with self.lock:
-                    acc.read(entry, 0, 1)  # checks the PAYLOAD header of a split archive
-            source = acc.payload
+        source = acc.archive if acc.format_version == 1 else acc.payload
         if not isinstance(source, IndexStream):
             raise UnsupportedFormatError(
                 f"{acc.name}: content of {entry.path!r} is not in an index stream"
             )
-        beside = self.files_beside if acc.format_version == 1 else None
+        if acc.format_version == 1 and entry.content_offset + entry.size > source.size:
+            raise TruncatedDataError(
+                f"{acc.name}: content of {entry.path!r} ({entry.size} bytes at offset "
+                f"{entry.content_offset}) runs past the end of the archive"
+            )
         return Content(
-            source, entry.content_offset, entry.size, self.path(entry), self.scan, beside
+            source, entry.content_offset, entry.size, self.path(entry), self.scan, self.files_beside
         )
 
     def files_beside(self, base: int) -> FilesJob | None:
-        """For a file of this (v1) archive read from its start at archive offset `base`: if the
-        chunk it starts in is decoded and some of its files were not handed out yet, the job
-        that hands over the other files stored wholly in that chunk. A reader going through the
-        archive reads them next; the mount hands them to the kernel's page cache (snapfs.fs.
-        page_fill). The kernel takes only files it knows, those of directories already listed:
-        the others are kept for the next read in the chunk, which comes once their directory
-        is. None without an index, which the job lists the chunk's files from."""
+        """For a file of this archive read from its start at offset `base` of the stream that
+        holds it: if the chunk it starts in is decoded and some of its files were not handed
+        out yet, the job that hands over the other files stored wholly in that chunk. A reader
+        going through the archive reads them next; the mount hands them to the kernel's page
+        cache (snapfs.fs.page_fill). The kernel takes only files it knows, those of directories
+        already listed: the others are kept for the next read in the chunk, which comes once
+        their directory is. None without an index, which the job lists the chunk's files from.
+
+        A split archive's file goes over only if the PAYLOAD header before its content, in the
+        same chunk, is the one its entry names (what opening it checks)."""
         index = self.index
         if index is None:
             return None
-        stream = self.accessor.archive
+        split = self.accessor.format_version != 1
+        stream = self.accessor.payload if split else self.accessor.archive
+        if not isinstance(stream, IndexStream):
+            return None
         chunks = stream.index
         i = chunks.chunk_at(base)
         if i in self._filled:
@@ -375,12 +391,15 @@ class Archive:
             if files is None:
                 files = index.files_within(start, end)
             view = memoryview(data)
-            left = [
-                (offset, content, size)
-                for offset, content, size in files
-                if content != base  # being read: the kernel has it
-                and not hand(self.ino_at(offset), view[content - start : content - start + size])
-            ]
+            left = []
+            for offset, content, size in files:
+                at = content - start
+                if content == base:  # being read: the kernel has it
+                    continue
+                if split and not is_payload_header(view[at - HEADER_SIZE : at], size):
+                    continue  # not what its entry names: opening the file says so
+                if not hand(self.ino_at(offset), view[at : at + size]):
+                    left.append((offset, content, size))
             if left:
                 self._left_to_fill[i] = left
             else:
@@ -486,8 +505,7 @@ class PxarFileNode(PxarNode):
         return self.archive.content(self.entry)
 
     def cached_open(self) -> Content | None:
-        archive = self.archive
-        return None if archive.content_needs_io else archive.content(self.entry)
+        return self.archive.cached_content(self.entry)
 
 
 class PxarSymlinkNode(PxarNode):

@@ -73,7 +73,7 @@ class Content:
         self.size = size
         self.name = name
         self.scan = scan  # shared by the files of one archive
-        self.beside = beside  # the archive's files_beside (a v1 pxar archive)
+        self.beside = beside  # the archive's files_beside (a pxar archive)
         self._next = 0  # where a sequential reader continues
         self._window = SequentialWindow()
 

@@ -32,6 +32,7 @@ from typing import NamedTuple
 from snapfs.errors import CorruptDataError, SnapfsError
 from snapfs.pxar.accessor import Accessor
 from snapfs.pxar.entry import Acl, Entry, EntryKind
+from snapfs.pxar.format import HEADER_SIZE
 from snapfs.pxar.scan import scan
 
 log = logging.getLogger("snapfs.index")
@@ -48,13 +49,15 @@ __all__ = [
 ]
 
 #: Bumped whenever the tables change: an index of another version is built again.
-SCHEMA_VERSION = 2
+#: 3: a split archive's files are indexed by content offset too (`files_within`).
+SCHEMA_VERSION = 3
 _INSERT_BATCH = 10_000
 #: How far before its content `files_within` looks for a file's entry (see there).
 _ITEMS_BEFORE_CONTENT = 64 * 1024
 
 _KINDS = tuple(EntryKind)
 _KIND_CODE = {kind: code for code, kind in enumerate(_KINDS)}
+_FILE_CODE = _KIND_CODE[EntryKind.FILE]
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -83,6 +86,8 @@ CREATE INDEX by_parent ON entries (parent);
 CREATE INDEX by_name ON entries (parent, name);
 CREATE INDEX by_target ON entries (target) WHERE target IS NOT NULL;
 """
+#: A split archive's files by where their content lies in the payload stream.
+_BY_CONTENT = "CREATE INDEX by_content ON entries (content_offset) WHERE size > 0"
 #: What an Entry is made of (`_entry`), in this order.
 _ENTRY_COLUMNS = (
     "offset",
@@ -122,6 +127,8 @@ class ArchiveIndex:
         self._lock = threading.Lock()
         self.name = name
         self.entries = self._one("SELECT count(*) FROM entries")[0]
+        #: 1 for a unified archive, 2 for a split one (`files_within` reads each its own way).
+        self.format_version = self._one("SELECT value FROM meta WHERE key = 'format_version'")[0]
         #: st_nlink of the files that hard links name (the others have 1); few, so kept here.
         self.nlinks: dict[int, int] = dict(
             db.execute(
@@ -210,24 +217,30 @@ class ArchiveIndex:
 
     def files_within(self, start: int, end: int) -> list[tuple[int, int, int]]:
         """(entry_offset, content_offset, size) of the non-empty regular files whose content lies
-        wholly in archive bytes [start, end), in archive order (a v1 archive holds the content).
+        wholly in bytes [start, end) of the stream that holds it, in the order they lie there:
+        the archive (v1), or the payload stream of a split archive, where the PAYLOAD header
+        before each file's content must lie in the range too.
 
-        Found by entry offset, which comes just before the content: a file whose items before
-        its content (name, ENTRY, xattrs, ACL) span more than _ITEMS_BEFORE_CONTENT is left out.
+        In a v1 archive they are found by entry offset, which comes just before the content: a
+        file whose items before its content (name, ENTRY, xattrs, ACL) span more than
+        _ITEMS_BEFORE_CONTENT is left out.
         """
-        with self._lock, self._readable():
-            return self._db.execute(
+        if self.format_version == 1:
+            sql = (
                 "SELECT offset, content_offset, size FROM entries "
                 "WHERE offset BETWEEN ? AND ? AND kind = ? AND size > 0 "
-                "AND content_offset >= ? AND content_offset + size <= ? ORDER BY offset",
-                (
-                    max(0, start - _ITEMS_BEFORE_CONTENT),
-                    end,
-                    _KIND_CODE[EntryKind.FILE],
-                    start,
-                    end,
-                ),
-            ).fetchall()
+                "AND content_offset >= ? AND content_offset + size <= ? ORDER BY offset"
+            )
+            args = (max(0, start - _ITEMS_BEFORE_CONTENT), end, _FILE_CODE, start, end)
+        else:
+            sql = (
+                "SELECT offset, content_offset, size FROM entries "
+                "WHERE content_offset BETWEEN ? AND ? AND size > 0 AND kind = ? "
+                "AND content_offset + size <= ? ORDER BY content_offset"
+            )
+            args = (start + HEADER_SIZE, end, _FILE_CODE, end)
+        with self._lock, self._readable():
+            return self._db.execute(sql, args).fetchall()
 
     def _one(self, sql: str, args: tuple = ()) -> tuple | None:
         with self._lock, self._readable():
@@ -280,6 +293,8 @@ def _fill(db: sqlite3.Connection, accessor: Accessor, progress: BuildProgress) -
         db.execute("DELETE FROM entries")
         _insert(db, _walked_rows(accessor, progress))
     db.executescript(_INDEXES)
+    if accessor.format_version != 1:
+        db.execute(_BY_CONTENT)
     db.executemany(
         "INSERT INTO meta (key, value) VALUES (?, ?)",
         [

@@ -559,20 +559,34 @@ class Accessor:
         pos = entry.content_offset - fmt.HEADER_SIZE
         if self._payload_checked.get(pos) == entry.size:
             return
-        where = f"{self.payload_name}: payload of {entry.path!r} at offset {pos}"
         if pos < 0 or entry.content_offset + entry.size > source.size:
-            raise CorruptDataError(f"{where} (size {entry.size}) lies outside the payload stream")
-        head = self._read_payload(source, pos, fmt.HEADER_SIZE)
-        if len(head) != fmt.HEADER_SIZE:
-            raise TruncatedDataError(f"{where}: truncated PAYLOAD header")
-        htype, full_size = _HDR(head)
-        if htype != fmt.PXAR_PAYLOAD or full_size - fmt.HEADER_SIZE != entry.size:
             raise CorruptDataError(
-                f"{where}: expected PAYLOAD of {entry.size} bytes, found {fmt.htype_name(htype)} of {full_size - 16}"
+                f"{self.payload_name}: payload of {entry.path!r} at offset {pos} "
+                f"(size {entry.size}) lies outside the payload stream"
             )
+        check_payload_header(
+            entry, self._read_payload(source, pos, fmt.HEADER_SIZE), self.payload_name
+        )
         self._payload_checked[pos] = entry.size
         if len(self._payload_checked) > _PAYLOAD_CHECK_CACHE:
             self._payload_checked.popitem(last=False)
+
+
+def check_payload_header(entry: Entry, head: bytes | memoryview, payload_name: str) -> None:
+    """Raise unless `head`, the bytes just before a split archive's file content, is the PAYLOAD
+    header of exactly that content (§11.8): a PAYLOAD_REF that points anywhere else is refused."""
+    assert entry.content_offset is not None
+    where = (
+        f"{payload_name}: payload of {entry.path!r} at offset "
+        f"{entry.content_offset - fmt.HEADER_SIZE}"
+    )
+    if len(head) != fmt.HEADER_SIZE:
+        raise TruncatedDataError(f"{where}: truncated PAYLOAD header")
+    if not fmt.is_payload_header(head, entry.size):
+        htype, full_size = _HDR(head)
+        raise CorruptDataError(
+            f"{where}: expected PAYLOAD of {entry.size} bytes, found {fmt.htype_name(htype)} of {full_size - 16}"
+        )
 
 
 def _hardlink_path(stored: bytes, name: bytes) -> bytes:

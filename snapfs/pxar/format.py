@@ -169,6 +169,14 @@ _CONTENT_BOUNDS = {
 }
 
 
+def is_payload_header(head: bytes | memoryview, size: int) -> bool:
+    """Whether `head` is the PAYLOAD header of `size` bytes of content (§11.8)."""
+    return len(head) == HEADER_SIZE and HEADER.unpack_from(head) == (
+        PXAR_PAYLOAD,
+        size + HEADER_SIZE,
+    )
+
+
 def htype_name(htype: int) -> str:
     """Readable name of an item type for error messages."""
     return HTYPE_NAMES.get(htype, f"unknown type {htype:#018x}")

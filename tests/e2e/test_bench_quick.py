@@ -94,8 +94,18 @@ def test_bench_tiny_json(tmp_path: Path) -> None:
         "tree-tar-cold/nullfs-tar-cold",
     } <= set(limits["ratios"])
 
+    # The tree as a split archive: walked and tarred, checked, each beside the unified figure.
+    split = doc["split"]
+    assert {line["line"] for line in split["results"]} == {"split-find-stat-cold", "split-tar-cold"}
+    assert all(line["verified"] and line["value"] > 0 for line in split["results"])
+    assert (
+        set(split["ratios"]) == set(split["unified"]) == {"split-find-stat-cold", "split-tar-cold"}
+    )
+    assert split["unified"]["split-tar-cold"]["value"] == by[("tree-tar-cold", "snapfs")]["value"]
+
     # The human-facing outputs: the markdown table names every benchmark; the chart is a PNG.
     table = (out / "benchmarks.md").read_text()
     assert table.count("\n| ") >= len(benchmarks)
     assert "snapfs / restic" in table and "snapfs / borg" in table
+    assert "## Split archives" in table
     assert (out / "bench-ratios.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,17 +1,20 @@
 """Files handed to the kernel's page cache before they are read (snapfs.fs.page_fill): which
-files an archive hands over (Archive.files_beside, over the upstream vectors), and the filler
+files an archive hands over (Archive.files_beside, over the upstream vectors, unified and split),
+how a split archive's file opens without blocking (Archive.cached_content), and the filler
 thread's behaviour, here with a recording store in place of the kernel's (a store that waits
 for a READ nobody answers is a fault a real mount cannot be made to show on demand; the real
 mount is tested in test_page_fill_mount.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import threading
 
 import pytest
-from support.fs_model import V1, listing, model_for, walk
+from support.fs_model import SPLIT, V1, listing, model_for, walk
 
+from snapfs.errors import CorruptDataError
 from snapfs.fs import indexing
 from snapfs.fs.indexing import ArchiveIndexer
 from snapfs.fs.page_fill import PENDING_JOBS, PageFiller
@@ -34,10 +37,10 @@ def files_of(model, node) -> list:
     return out
 
 
-@pytest.fixture
-def indexed_v1(vectors):
+@pytest.fixture(params=[V1, SPLIT])
+def indexed(vectors, request):
     model = model_for(vectors / "datastore", indexer=ArchiveIndexer(None))  # in memory
-    root = walk(model, f"{V1}/root.pxar")
+    root = walk(model, f"{request.param}/root.pxar")
     listing(model, root)  # starts the walk
     archive = root.archive
     assert archive.build is not None and archive.build.wait_finished(30)
@@ -47,20 +50,23 @@ def indexed_v1(vectors):
 
 def chunk_mates(archive, file_node) -> dict[int, bytes]:
     """What the archive should hand over after a read of file_node: the other non-empty files
-    whose content lies wholly in the chunk file_node's content starts in, by inode, with bytes."""
-    stream = archive.accessor.archive
+    whose content lies wholly in the chunk file_node's content starts in, by inode, with bytes
+    (in a split archive, with the PAYLOAD header before it)."""
+    split = archive.accessor.format_version != 1
+    stream = archive.accessor.payload if split else archive.accessor.archive
+    header = 16 if split else 0
     start, end = stream.index.chunk_range(stream.index.chunk_at(file_node.entry.content_offset))
     mates = {}
     for node in files_of(archive.model, archive.node):
         entry = node.entry
-        inside = start <= entry.content_offset and entry.content_offset + entry.size <= end
+        inside = start <= entry.content_offset - header and entry.content_offset + entry.size <= end
         if inside and entry.size and node.ino != file_node.ino:
             mates[node.ino] = bytes(node.open().read(0, entry.size))
     return mates
 
 
-def test_a_read_file_s_chunk_mates_are_handed_over_once_with_their_bytes(indexed_v1):
-    model, archive, files = indexed_v1
+def test_a_read_file_s_chunk_mates_are_handed_over_once_with_their_bytes(indexed):
+    model, archive, files = indexed
     first = next(node for node in files if node.entry.size)
     content = first.open()
     content.read(0, first.entry.size)  # the chunk is decoded now, as after the mount's read
@@ -75,8 +81,8 @@ def test_a_read_file_s_chunk_mates_are_handed_over_once_with_their_bytes(indexed
     assert content.files_beside() is None  # all of that chunk's files were taken
 
 
-def test_files_the_kernel_does_not_know_yet_are_handed_at_the_next_read(indexed_v1):
-    model, archive, files = indexed_v1
+def test_files_the_kernel_does_not_know_yet_are_handed_at_the_next_read(indexed):
+    model, archive, files = indexed
     first = next(node for node in files if node.entry.size)
     content = first.open()
     content.read(0, first.entry.size)
@@ -93,13 +99,55 @@ def test_files_the_kernel_does_not_know_yet_are_handed_at_the_next_read(indexed_
     assert content.files_beside() is None
 
 
-def test_nothing_is_handed_over_before_the_chunk_is_decoded_or_without_an_index(vectors):
+def test_a_split_file_whose_payload_header_is_not_its_own_is_not_handed_over(vectors):
+    model = model_for(vectors / "datastore", indexer=ArchiveIndexer(None))
+    root = walk(model, f"{SPLIT}/root.pxar")
+    listing(model, root)
+    archive = root.archive
+    assert archive.build.wait_finished(30) and archive.index is not None
+    nodes = {node.ino: node for node in files_of(model, root)}
+    first = next(node for node in nodes.values() if node.entry.size)
+    content = first.open()
+    content.read(0, first.entry.size)
+    expected = chunk_mates(archive, first)
+    moved = max(expected)
+    # What a PAYLOAD_REF pointing one byte into its content would give (the index records it).
+    archive.index._db.execute(
+        "UPDATE entries SET content_offset = content_offset + 1 WHERE offset = ?",
+        (nodes[moved].entry.entry_offset,),
+    )
+    stream = archive.accessor.payload
+    chunk = stream.index.chunk_range(stream.index.chunk_at(first.entry.content_offset))
+    listed = {offset for offset, _, _ in archive.index.files_within(*chunk)}
+    assert nodes[moved].entry.entry_offset in listed  # still in the chunk: the header decides
+    handed = {}
+    content.files_beside()(lambda ino, data: handed.setdefault(ino, bytes(data)) is not None)
+    assert handed == {ino: data for ino, data in expected.items() if ino != moved}
+
+
+@pytest.mark.parametrize("archive", [V1, SPLIT])
+def test_nothing_is_handed_over_before_the_chunk_is_decoded_or_without_an_index(vectors, archive):
     model = model_for(vectors / "datastore", cache_size=4 << 20)
-    root = walk(model, f"{V1}/root.pxar")  # no listing: no walk, no index
+    root = walk(model, f"{archive}/root.pxar")  # no listing: no walk, no index
     node = next(n for n in files_of(model, root) if n.entry.size)
     content = node.open()
     content.read(0, node.entry.size)
     assert root.archive.index is None and content.files_beside() is None
+
+
+def test_a_split_file_opens_without_blocking_once_its_payload_header_is_decoded(vectors):
+    model = model_for(vectors / "datastore")
+    node = next(n for n in files_of(model, walk(model, f"{SPLIT}/root.pxar")) if n.entry.size)
+    model.cache.clear()
+    assert node.cached_open() is None  # its payload chunk not decoded: a thread opens it
+    expected = bytes(node.open().read(0, node.entry.size))
+    content = node.cached_open()
+    assert content is not None and bytes(content.read(0, node.entry.size)) == expected
+    elsewhere = dataclasses.replace(node.entry, content_offset=node.entry.content_offset + 1)
+    with pytest.raises(CorruptDataError, match="expected PAYLOAD of"):
+        node.archive.cached_content(elsewhere)
+    with pytest.raises(CorruptDataError, match="expected PAYLOAD of"):
+        node.archive.content(elsewhere)
 
 
 class Recorder:

@@ -1,5 +1,6 @@
 """A real mount hands the kernel the files stored beside one just read (snapfs.fs.page_fill):
-they are then read from the page cache, with the right bytes and without a READ."""
+they are then read from the page cache, with the right bytes and without a READ, from a
+unified archive and from a split one alike."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import pytest
 from support.mounting import foreground_mount, is_mounted, mounted
 from support.stores import pxar_store
 
+from snapfs.backup import backup, parse_backup_source
 from snapfs.pxar.tree import encode_tree
 
 pytestmark = pytest.mark.slow
 
 ARCHIVE = "host/bad/2024-06-01T11:00:00Z/root.pxar"
+TIME = 1717239600  # its snapshot's time
 
 
 def stats(mnt) -> str:
@@ -36,17 +39,22 @@ def wait_for(mnt, done, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def small_files(tmp_path):
-    """200 small files in 20 directories: the whole archive is one chunk."""
+@pytest.fixture(params=["unified", "split"])
+def small_files(tmp_path, request):
+    """200 small files in 20 directories: the whole archive (or payload stream) is one chunk."""
     tree = tmp_path / "tree"
     for d in range(20):
         (tree / f"d{d}").mkdir(parents=True)
         for f in range(10):
             (tree / f"d{d}" / f"f{f}").write_bytes(os.urandom(700 + 97 * f))  # no page size
+    store = tmp_path / "store"
+    if request.param == "split":
+        source = parse_backup_source(f"root.pxar:{tree}")
+        backup(store, [source], backup_type="host", backup_id="bad", backup_time=TIME, split=True)
+        return tree, store
     out = io.BytesIO()
     encode_tree(tree, out)
-    return tree, pxar_store(tmp_path / "store", out.getvalue())
+    return tree, pxar_store(store, out.getvalue())
 
 
 def test_files_beside_a_read_one_come_from_the_page_cache(tmp_path, small_files):
