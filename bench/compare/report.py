@@ -238,12 +238,13 @@ def serve_table(section: dict) -> str:
 def split_table(section: dict) -> str:
     """Each split-archive line beside the unified archive's figure of the same run."""
     lines = [
-        "| the tree as a split archive | split | unified | split / unified |",
-        "|---|---|---|---|",
+        "| the tree as a split archive | unit | split | unified | split / unified |",
+        "|---|---|---|---|---|",
     ]
     for line in section["results"]:
         cells = [
             line["title"],
+            line["unit"],
             _line_value(line),
             _line_value(section["unified"].get(line["line"])),
             _ratio(section["ratios"].get(line["line"])),
