@@ -146,7 +146,11 @@ class ArchiveIndex:
         try:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
             meta = dict(db.execute("SELECT key, value FROM meta"))
-            if meta.get("schema") != SCHEMA_VERSION or meta.get("complete") != 1:
+            if (
+                meta.get("schema") != SCHEMA_VERSION
+                or meta.get("complete") != 1
+                or meta.get("format_version") not in (1, 2)
+            ):
                 db.close()
                 return None
             return cls(db, name)

@@ -91,12 +91,20 @@ def test_a_kept_index_is_private_and_reloads(vectors, tmp_path):
     assert loaded.listing(root.entry_offset) == built.listing(root.entry_offset)
 
 
-def test_an_index_of_another_schema_or_not_sqlite_is_ignored(vectors, tmp_path):
+@pytest.mark.parametrize(
+    "change",
+    [
+        "UPDATE meta SET value = 999 WHERE key = 'schema'",
+        "DELETE FROM meta WHERE key = 'format_version'",  # files_within could not pick its query
+    ],
+)
+def test_an_index_of_another_schema_or_not_sqlite_is_ignored(vectors, tmp_path, change):
     acc = accessor_for(vectors, V1)
     path = tmp_path / "i.sqlite"
     ArchiveIndex.build(acc, str(path))
+    assert ArchiveIndex.load(str(path), name="root.pxar") is not None
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = 999 WHERE key = 'schema'")
+    db.execute(change)
     db.commit()
     db.close()
     assert ArchiveIndex.load(str(path), name="root.pxar") is None
