@@ -35,7 +35,7 @@ from .probes import (
     timed_tar,
     wait_listing,
 )
-from .tools import Mount, Restic, Tool, ToolError, is_mounted
+from .tools import Mount, Restic, Snapfs, Tool, ToolError, is_mounted
 from .verify import check_ls_l, check_tree, check_walk
 
 
@@ -393,6 +393,7 @@ class Runner:
         self._serve.measure(self, tool)
 
     def bench_split(self, tool: Tool) -> None:
+        assert isinstance(tool, Snapfs)  # a group measured for snapfs alone
         split.measure(self, tool)
 
     def run(self, groups: list[str], repeat: int) -> None:

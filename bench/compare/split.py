@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .data import TREE_NAME
 from .lines import Line
 from .probes import drop_caches, timed_find, timed_tar
-from .tools import SNAPFS_TIME, Tool, run
+from .tools import SNAPFS_TIME, Snapfs
 from .verify import check_walk
 
 if TYPE_CHECKING:
@@ -36,16 +36,15 @@ def tree_path(mountpoint: str) -> str:
     return os.path.join(mountpoint, "host", GROUP_ID, SNAPFS_TIME, "root.pxar")
 
 
-def back_up(runner: Runner, tool: Tool) -> None:
+def back_up(runner: Runner, tool: Snapfs) -> None:
     """The tree as a split archive in snapfs's datastore, unless an earlier run left it there."""
     if os.path.isdir(os.path.join(tool.repo, "host", GROUP_ID, SNAPFS_TIME)):
         return
     tree = os.path.join(runner.data_dir, TREE_NAME)
-    run([*tool.cmd, "backup", tool.repo, f"root.pxar:{tree}", "--type", "host", "--id", GROUP_ID,
-         "--time", SNAPFS_TIME, "--split"])  # fmt: skip
+    tool.back_up(f"root.pxar:{tree}", "host", GROUP_ID, "--split")
 
 
-def measure(runner: Runner, tool: Tool) -> None:
+def measure(runner: Runner, tool: Snapfs) -> None:
     back_up(runner, tool)
     with runner.mounted(tool, "split") as mount:
         drop_caches()

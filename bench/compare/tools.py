@@ -180,35 +180,13 @@ class Snapfs(Tool):
     def backup(self) -> None:
         shutil.rmtree(self.repo, ignore_errors=True)
         image = os.path.join(self.data_dir, IMAGE_NAME)
-        tree = os.path.join(self.data_dir, TREE_NAME)
-        run(
-            [
-                *self.cmd,
-                "backup",
-                self.repo,
-                f"drive-scsi0.img:{image}",
-                "--type",
-                "vm",
-                "--id",
-                "1",
-                "--time",
-                SNAPFS_TIME,
-            ]
-        )
-        run(
-            [
-                *self.cmd,
-                "backup",
-                self.repo,
-                f"root.pxar:{tree}",
-                "--type",
-                "host",
-                "--id",
-                "tree",
-                "--time",
-                SNAPFS_TIME,
-            ]
-        )
+        self.back_up(f"drive-scsi0.img:{image}", "vm", "1")
+        self.back_up(f"root.pxar:{os.path.join(self.data_dir, TREE_NAME)}", "host", "tree")
+
+    def back_up(self, source: str, backup_type: str, backup_id: str, *extra: str) -> None:
+        """One `snapfs backup` of NAME.EXT:PATH into the bench's datastore, at SNAPFS_TIME."""
+        run([*self.cmd, "backup", self.repo, source, "--type", backup_type, "--id", backup_id,
+             "--time", SNAPFS_TIME, *extra])  # fmt: skip
 
     @property
     def index_dir(self) -> str:

@@ -357,10 +357,10 @@ class Archive:
             source, entry.content_offset, entry.size, self.path(entry), self.scan, self.files_beside
         )
 
-    def files_beside(self, base: int) -> FilesJob | None:
-        """For a file of this archive read from its start at offset `base` of the stream that
-        holds it: if the chunk it starts in is decoded and some of its files were not handed
-        out yet, the job that hands over the other files stored wholly in that chunk. A reader
+    def files_beside(self, content: Content) -> FilesJob | None:
+        """For a file of this archive read from its start (`content`): if the chunk it starts
+        in is decoded and some of its files were not handed out yet, the job that hands over
+        the other files stored wholly in that chunk. A reader
         going through the archive reads them next; the mount hands them to the kernel's page
         cache (snapfs.fs.page_fill). The kernel takes only files it knows, those of directories
         already listed: the others are kept for the next read in the chunk, which comes once
@@ -372,9 +372,7 @@ class Archive:
         if index is None:
             return None
         split = self.accessor.format_version != 1
-        stream = self.accessor.payload if split else self.accessor.archive
-        if not isinstance(stream, IndexStream):
-            return None
+        stream, base = content.stream, content.base
         chunks = stream.index
         i = chunks.chunk_at(base)
         if i in self._filled:

@@ -66,7 +66,7 @@ class Content:
         size: int,
         name: str,
         scan: ArchiveScan | None = None,
-        beside: Callable[[int], FilesJob | None] | None = None,
+        beside: Callable[[Content], FilesJob | None] | None = None,
     ) -> None:
         self.stream = stream
         self.base = base
@@ -108,7 +108,7 @@ class Content:
     def files_beside(self) -> FilesJob | None:
         """Once this file was read from its start: the job that hands over the other files
         stored in the chunk it starts in, if there is one to do now (Archive.files_beside)."""
-        return None if self.beside is None or not self.size else self.beside(self.base)
+        return None if self.beside is None or not self.size else self.beside(self)
 
     def is_sequential(self, offset: int) -> bool:
         # The kernel's readahead keeps several requests in flight, so they may arrive a little
