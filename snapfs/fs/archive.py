@@ -243,17 +243,28 @@ class Archive:
             build.wait_for(directory)
             listing = self.model.listings.get(key)
         if listing is not None:
-            return CachedListingHandle(node, self, listing)
+            return CachedListingHandle(node, self, directory, listing)
         if self.index is None:
             return DecodingHandle(node, self, directory)
         return IndexedListingHandle(node, self, directory)
 
     def indexed_listing(self, directory: Entry) -> Listing:
-        """A directory entry's listing read from the index (blocking), kept for the next open."""
-        assert self.index is not None
-        listing = self.index.listing(directory.entry_offset)
+        """A directory entry's listing read from the index (blocking), kept for the next open,
+        and the listings that follow it read ahead (snapfs.fs.listing_ahead)."""
+        index = self.index
+        assert index is not None
+        listing = index.listing(directory.entry_offset)
         self.keep_listing(directory, listing)
+        self.model.listing_readahead.read_after(self.id, index, directory.entry_offset)
         return listing
+
+    def cached_listing_read(self, directory: Entry) -> None:
+        """A cached listing is read from its start (never blocks): a walk through listings
+        read ahead may be due the next window. Not at its opening: a kernel that keeps the
+        listing opens the directory but reads nothing."""
+        index = self.index
+        if index is not None:
+            self.model.listing_readahead.listed(self.id, index, directory.entry_offset)
 
     def _note_listing(self) -> None:
         """Start indexing once the indexer's policy says this archive is being browsed."""
@@ -272,7 +283,7 @@ class Archive:
         indexed listing is read at the handle's first read); else None."""
         listing = self.model.listings.get((self.id, directory.entry_offset))
         if listing is not None:
-            return CachedListingHandle(node, self, listing)
+            return CachedListingHandle(node, self, directory, listing)
         if self.index is not None:
             return IndexedListingHandle(node, self, directory)
         return None

@@ -16,6 +16,8 @@ from collections.abc import Hashable, Iterator, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from snapfs.index.archive import Listing
+
 if TYPE_CHECKING:
     from snapfs.fs.archive import Archive, PxarNode
     from snapfs.fs.node import Attr, DatastoreNode, Node
@@ -24,8 +26,6 @@ if TYPE_CHECKING:
 #: Entries kept in complete pxar directory listings, across all directories of the mount.
 LISTING_CACHE_ENTRIES = 50_000
 
-#: A complete pxar directory: (name, entry) in archive order, a hard link as its target.
-Listing = tuple[tuple[bytes, "Entry"], ...]
 
 _K = TypeVar("_K", bound=Hashable)
 _L = TypeVar("_L", bound=Sized)
@@ -95,11 +95,12 @@ class ChildrenHandle(DirHandle):
 class CachedListingHandle(DirHandle):
     """A pxar directory whose complete listing is cached: no decoding, no lock."""
 
-    __slots__ = ("archive", "listing")
+    __slots__ = ("archive", "entry", "listing")
 
-    def __init__(self, node: Node, archive: Archive, listing: Listing | None) -> None:
+    def __init__(self, node: Node, archive: Archive, entry: Entry, listing: Listing | None) -> None:
         super().__init__(node)
         self.archive = archive
+        self.entry = entry
         self.listing = listing
 
     def find(self, ino: int) -> Node | None:
@@ -111,6 +112,8 @@ class CachedListingHandle(DirHandle):
         return None
 
     def items(self, start: int) -> Iterator[DirItem]:
+        if start == 0:
+            self.archive.cached_listing_read(self.entry)
         entry_node = self.archive.entry_node
         listing = self.listing
         # By position, not islice: a 20,000-entry directory is read a few dozen at a time, and
@@ -125,12 +128,10 @@ class IndexedListingHandle(CachedListingHandle):
     """A pxar directory whose listing comes from the archive's index, read at the first `read`:
     the kernel opens a directory it keeps the listing of, then reads nothing."""
 
-    __slots__ = ("entry",)
     loads = True
 
     def __init__(self, node: Node, archive: Archive, entry: Entry) -> None:
-        super().__init__(node, archive, None)
-        self.entry = entry
+        super().__init__(node, archive, entry, None)
 
     @property
     def in_memory(self) -> bool:  # type: ignore[override]

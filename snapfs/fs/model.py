@@ -56,6 +56,7 @@ from snapfs.fs.archive import ARCHIVE_SHIFT, MAX_ARCHIVES, OFFSET_MASK, Archive,
 from snapfs.fs.content import BytesContent, Content
 from snapfs.fs.indexing import ArchiveIndexer
 from snapfs.fs.listing import LISTING_CACHE_ENTRIES, DirHandle, DirItem, Listing, ListingCache
+from snapfs.fs.listing_ahead import ListingReadahead
 from snapfs.fs.namespace import RootNode
 from snapfs.fs.node import DOT_NAMES, Attr, DatastoreNode, Node
 from snapfs.store.cache import ChunkCache
@@ -129,6 +130,7 @@ class FsModel:
         self._reported: set[tuple[str, str]] = set()
         self._reported_lock = threading.Lock()
         self.listings: ListingCache[tuple[int, int], Listing] = ListingCache(listing_cache_entries)
+        self.listing_readahead = ListingReadahead(self.listings)
         # Directory listings the kernel asked for (from the start); the kernel keeps the ones of
         # archives (snapfs.fs.listing_cache), so a second `find` adds nothing here.
         self.listings_read = 0
@@ -390,6 +392,7 @@ class FsModel:
         )
         lines.append(f"chunks read from the source: {fetches}")
         lines.append(f"directory listings read by the kernel: {self.listings_read}")
+        lines.append(self.listing_readahead.summary())
         lines.append(f"file opens sent by the kernel: {self.files_opened}")
         lines.append(f"archive and image reads sent by the kernel: {self.reads_sent}")
         if self.page_fill_summary is not None:

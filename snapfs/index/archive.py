@@ -58,6 +58,8 @@ _ITEMS_BEFORE_CONTENT = 64 * 1024
 _KINDS = tuple(EntryKind)
 _KIND_CODE = {kind: code for code, kind in enumerate(_KINDS)}
 _FILE_CODE = _KIND_CODE[EntryKind.FILE]
+_DIRECTORY_CODE = _KIND_CODE[EntryKind.DIRECTORY]
+_DIRECTORY = EntryKind.DIRECTORY
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -106,6 +108,9 @@ _ENTRY_COLUMNS = (
     "device",
     "extra",
 )
+# Where `listings_after` finds a directory's kind and entry_end in its rows.
+_KIND_COLUMN = 3 + _ENTRY_COLUMNS.index("kind")
+_END_COLUMN = 3 + _ENTRY_COLUMNS.index("entry_end")
 _ROW_COLUMNS = ("parent", "target", *_ENTRY_COLUMNS)  # what `_row` gives
 #: A hard link's row joined with its target's: the listing shows the target under the link's name.
 _RESOLVED = (
@@ -117,6 +122,18 @@ _RESOLVED = (
 def index_file_name(index_csum: bytes) -> str:
     """The file an archive's index is kept in, inside the index directory."""
     return f"{index_csum.hex()}.v{SCHEMA_VERSION}.sqlite"
+
+
+#: A directory's children in archive order as (name, entry), hard links resolved.
+Listing = tuple[tuple[bytes, Entry], ...]
+
+
+class ListingsAfter(NamedTuple):
+    """What `ArchiveIndex.listings_after` read: (offset, listing) of each directory in archive
+    order, and the offset the next range starts after (None: the archive's end was reached)."""
+
+    listings: list[tuple[int, Listing]]
+    read_to: int | None
 
 
 class ArchiveIndex:
@@ -211,13 +228,56 @@ class ArchiveIndex:
         )
         return None if row is None else _entry(row[1:])
 
-    def listing(self, directory: int) -> tuple[tuple[bytes, Entry], ...]:
+    def listing(self, directory: int) -> Listing:
         """The directory's children in archive order as (name, entry), hard links resolved."""
         with self._lock, self._readable():
-            rows = self._db.execute(
-                _RESOLVED + "WHERE e.parent = ? ORDER BY e.offset", (directory,)
-            ).fetchall()
+            return self._listing(directory)
+
+    def _listing(self, directory: int) -> Listing:
+        rows = self._db.execute(
+            _RESOLVED + "WHERE e.parent = ? ORDER BY e.offset", (directory,)
+        ).fetchall()
         return tuple((row[0], _entry(row[1:])) for row in rows)
+
+    def listings_after(self, directory: int, max_entries: int) -> ListingsAfter:
+        """The listings of the directories that come after the one at offset `directory` in the
+        archive, in archive order: the listings a depth-first walk (find, du, tar) asks for
+        next, about `max_entries` entries of them.
+
+        An archive stores a directory's entries right after it, depth first, so these listings
+        are one range of offsets, read by one query. A directory that starts in the range but
+        whose entries run past it (they lie before its entry_end) is one the range cut: at most
+        one per level of depth, each read by a query of its own, so that every directory
+        starting in the range is listed whole.
+        """
+        with self._lock, self._readable():
+            rows = self._db.execute(
+                "SELECT e.parent, e.offset, "
+                + _RESOLVED.removeprefix("SELECT ")
+                + "WHERE e.offset > ? ORDER BY e.offset LIMIT ?",
+                (directory, max_entries),
+            ).fetchall()
+            # Every entry up to `read_to` was read; all the archive's if the query stopped short.
+            read_to = rows[-1][1] if len(rows) == max_entries else None
+            listings: dict[int, list[tuple[bytes, Entry]]] = {}
+            cut: list[tuple[int, int]] = []  # (offset, entry_end)
+            for row in rows:  # (parent, offset, name, *_ENTRY_COLUMNS)
+                listing = listings.get(row[0])
+                if listing is not None:
+                    listing.append((row[2], _entry(row[3:])))
+                # A directory is never a hard link: these are its own kind and entry_end.
+                if row[_KIND_COLUMN] == _DIRECTORY_CODE:
+                    listings[row[1]] = []
+                    if read_to is not None and row[_END_COLUMN] > read_to:
+                        cut.append((row[1], row[_END_COLUMN]))
+            for offset, _ in cut:
+                listings[offset] = list(self._listing(offset))
+            if cut and not any(e.kind is _DIRECTORY for _, e in listings[cut[-1][0]]):
+                # The cut directories are the last entry's ancestors. If the deepest holds no
+                # directory, what lies in it past the range is its listing, read whole already:
+                # the next range starts after it (a 20,000-file directory is read once).
+                read_to = cut[-1][1] - 1
+        return ListingsAfter([(offset, tuple(got)) for offset, got in listings.items()], read_to)
 
     def files_within(self, start: int, end: int) -> list[tuple[int, int, int]]:
         """(entry_offset, content_offset, size) of the non-empty regular files whose content lies

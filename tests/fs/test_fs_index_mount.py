@@ -66,6 +66,9 @@ def test_the_next_mount_walks_the_kept_index(tmp_path):
         assert "1 loaded" in stats(mnt)
         again = find(mnt)
         assert chunks_read(mnt) == opened < decoded
+        # Only the archive's root listing was asked of the index alone: the 20 directories after
+        # it came with it, read ahead in one query (snapfs.fs.listing_ahead).
+        assert "listings read from archive indexes: 1 alone; read-ahead windows: 1" in stats(mnt)
     # The same entries and attributes; st_nlink of the hard link pair is 2 on both names from the
     # start (decoding, the first mount counted a link only once it had listed it).
     assert without_nlink(again) == without_nlink(first)

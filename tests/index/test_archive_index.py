@@ -11,7 +11,7 @@ import stat
 import pytest
 from support.fs_model import SPLIT, V1
 from support.stores import pxar_store
-from support.vectors import VECTOR_PASSWORD
+from support.vectors import VECTOR_PASSWORD, accessor_for
 
 from snapfs.errors import CorruptDataError, SnapfsError
 from snapfs.index.archive import ArchiveIndex, BuildCancelled, BuildProgress, index_file_name
@@ -23,15 +23,6 @@ from snapfs.store.datastore import Datastore, parse_snapshot
 from snapfs.views.archives import SnapshotReader
 
 ENCRYPTED = "host/testhost/2024-06-01T12:00:00Z"
-
-
-def accessor_for(vectors, snapshot: str, crypt=None):
-    ds = Datastore(LocalBackend(vectors / "datastore"))
-    parts = snapshot.split("/")
-    ns = ()
-    while parts[0] == "ns":  # ns/<name>/... as the mount shows namespaces
-        ns, parts = (*ns, parts[1]), parts[2:]
-    return SnapshotReader(ds, parse_snapshot("/".join(parts), ns), crypt).pxar("root.pxar")
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +67,60 @@ def test_index_reads_back_every_entry_as_the_accessor_decodes_it(vectors, crypt,
     assert set(EntryKind) - {EntryKind.SOCKET} <= kinds
     assert any(e.xattrs for e in entries) and any(e.acl for e in entries)
     assert links and index.nlinks == links
+
+
+@pytest.mark.parametrize("snapshot", [V1, SPLIT, ENCRYPTED])
+def test_listings_after_list_each_following_directory_whole_in_archive_order(
+    vectors, crypt, snapshot
+):
+    acc = accessor_for(vectors, snapshot, crypt if snapshot == ENCRYPTED else None)
+    check_listings_after(acc)
+    assert any(c.kind is EntryKind.HARDLINK for c in acc.listdir(acc.root()))
+
+
+def test_listings_after_go_on_right_after_a_directory_of_files_only(tmp_path):
+    tree = tmp_path / "tree"
+    for name, files in (("a", 3), ("b", 2), ("b/c", 1), ("d", 0), ("e", 2)):
+        (tree / name).mkdir(parents=True)
+        for f in range(files):
+            (tree / name / f"f{f}").write_bytes(b"x" * f)
+    out = io.BytesIO()
+    encode_tree(tree, out)
+    store = pxar_store(tmp_path / "store", out.getvalue())
+    reader = SnapshotReader(
+        Datastore(LocalBackend(store)), parse_snapshot("host/bad/2024-06-01T11:00:00Z"), None
+    )
+    # a, b/c and d end where the next directory starts: a range that cut one of them goes on
+    # from exactly there.
+    check_listings_after(reader.pxar("root.pxar"))
+
+
+def check_listings_after(acc) -> None:
+    index = ArchiveIndex.build(acc, None)
+    directories = [e for e in acc.walk() if e.is_dir]
+    root = directories[0].entry_offset
+    expected = {
+        d.entry_offset: tuple((c.name, acc.resolve_hardlink(c)) for c in acc.listdir(d))
+        for d in directories
+    }
+    # A window of one entry cuts nearly every directory it starts; a big one reads them all.
+    for window in (1, 2, 3, 5, 1000):
+        seen, after, windows = [], root, 0
+        while after is not None:
+            got = index.listings_after(after, window)
+            offsets = [offset for offset, _ in got.listings]
+            limit = float("inf") if got.read_to is None else got.read_to
+            # The directories starting in the range read, whole, and none after it.
+            assert offsets == [o for o in expected if after < o <= limit], (window, after)
+            for offset, listing in got.listings:
+                assert listing == expected[offset], (window, offset)
+            seen += offsets
+            after, windows = got.read_to, windows + 1
+        assert seen == [d.entry_offset for d in directories[1:]]  # each once, in archive order
+        # Each range goes on from the last, and once a range cuts a directory of files only,
+        # the next starts after its files.
+        most = (index.entries - 1) // window + 1
+        assert windows < most if window == 1 else windows <= most
 
 
 def test_a_kept_index_is_private_and_reloads(vectors, tmp_path):
