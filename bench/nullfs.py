@@ -4,20 +4,21 @@ What it serves, from memory with no decoding and no worker thread, through the s
 snapfs's mount (pyfuse3 and trio, snapfs's mount options, attribute timeouts and kernel readahead):
 
 * `/image`: a file of the size asked for, one pseudo-random 4 MiB block repeated (CONTENT_SEED);
-* `/dir`: a directory of N files, `f0000000` on, whose listing hands the kernel every entry's
-  attributes (readdirplus), as snapfs's listings do (each file's st_size is its number; no data);
-* `/bigdir`: another such directory, of M files (for `ls -l`). Every entry has no extended
-  attributes and no ACL, answered as snapfs answers (ENODATA, the kernel keeping ACLs): `ls -l`
-  asks for both, for every file;
-* `/files`: a directory of files of the sizes asked for (`--file-sizes`, the bench tree's), each
-  the first st_size bytes of `/image` (for `tar`).
+* `/tree`: the bench tree's shape (`--tree`: its directories, and its files with their sizes),
+  each directory's listing handing the kernel every entry's attributes (readdirplus), as
+  snapfs's listings do, each file the first st_size bytes of `/image`: `find` and `tar` go
+  through as many directories and files, in the same order, as in the tree's archive;
+* `/bigdir`: a directory of M files, `f0000000` on (for `ls -l`; each file's st_size is its
+  number, no data). Every entry has no extended attributes and no ACL, answered as snapfs
+  answers (ENODATA, the kernel keeping ACLs): `ls -l` asks for both, for every file.
 
 Files are read as snapfs's mount reads them: the first `open` answers ENOSYS, so the kernel opens
 every file itself and each read names the inode (snapfs.fs.inode_reads).
 
 What snapfs's mount reaches against this is what its own Python costs over FUSE's. Started by
 `scripts/bench` (bench/compare/limits.py) as `python -m bench.nullfs MOUNTPOINT --size BYTES
---entries N`: prints "ready" once its mount point answers, unmounts on SIGTERM or SIGINT.
+--tree PATH --bigdir-entries M`: prints "ready" once its mount point answers, unmounts on
+SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from collections.abc import Iterable
 
 BLOCK = 4 * 1024 * 1024
 CONTENT_SEED = 11
-ROOT, IMAGE, DIR, BIGDIR, FILES = 1, 2, 3, 4, 5  # inodes; then /dir's, /bigdir's, /files's entries
-FIRST_ENTRY = 6
-ROOT_ENTRIES = ((b"image", IMAGE), (b"dir", DIR), (b"bigdir", BIGDIR), (b"files", FILES))
+ROOT, IMAGE, TREE, BIGDIR = 1, 2, 3, 4  # inodes; then /bigdir's entries, then /tree's
+FIRST_ENTRY = 5
+ROOT_ENTRIES = ((b"image", IMAGE), (b"tree", TREE), (b"bigdir", BIGDIR))
 ATTR_TIMEOUT = 24 * 3600.0  # what snapfs gives entries that never change
 
 
@@ -72,16 +73,31 @@ def entry_name(i: int) -> bytes:
 
 
 def entry_size(i: int) -> int:
-    """Each entry's st_size, so a listing of sizes can be checked: its number."""
+    """Each `/bigdir` entry's st_size: its number."""
     return i
 
 
+def read_tree(path: str) -> list[tuple[str, int | None]]:
+    """The lines `write_tree` wrote: (relative path, size; None for a directory)."""
+    with open(path) as f:
+        return [(p, None if size == "d" else int(size)) for p, size in _lines(f)]
+
+
+def write_tree(path: str, dirs: Iterable[str], files: Iterable[tuple[str, int]]) -> None:
+    """The shape `/tree` is to have: its directories, and its files with their sizes."""
+    with open(path, "w") as f:
+        f.writelines(f"{p}\td\n" for p in dirs)
+        f.writelines(f"{p}\t{size}\n" for p, size in files)
+
+
+def _lines(f) -> Iterable[tuple[str, str]]:
+    for line in f:
+        p, _, size = line.rstrip("\n").rpartition("\t")
+        yield p, size
+
+
 def serve(
-    mountpoint: str,
-    size: int,
-    entries: int,
-    bigdir_entries: int = 0,
-    file_sizes: tuple[int, ...] = (),
+    mountpoint: str, size: int, tree: list[tuple[str, int | None]], bigdir_entries: int = 0
 ) -> None:
     import pyfuse3
 
@@ -89,34 +105,35 @@ def serve(
 
     data = memoryview(block())
     now = time.time_ns()
-    # Each directory's entries are a range of inodes, in this order from FIRST_ENTRY.
-    counts = {DIR: entries, BIGDIR: bigdir_entries, FILES: len(file_sizes)}
-    ranges: dict[int, tuple[int, int]] = {}
-    first = FIRST_ENTRY
-    for directory, count in counts.items():
-        ranges[directory] = (first, first + count)
-        first += count
-    end = first
-    files_first = ranges[FILES][0]
+    bigdir_end = FIRST_ENTRY + bigdir_entries
+    # /tree's entries are numbered from bigdir_end, parents before children. Each directory's
+    # children are listed by name (as an archive stores them): (name, inode) and by name.
+    sizes: dict[int, int] = {IMAGE: size}  # files' sizes, by inode
+    children: dict[int, list[tuple[bytes, int]]] = {ROOT: list(ROOT_ENTRIES), TREE: []}
+    inos = {"": TREE}
+    for ino, (path, file_size) in enumerate(sorted(tree, key=lambda e: e[0]), bigdir_end):
+        inos[path] = ino
+        parent, _, name = path.rpartition("/")
+        children[inos[parent]].append((os.fsencode(name), ino))
+        if file_size is None:
+            children[ino] = []
+        else:
+            sizes[ino] = file_size
+    for listing in children.values():
+        listing.sort()
+    by_name = {ino: dict(listing) for ino, listing in children.items()}
 
-    def parent_of(ino: int) -> int:
-        return next(d for d, (lo, hi) in ranges.items() if lo <= ino < hi)
-
-    def file_size(ino: int) -> int:
-        if ino == IMAGE:
-            return size
-        if ino >= files_first:
-            return file_sizes[ino - files_first]
-        return entry_size(ino - ranges[parent_of(ino)][0])
+    def is_dir(ino: int) -> bool:
+        return ino in children or ino == BIGDIR
 
     def attributes(ino: int) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino
-        if ino < FIRST_ENTRY and ino != IMAGE:
+        if is_dir(ino):
             e.st_mode, e.st_nlink, e.st_size = stat.S_IFDIR | 0o555, 2, 0
         else:
             e.st_mode, e.st_nlink = stat.S_IFREG | 0o444, 1
-            e.st_size = file_size(ino)
+            e.st_size = sizes[ino] if ino in sizes else entry_size(ino - FIRST_ENTRY)
         e.st_blksize = 128 * 1024
         e.st_blocks = (e.st_size + 511) // 512
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = now
@@ -130,7 +147,7 @@ def serve(
         reads_by_inode = False  # set by run_mounted, as snapfs's mount sets its own
 
         async def getattr(self, inode, ctx=None):
-            if inode >= end:
+            if not (inode in sizes or is_dir(inode) or FIRST_ENTRY <= inode < bigdir_end):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return attributes(inode)
 
@@ -141,24 +158,30 @@ def serve(
             return []
 
         async def lookup(self, parent_inode, name, ctx=None):
-            if parent_inode == ROOT and name in dict(ROOT_ENTRIES):
-                return attributes(dict(ROOT_ENTRIES)[name])
-            if parent_inode in ranges and name[:1] == b"f" and name[1:].isdigit():
-                lo, hi = ranges[parent_inode]
+            if parent_inode in by_name and name in by_name[parent_inode]:
+                return attributes(by_name[parent_inode][name])
+            if parent_inode == BIGDIR and name[:1] == b"f" and name[1:].isdigit():
                 i = int(name[1:])
-                if i < hi - lo and name == entry_name(i):
-                    return attributes(lo + i)
+                if i < bigdir_entries and name == entry_name(i):
+                    return attributes(FIRST_ENTRY + i)
             raise pyfuse3.FUSEError(errno.ENOENT)
 
         async def opendir(self, inode, ctx=None):
-            if inode != ROOT and inode not in ranges:
+            if not is_dir(inode):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             return inode
 
         async def readdir(self, fh, start_id, token):
-            lo, hi = (0, len(ROOT_ENTRIES)) if fh == ROOT else ranges[fh]
-            for i in range(start_id, hi - lo):
-                name, ino = ROOT_ENTRIES[i] if fh == ROOT else (entry_name(i), lo + i)
+            if fh == BIGDIR:
+                for i in range(start_id, bigdir_entries):
+                    if not pyfuse3.readdir_reply(
+                        token, entry_name(i), attributes(FIRST_ENTRY + i), i + 1
+                    ):
+                        return
+                return
+            listing = children[fh]
+            for i in range(start_id, len(listing)):
+                name, ino = listing[i]
                 if not pyfuse3.readdir_reply(token, name, attributes(ino), i + 1):
                     return
 
@@ -171,9 +194,7 @@ def serve(
 
         async def read(self, fh, off, length):
             """Every file is the first st_size bytes of the image (`content_sha256`)."""
-            if fh != IMAGE and fh < files_first:
-                return b""
-            end = min(off + length, file_size(fh))
+            end = min(off + length, sizes.get(fh, 0))
             start = off % BLOCK
             if off >= end:
                 return b""
@@ -258,17 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("mountpoint")
     parser.add_argument("--size", type=int, required=True, help="bytes of /image")
-    parser.add_argument("--entries", type=int, required=True, help="files in /dir")
-    parser.add_argument("--bigdir-entries", type=int, default=0, help="files in /bigdir")
     parser.add_argument(
-        "--file-sizes", metavar="PATH", help="a file of sizes, one a line: the files of /files"
+        "--tree", metavar="PATH", required=True, help="the shape of /tree (write_tree)"
     )
+    parser.add_argument("--bigdir-entries", type=int, default=0, help="files in /bigdir")
     args = parser.parse_args(argv)
-    sizes = ()
-    if args.file_sizes:
-        with open(args.file_sizes) as f:
-            sizes = tuple(int(line) for line in f if line.strip())
-    serve(os.path.abspath(args.mountpoint), args.size, args.entries, args.bigdir_entries, sizes)
+    serve(os.path.abspath(args.mountpoint), args.size, read_tree(args.tree), args.bigdir_entries)
     return 0
 
 

@@ -92,19 +92,19 @@ LINES = [
     Line("nullfs-seq", "null FUSE FS: sequential read of the image's size, cold", "MB/s", "limits"),
     Line(
         "nullfs-find-stat-cold",
-        "null FUSE FS: find + stat of a directory of the tree's size, cold",
+        "null FUSE FS: find + stat of a tree of the tree's shape, cold",
         "entries/s",
         "limits",
     ),
     Line(
         "nullfs-find-stat-warm",
-        "null FUSE FS: find + stat of a directory of the tree's size, warm",
+        "null FUSE FS: find + stat of a tree of the tree's shape, warm",
         "entries/s",
         "limits",
     ),
     Line(
         "nullfs-tar-cold",
-        "null FUSE FS: tar of as many files of the tree's sizes, in one directory, cold",
+        "null FUSE FS: tar of a tree of the tree's shape and sizes, cold",
         "MB/s",
         "limits",
     ),
@@ -374,30 +374,23 @@ def metadata_walks(runner: Runner, repo: str) -> None:
 
 
 def null_fs(runner: Runner) -> None:
-    size = runner.manifest.image_size
-    entries = tree_entries(runner.manifest)
-    bigdir = len(runner.manifest.bigdir_files())
+    manifest = runner.manifest
+    size = manifest.image_size
+    entries = tree_entries(manifest)
+    bigdir = len(manifest.bigdir_files())
     mnt = os.path.join(runner.work, "mnt", "nullfs")
-    file_sizes = [file_size for file_size, _ in runner.manifest.files.values()]
-    with null_fs_mounted(mnt, size, entries, bigdir, file_sizes):
+    with null_fs_mounted(mnt, size, manifest, bigdir):
         drop_caches()
         rate, digest, got = read_sequential(os.path.join(mnt, "image"))
         same = (got, digest) == (size, nullfs.content_sha256(size))
         runner.record_line(
             "nullfs-seq", rate / 1e6, None if same else f"read {got} bytes, not what it serves"
         )
-        want = sorted(
-            f"{nullfs.entry_name(i).decode()}\tf\t{nullfs.entry_size(i)}" for i in range(entries)
-        )
         for line in ("nullfs-find-stat-cold", "nullfs-find-stat-warm"):
             if line.endswith("cold"):
                 drop_caches()
-            elapsed, lines = timed_find(os.path.join(mnt, "dir"))
-            seen = sorted(x for x in lines if x and not x.startswith("\t"))
-            problem = (
-                None if seen == want else f"listed {len(seen)} entries, not the {entries} served"
-            )
-            runner.record_line(line, entries / elapsed, problem, entries=entries)
+            elapsed, lines = timed_find(os.path.join(mnt, "tree"))
+            runner.record_line(line, entries / elapsed, check_walk(lines, manifest))
         for line in ("nullfs-ls-l-cold", "nullfs-ls-l-warm"):
             if line.endswith("cold"):
                 drop_caches()
@@ -413,37 +406,27 @@ def null_fs(runner: Runner) -> None:
             problem = None if listed == bigdir else f"listed {listed} entries, not {bigdir}"
             runner.record_line(line, elapsed, problem, entries=bigdir)
         # Every file's bytes are the image's first st_size bytes (nullfs.content_sha256).
-        sha = nullfs.content_sha256s(file_sizes)
-        want = {
-            nullfs.entry_name(i).decode(): (file_size, sha[file_size])
-            for i, file_size in enumerate(file_sizes)
-        }
+        sha = nullfs.content_sha256s(file_size for file_size, _ in manifest.files.values())
+        want = {p: (file_size, sha[file_size]) for p, (file_size, _) in manifest.files.items()}
         drop_caches()
-        elapsed, total, problem = timed_tar(os.path.join(mnt, "files"), want)
-        runner.record_line(
-            "nullfs-tar-cold",
-            total / elapsed / 1e6,
-            problem,
-            files=len(file_sizes),
-        )
+        elapsed, total, problem = timed_tar(os.path.join(mnt, "tree"), want)
+        runner.record_line("nullfs-tar-cold", total / elapsed / 1e6, problem, files=len(want))
 
 
 @contextlib.contextmanager
-def null_fs_mounted(
-    mnt: str, size: int, entries: int, bigdir: int = 0, file_sizes: list[int] | None = None
-) -> Iterator[None]:
-    """bench/nullfs.py mounted on mnt in a process of its own; always unmounted at the end."""
+def null_fs_mounted(mnt: str, size: int, manifest: Manifest, bigdir: int = 0) -> Iterator[None]:
+    """bench/nullfs.py mounted on mnt in a process of its own, `/tree` in the shape of the
+    manifest's tree; always unmounted at the end."""
     os.makedirs(mnt, exist_ok=True)
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
-    sizes_file = os.path.join(os.path.dirname(mnt), "nullfs-file-sizes")
-    with open(sizes_file, "w") as f:
-        f.writelines(f"{file_size}\n" for file_size in file_sizes or ())
+    tree_file = os.path.join(os.path.dirname(mnt), "nullfs-tree")
+    files = ((p, file_size) for p, (file_size, _) in manifest.files.items())
+    nullfs.write_tree(tree_file, manifest.dirs, files)
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "bench.nullfs", mnt),
-            *("--size", str(size), "--entries", str(entries), "--bigdir-entries", str(bigdir)),
-            *("--file-sizes", sizes_file),
+            *("--size", str(size), "--tree", tree_file, "--bigdir-entries", str(bigdir)),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -466,7 +449,7 @@ def null_fs_mounted(
             subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
         with contextlib.suppress(OSError):
             os.rmdir(mnt)
-        os.unlink(sizes_file)
+        os.unlink(tree_file)
 
 
 def in_limit_unit(

@@ -374,12 +374,13 @@ def markdown(doc: dict, png_name: str | None, notes: str | None) -> str:
             " parsed and stored), cold, no FUSE: a first mount's cold `find` waits for it. Index"
             " listings: every directory of that index listed in process as the mount lists an"
             " indexed directory, cold. Null FUSE FS: `bench/nullfs.py`, pyfuse3 + trio serving"
-            " from memory a file of the image's size, a directory of"
-            f" {doc['limits']['entries']:,} entries (readdirplus) and one of as many files as"
-            " the tree, of the tree's sizes (each read by inode, no open, as snapfs's are), read"
-            " with the same reader, `find` and `tar` as above, and one of the big directory's"
-            " size listed by the same `ls -l` (every file's SELinux label and ACLs asked for,"
-            " none there, as in snapfs): the most a Python FUSE filesystem reaches here.",
+            " from memory a file of the image's size and a tree of the bench tree's shape"
+            f" ({doc['limits']['entries']:,} entries: the same directories, names and file"
+            " sizes, each listing with its entries' attributes (readdirplus), each file read by"
+            " inode, no open, as snapfs's are), read with the same reader, `find` and `tar` as"
+            " above and checked the same way, and a directory of the big directory's size"
+            " listed by the same `ls -l` (every file's SELinux label and ACLs asked for, none"
+            " there, as in snapfs): the most a Python FUSE filesystem reaches here.",
             "",
             limits_table(doc["limits"]),
             "",
