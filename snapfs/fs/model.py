@@ -366,6 +366,15 @@ class FsModel:
             self._backend_refreshed_at = now
         refresh()
 
+    def close(self) -> None:
+        """The mount or server is ending: no more listings read ahead, an unfinished index walk
+        stops, leaving nothing behind (the next mount walks again), and `.versions` lets go of
+        its index."""
+        self.listing_readahead.close()
+        self.indexer.close()
+        if self.versions_index is not None:
+            self.versions_index.close()
+
     def stats_text(self) -> str:
         """`.snapfs/stats` and the unmount summary: the source's counters and the chunk cache."""
         backend = self.datastore.backend

@@ -433,10 +433,7 @@ def _serve(
             ops.detach()
             pyfuse3.close(unmount=not unmounted or still_mounted(opts.mountpoint))
             ops.close()  # the readahead threads: nothing reads any more
-            model.listing_readahead.close()
-            model.indexer.close()  # an unfinished index walk stops and leaves nothing behind
-            if model.versions_index is not None:
-                model.versions_index.close()
+            model.close()
             _report_stats(model, opts)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)

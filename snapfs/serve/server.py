@@ -241,7 +241,7 @@ def serve(
         trio.run(main)
     finally:
         site.readahead.close()
-        model.indexer.close()
+        model.close()
         search.close()
     return 0
 
