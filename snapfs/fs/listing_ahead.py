@@ -48,7 +48,8 @@ class ListingReadahead:
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
         self._reading: set[int] = set()  # archives with a window being read
-        #: archive id -> (the offset whose opening starts the next window, where it starts).
+        #: archive id -> (the directory offset whose listing, once read, starts the next window;
+        #: where that window starts).
         self._next: dict[int, tuple[int, int]] = {}
         #: For `.snapfs/stats`: listings the index was asked for one by one, and windows read.
         self.alone = 0
