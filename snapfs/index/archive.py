@@ -270,14 +270,19 @@ class ArchiveIndex:
                     listings[row[1]] = []
                     if read_to is not None and row[_END_COLUMN] > read_to:
                         cut.append((row[1], row[_END_COLUMN]))
-            for offset, _ in cut:
-                listings[offset] = list(self._listing(offset))
-            if cut and not any(e.kind is _DIRECTORY for _, e in listings[cut[-1][0]]):
+            whole = {offset: self._listing(offset) for offset, _ in cut}
+            if cut and not any(e.kind is _DIRECTORY for _, e in whole[cut[-1][0]]):
                 # The cut directories are the last entry's ancestors. If the deepest holds no
                 # directory, what lies in it past the range is its listing, read whole already:
                 # the next range starts after it (a 20,000-file directory is read once).
                 read_to = cut[-1][1] - 1
-        return ListingsAfter([(offset, tuple(got)) for offset, got in listings.items()], read_to)
+        return ListingsAfter(
+            [
+                (offset, whole[offset] if offset in whole else tuple(got))
+                for offset, got in listings.items()
+            ],
+            read_to,
+        )
 
     def files_within(self, start: int, end: int) -> list[tuple[int, int, int]]:
         """(entry_offset, content_offset, size) of the non-empty regular files whose content lies
