@@ -33,7 +33,6 @@ from snapfs.errors import NotFoundError, SnapfsError, UsageError
 from snapfs.format.archive_names import FileType, short_name
 from snapfs.keysource import KeyOptions, read_password
 from snapfs.linux.mountinfo import mount_at, mounts
-from snapfs.store.cache import DEFAULT_CACHE_SIZE
 from snapfs.store.sources import SourceOptions, source_option_argv
 
 MOUNT_TIMEOUT = 60.0
@@ -62,7 +61,7 @@ class MapRequest:
     image: str
     ns: str = ""
     key: KeyOptions = field(default_factory=KeyOptions)
-    cache_size: int = DEFAULT_CACHE_SIZE  # of the mount process
+    cache_size: int | None = None  # of the mount process (None: its default for the source)
 
 
 @dataclass
@@ -233,7 +232,9 @@ def _start_mount(
     # The same source as ours (S3 endpoint, cache...); credentials reach it through the
     # environment it inherits, never argv.
     cmd += source_option_argv(request.source.backend)
-    cmd += ["--cache-size", str(request.cache_size), request.source.source, str(mnt)]
+    if request.cache_size is not None:
+        cmd += ["--cache-size", str(request.cache_size)]
+    cmd += [request.source.source, str(mnt)]
     pass_fds: tuple[int, ...] = ()
     read_fd = None
     key = request.key

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from snapfs import logs
 from snapfs.errors import UsageError
 from snapfs.keysource import KeyOptions
-from snapfs.store.cache import DEFAULT_CACHE_SIZE
+from snapfs.store.cache import DEFAULT_CACHE_SIZE, FETCHING_AHEAD_CACHE_SIZE
 from snapfs.store.sources import DEFAULT_CACHE_DIR_SIZE, BackendOptions, SourceOptions
 from snapfs.store.stats import PRICE_TABLES
 
@@ -213,9 +213,9 @@ def add_cache_size_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-size",
         type=size_type(MIN_CACHE_SIZE),
-        default=DEFAULT_CACHE_SIZE,
         metavar="SIZE",
         help=f"decoded chunks kept in memory (default {_format_size(DEFAULT_CACHE_SIZE)}, "
+        f"{_format_size(FETCHING_AHEAD_CACHE_SIZE)} for an s3:// SOURCE, "
         f"at least {_format_size(MIN_CACHE_SIZE)})",
     )
 

@@ -82,6 +82,7 @@ def cmd_nbd(args: argparse.Namespace) -> int:
     from snapfs.nbd.tls import tls_context
     from snapfs.store.cache import ChunkCache
     from snapfs.store.datastore import parse_namespace
+    from snapfs.store.sources import chunk_cache_size
 
     if args.listen and args.socket:
         raise UsageError("give --listen or --socket, not both")
@@ -90,7 +91,7 @@ def cmd_nbd(args: argparse.Namespace) -> int:
     if args.tls_ca and not args.tls_cert:
         raise UsageError("--tls-ca needs --tls-cert and --tls-key (the server's own certificate)")
     tls = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
-    cache = ChunkCache(args.cache_size)
+    cache = ChunkCache(chunk_cache_size(args.source, args.cache_size))
     exports = datastore_exports(
         source_options(args).open(),
         key_options(args).crypt_config(),

@@ -43,7 +43,7 @@ from snapfs.linux.mounts import (
     mount_state,
     still_mounted,
 )
-from snapfs.store.cache import DEFAULT_CACHE_SIZE, ChunkCache
+from snapfs.store.cache import ChunkCache
 from snapfs.store.datastore import Datastore
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ _mounting = threading.Lock()
 class MountOptions:
     source: str
     mountpoint: str
-    cache_size: int = DEFAULT_CACHE_SIZE
+    cache_size: int | None = None  # None: the default for the source (chunk_cache_size)
     allow_other: bool = False
     uid: int | None = None
     gid: int | None = None
@@ -384,6 +384,7 @@ def _serve(
     from snapfs.fs.operations import SnapfsOperations
     from snapfs.fs.versions import VersionsIndex
     from snapfs.search.index import default_index_path
+    from snapfs.store.sources import chunk_cache_size
 
     limit_malloc_arenas()
     collect_garbage_rarely()
@@ -395,7 +396,7 @@ def _serve(
     model = FsModel(
         open_source(),
         crypt,
-        ChunkCache(opts.cache_size),
+        ChunkCache(chunk_cache_size(opts.source, opts.cache_size)),
         uid=opts.uid,
         gid=opts.gid,
         refresh_interval=opts.refresh_interval,

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from snapfs.errors import UsageError
 from snapfs.format.crypt import CryptConfig
 from snapfs.serve.auth import Authenticator, read_auth_file, read_token_file
-from snapfs.store.cache import DEFAULT_CACHE_SIZE
 from snapfs.store.datastore import Datastore
 
 log = logging.getLogger("snapfs.serve")
@@ -44,7 +43,7 @@ SECURITY_HEADERS = {
 class ServeOptions:
     source: str
     listen: str = DEFAULT_LISTEN
-    cache_size: int = DEFAULT_CACHE_SIZE
+    cache_size: int | None = None  # None: the default for the source (chunk_cache_size)
     refresh_interval: float | None = None
     index_dir: str | None = None  # pxar archive indexes (None: memory only)
     search_index: str = ""  # the datastore's search index file
@@ -177,6 +176,7 @@ def serve(
     from snapfs.search.index import SearchIndex
     from snapfs.serve.app import PAGE_POLICY, SearchService, Site, build_app
     from snapfs.store.cache import ChunkCache
+    from snapfs.store.sources import chunk_cache_size
 
     host, port = parse_listen(opts.listen)
     auth = Authenticator(
@@ -199,7 +199,7 @@ def serve(
     model = FsModel(
         open_source(),
         crypt,
-        ChunkCache(opts.cache_size),
+        ChunkCache(chunk_cache_size(opts.source, opts.cache_size)),
         refresh_interval=opts.refresh_interval,
         indexer=ArchiveIndexer(opts.index_dir),
     )

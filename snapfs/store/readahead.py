@@ -135,6 +135,13 @@ class SequentialWindow:
             index.chunk_at(min(limit, end + reach) - 1),
             min(current + MIN_READAHEAD_CHUNKS, final),
         )
+        # Never more than half the cache ahead: chunks decoded into a cache too small to keep
+        # them are dropped before the reader gets there, and decoded again. A 4 MiB cache read
+        # the bench image at 227 MB/s, decoding 562 chunks for 256, and walked its tree in 22 s
+        # instead of 4.
+        room = stream.chunks.cache.max_bytes // 2
+        while last > current and index.chunk_range(last)[1] - index.chunk_range(current)[1] > room:
+            last -= 1
         first = current + 1
         if first <= self.ahead <= last:
             first = self.ahead + 1

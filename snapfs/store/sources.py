@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from snapfs.errors import UsageError
 from snapfs.logs import without_userinfo
 from snapfs.store.backend import Backend, LocalBackend
+from snapfs.store.cache import DEFAULT_CACHE_SIZE, FETCHING_AHEAD_CACHE_SIZE
 from snapfs.store.datastore import Datastore
 
 DEFAULT_CACHE_DIR_SIZE = 10 * 1024**3
@@ -87,6 +88,14 @@ def source_option_argv(options: BackendOptions) -> list[str]:
     if options.no_verify_tls:
         argv.append("--no-verify-tls")
     return argv
+
+
+def chunk_cache_size(source: str, requested: int | None) -> int:
+    """The chunk cache of a command that serves reads of SOURCE: `requested` (--cache-size), else
+    the default for where SOURCE is."""
+    if requested is not None:
+        return requested
+    return FETCHING_AHEAD_CACHE_SIZE if source.startswith("s3://") else DEFAULT_CACHE_SIZE
 
 
 def open_backend(source: str, *, options: BackendOptions | None = None) -> Backend:

@@ -15,7 +15,8 @@ from support.mounting import snapfs
 
 from snapfs.cli import build_parser
 from snapfs.errors import UsageError
-from snapfs.store.cache import DEFAULT_CACHE_SIZE
+from snapfs.store.cache import DEFAULT_CACHE_SIZE, FETCHING_AHEAD_CACHE_SIZE
+from snapfs.store.sources import chunk_cache_size
 
 K, M, T = 1 << 10, 1 << 20, 1 << 40
 IMG = "vm/100/2024-06-01T10:00:00Z"
@@ -113,8 +114,13 @@ def test_same_verdict_from_every_command(option, text):
 
 
 @pytest.mark.parametrize("command", COMMANDS["--cache-size"])
-def test_cache_size_default_is_bytes(command):
-    assert parse(command).cache_size == DEFAULT_CACHE_SIZE
+def test_cache_size_default_depends_on_the_source(command):
+    """Without --cache-size a local datastore gets 16 MiB; an S3 one 32 MiB, for the 16 MiB of
+    chunks its readers name ahead to hide the round trips."""
+    assert parse(command).cache_size is None
+    assert chunk_cache_size("/srv/datastore", None) == DEFAULT_CACHE_SIZE == 16 * M
+    assert chunk_cache_size("s3://bucket/store", None) == FETCHING_AHEAD_CACHE_SIZE == 32 * M
+    assert chunk_cache_size("s3://bucket/store", 4 * M) == 4 * M
 
 
 @pytest.mark.parametrize("command", SOURCE_COMMANDS)

@@ -242,8 +242,16 @@ def test_chunk_cache_is_bounded_by_bytes():
     cache.get(bytes([90]) * 32)  # recently used survives the next eviction
     cache.put(b"x" * 32, bytes(1000))
     assert cache.get(bytes([90]) * 32) is not None and cache.get(bytes([91]) * 32) is None
-    cache.put(b"big" * 11, bytes(20_000))  # larger than the whole cache: not kept
-    assert cache.used_bytes <= 10_000
+    cache.put(b"big" * 11, bytes(20_000))  # larger than the whole cache: kept alone
+    assert len(cache) == 1 and cache.get(b"big" * 11) is not None
+    cache.put(b"x" * 32, bytes(1000))  # the next one drops it
+    assert cache.used_bytes == 1000 and cache.get(b"big" * 11) is None
+
+
+def test_a_cache_of_zero_keeps_nothing():
+    cache = ChunkCache(0)
+    cache.put(b"x" * 32, bytes(1000))
+    assert len(cache) == 0 and cache.used_bytes == 0
 
 
 def test_evicted_chunks_are_released():

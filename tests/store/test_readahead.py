@@ -100,6 +100,34 @@ def test_the_window_is_a_quarter_of_the_chunk_cache() -> None:
     assert SequentialWindow().after(stream, 4096, stream.size) == [index.digest(1), index.digest(2)]
 
 
+def test_no_more_is_named_than_half_the_cache_holds() -> None:
+    """Chunks named beyond what the cache keeps beside the reader's own would leave it before
+    the reader gets there, and be decoded twice."""
+    stream, _ = image(12, cache_size=8 * MiB)
+    assert SequentialWindow().after(stream, 4096, stream.size) == [stream.index.digest(1)]
+    stream, _ = image(12, cache_size=4 * MiB)
+    assert SequentialWindow().after(stream, 4096, stream.size) == []
+
+
+def test_a_walk_through_a_small_cache_fetches_each_chunk_once() -> None:
+    """A ForwardReader read front to back, a piece at a time, with background decoders: through a
+    cache that holds two chunks (one named ahead) and one smaller than a chunk (none named, the
+    chunk being read kept alone), every chunk is fetched once."""
+    for cache_size in (8 * MiB, 2 * MiB):
+        stream, store = image(10, cache_size=cache_size)
+        expected = b"".join((i + 1).to_bytes(4, "big") * (MiB) for i in range(10))
+        readahead = Readahead(2, "test-readahead")
+        try:
+            reader = ForwardReader(stream, readahead)
+            got = b"".join(
+                reader.read_at(pos, 256 * 1024) for pos in range(0, stream.size, 256 * 1024)
+            )
+        finally:
+            readahead.close(wait=True)
+        assert got == expected
+        assert sorted(store.fetched) == sorted(stream.index.digest(i) for i in range(10))
+
+
 class FetchingAheadStore(ChunkStore):
     """A backend that fetches named chunks ahead, as S3 does."""
 
