@@ -10,6 +10,7 @@ measure snapfs alone (limits.py, s3.py), beside the comparison.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -126,6 +127,16 @@ def still_mounted(work: str) -> bool:
     return os.path.isdir(mnt) and any(is_mounted(os.path.join(mnt, m)) for m in os.listdir(mnt))
 
 
+def compile_snapfs() -> None:
+    """Byte-compile snapfs's modules, as installing it does. An editable install leaves them as
+    source, and with PYTHONDONTWRITEBYTECODE set every snapfs process compiled each module it
+    imports again: 0.14 s more for `snapfs snapshots`, counted in the mount-to-first-ls line and
+    in every restore."""
+    import snapfs
+
+    compileall.compile_dir(os.path.dirname(snapfs.__file__), quiet=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -147,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         else tempfile.mkdtemp(prefix="snapfs-bench-", dir="/var/tmp")
     )
     os.makedirs(work, exist_ok=True)
+    compile_snapfs()
     try:
         return run(args, argv, work)
     finally:
