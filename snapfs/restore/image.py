@@ -2,7 +2,9 @@
 
 An image is written chunk by chunk with positional writes while the next chunks are fetched and
 decoded in worker threads, so the restore runs at the speed of the slower of store and disk.
-Every chunk is digest-verified by the ChunkReader before a byte of it is written. On a regular
+Every chunk is digest-verified by the ChunkReader before a byte of it is written. The kernel is
+asked to start writing what was written as the restore goes (`WritebackStarter`), so the disk
+works while the next chunks are decoded and the closing fsync finds little left. On a regular
 file all-zero blocks (SPARSE_BLOCK, aligned) are not written at all, so they stay holes: a VM
 disk's free space costs neither disk writes nor disk space; on a block device they are written,
 since the device's old content is not known to be zero.
@@ -22,10 +24,12 @@ the report names each missing byte range and chunk digest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
@@ -39,6 +43,8 @@ from snapfs.store.stream import IndexStream
 DEFAULT_WORKERS = 4
 DEFAULT_WINDOW = 8
 _HASH_BLOCK = 4 * 1024 * 1024
+#: Written bytes handed to the kernel's writeback at a time.
+WRITEBACK_BYTES = 8 * 1024 * 1024
 #: Aligned runs of zeros this long are left as holes in a file (`qemu-img convert` looks at 4 KiB;
 #: 64 KiB keeps the writes large and the file's extents few).
 SPARSE_BLOCK = 64 * 1024
@@ -192,6 +198,7 @@ def restore_image(
                 else:
                     todo.append(i)
 
+        writeback = WritebackStarter(fd)
         for i, future in ordered(
             stream.hinted(todo),
             stream.chunk_data,
@@ -218,6 +225,7 @@ def restore_image(
                 report.bytes_written += run_stop - run_start
             report.bytes_sparse += len(data) - sum(b - a for a, b in runs)
             progress.update(len(data))
+            writeback.written(start, stop)
         try:
             if not target.device:
                 os.ftruncate(fd, stream.size)  # its size, last: a trailing hole or a longer file
@@ -229,6 +237,33 @@ def restore_image(
     report.bytes_total = stream.size
     report.files = 1
     return report.finish()
+
+
+class WritebackStarter:
+    """Starts the kernel's writeback of a file's written bytes, WRITEBACK_BYTES at a time.
+
+    Left alone, Linux keeps a restored image dirty in the page cache (it starts writing back at
+    a tenth of memory, or after 30 s), and the closing fsync then writes all of it while nothing
+    else runs: 0.4 s of a 2.4 s restore of the bench's 1 GiB image. Started as the restore goes,
+    the disk writes while the next chunks are decoded. POSIX_FADV_DONTNEED is the call Python
+    has for it: Linux starts writing the range's dirty pages without waiting for them, and drops
+    only the pages already clean.
+    """
+
+    def __init__(self, fd: int, advise: Callable[[int, int, int, int], None] | None = None) -> None:
+        self.fd = fd
+        self._advise = advise or os.posix_fadvise
+        self._start = self._stop = 0  # the written range not handed over yet
+
+    def written(self, start: int, stop: int) -> None:
+        """Bytes [start, stop) of the file were written (a run, holes inside it are fine)."""
+        if start != self._stop:  # not where the last write ended (a resume skipped chunks)
+            self._start = start
+        self._stop = stop
+        if self._stop - self._start >= WRITEBACK_BYTES:
+            with contextlib.suppress(OSError):  # a hint: the fsync writes whatever is left
+                self._advise(self.fd, self._start, self._stop - self._start, os.POSIX_FADV_DONTNEED)
+            self._start = self._stop
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -15,8 +16,9 @@ from support.vectors import IMAGE_SHA256
 from snapfs.cli import main
 from snapfs.errors import UsageError
 from snapfs.format.crypt import CryptConfig
+from snapfs.restore import image
 from snapfs.restore.holes import data_runs
-from snapfs.restore.image import SPARSE_BLOCK, ImageTarget, restore_image
+from snapfs.restore.image import SPARSE_BLOCK, ImageTarget, WritebackStarter, restore_image
 from snapfs.store.backend import LocalBackend
 from snapfs.store.chunks import ChunkReader
 from snapfs.store.datastore import Datastore, parse_snapshot
@@ -62,6 +64,41 @@ def test_image_restore_is_exact_and_sparse(vectors, tmp_path, encrypted):
     assert report.bytes_sparse == zero_blocks * SPARSE_BLOCK
     assert report.bytes_written == len(content) - report.bytes_sparse
     assert os.stat(target).st_blocks * 512 <= report.bytes_written + 64 * 1024
+
+
+def test_image_restore_starts_writeback_as_it_goes(vectors, tmp_path, monkeypatch):
+    """The written bytes are handed to the kernel's writeback in order, in ranges of at least
+    WRITEBACK_BYTES, before the closing fsync; the image is exact."""
+    asked: list[tuple[int, int]] = []
+    fadvise = os.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        asked.append((offset, offset + length))
+        fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    monkeypatch.setattr(image, "WRITEBACK_BYTES", 4 * 1024 * 1024)
+    target = tmp_path / "disk.raw"
+    stream = _stream(vectors / "datastore", PLAIN)
+    assert restore_image(stream, ImageTarget(str(target))).ok
+    assert _sha(target) == IMAGE_SHA256
+    assert asked and asked[0][0] == 0
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(asked))  # each where the last ended
+    assert all(stop - start >= 4 * 1024 * 1024 for start, stop in asked)
+    assert asked[-1][1] > stream.size - 4 * 1024 * 1024  # nothing larger than one range left
+
+
+def test_writeback_starts_again_where_a_resume_skipped_chunks():
+    asked: list[tuple[int, int]] = []
+    starter = WritebackStarter(
+        -1, lambda fd, offset, length, advice: asked.append((offset, length))
+    )
+    mib = 1024 * 1024
+    starter.written(0, 4 * mib)  # less than WRITEBACK_BYTES: held back
+    starter.written(12 * mib, 16 * mib)  # chunks 1 and 2 were already on disk
+    starter.written(16 * mib, 20 * mib)
+    assert asked == [(12 * mib, 8 * mib)]
 
 
 @pytest.mark.parametrize(
