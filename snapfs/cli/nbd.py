@@ -16,8 +16,8 @@ from snapfs.cli._common import (
     source_options,
 )
 from snapfs.errors import UsageError
+from snapfs.nbd import DEFAULT_WORKERS
 from snapfs.nbd.listen import DEFAULT_PORT
-from snapfs.nbd.server import DEFAULT_WORKERS
 
 EXAMPLES: dict[str, list[str]] = {
     "nbd": [
@@ -56,7 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_cache_size_option(p)
     p.add_argument(
-        "--workers", type=int, default=DEFAULT_WORKERS, help="parallel chunk fetches (default 8)"
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"parallel chunk fetches (default {DEFAULT_WORKERS})",
     )
     g = p.add_argument_group("TLS (NBD STARTTLS; with --tls-cert a client without TLS is refused)")
     g.add_argument(
@@ -84,6 +87,8 @@ def cmd_nbd(args: argparse.Namespace) -> int:
     from snapfs.store.datastore import parse_namespace
     from snapfs.store.sources import chunk_cache_size
 
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
     if args.listen and args.socket:
         raise UsageError("give --listen or --socket, not both")
     if bool(args.tls_cert) != bool(args.tls_key):

@@ -8,3 +8,8 @@ guest reads stay decoded in memory.
 protocol.py holds the wire format, server.py the server, exports.py what it serves, overlay.py the
 copy-on-write file, listen.py the sockets, tls.py TLS (STARTTLS, client certificates). The `snapfs nbd` command itself is snapfs/cli/nbd.py.
 """
+
+#: Blocking chunk fetches in flight per server (S3 latency hides behind them). Named here, not in
+#: server.py, so that the CLI can give it as `--workers`' default without importing the server:
+#: TLS and x509 came along, a third of the start-up time of every snapfs command.
+DEFAULT_WORKERS = 8

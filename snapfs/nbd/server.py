@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from snapfs.errors import SnapfsError
+from snapfs.nbd import DEFAULT_WORKERS
 from snapfs.nbd import protocol as P
 from snapfs.nbd.exports import Export
 from snapfs.nbd.tls import TlsStream
@@ -39,7 +40,6 @@ __all__ = ["DEFAULT_WORKERS", "NbdServer", "reply_error"]
 
 log = logging.getLogger("snapfs.nbd")
 
-DEFAULT_WORKERS = 8  # blocking chunk fetches in flight (S3 latency hides behind them)
 READAHEAD_WORKERS = 2
 MAX_OPTION_LENGTH = 64 * 1024
 ZERO_BLOCK = bytes(1024 * 1024)

@@ -22,6 +22,7 @@ from support.nbd_serving import Served
 from support.vectors import IMAGE_SHA256, VECTOR_PASSWORD
 
 from snapfs.backup import backup, parse_backup_source
+from snapfs.cli import main
 from snapfs.errors import BadMagicError, MissingChunkError, UsageError
 from snapfs.format.keyfile import KeyFile
 from snapfs.nbd import protocol as P
@@ -351,6 +352,12 @@ def test_image_before_snapshot_is_a_usage_error(vectors):
     ds = Datastore(LocalBackend(vectors / "datastore"))
     with pytest.raises(UsageError):
         datastore_exports(ds, None, ChunkCache(), ["drive-scsi0.img"])
+
+
+def test_workers_below_one_is_a_usage_error(vectors, capsys):
+    code = main(["nbd", str(vectors / "datastore"), "--workers", "0"])
+    assert code == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
 
 
 # --- real clients ---------------------------------------------------------------------------------
