@@ -36,7 +36,7 @@ from snapfs.nbd.tls import TlsStream
 from snapfs.store.readahead import Readahead, SequentialWindow
 from snapfs.store.stream import IndexStream
 
-__all__ = ["DEFAULT_WORKERS", "NbdServer", "reply_error"]
+__all__ = ["NbdServer", "reply_error"]
 
 log = logging.getLogger("snapfs.nbd")
 

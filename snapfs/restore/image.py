@@ -29,7 +29,6 @@ import hashlib
 import os
 import stat
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from snapfs.errors import NotFoundError, SnapfsError, UsageError
@@ -250,9 +249,8 @@ class WritebackStarter:
     only the pages already clean.
     """
 
-    def __init__(self, fd: int, advise: Callable[[int, int, int, int], None] | None = None) -> None:
-        self.fd = fd
-        self._advise = advise or os.posix_fadvise
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
         self._start = self._stop = 0  # the written range not handed over yet
 
     def written(self, start: int, stop: int) -> None:
@@ -262,7 +260,9 @@ class WritebackStarter:
         self._stop = stop
         if self._stop - self._start >= WRITEBACK_BYTES:
             with contextlib.suppress(OSError):  # a hint: the fsync writes whatever is left
-                self._advise(self.fd, self._start, self._stop - self._start, os.POSIX_FADV_DONTNEED)
+                os.posix_fadvise(
+                    self._fd, self._start, self._stop - self._start, os.POSIX_FADV_DONTNEED
+                )
             self._start = self._stop
 
 

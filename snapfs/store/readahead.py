@@ -138,8 +138,8 @@ class SequentialWindow:
         # Never more than half the cache ahead: chunks decoded into a cache too small to keep
         # them are dropped before the reader gets there, and decoded again. A 4 MiB cache read
         # the bench image at 227 MB/s, decoding 562 chunks for its 256 (now 347 MB/s, each once).
-        room = stream.chunks.cache.max_bytes // 2
-        while last > current and index.chunk_range(last)[1] - index.chunk_range(current)[1] > room:
+        horizon = index.chunk_range(current)[1] + stream.chunks.cache.max_bytes // 2
+        while last > current and index.chunk_range(last)[1] > horizon:
             last -= 1
         first = current + 1
         if first <= self.ahead <= last:
