@@ -10,7 +10,7 @@ from support.flights import CountingCalls
 
 from snapfs.errors import MissingChunkError
 from snapfs.format.blob import encode_chunk
-from snapfs.format.index import build_fixed_index, parse_index
+from snapfs.format.index import build_dynamic_index, build_fixed_index, parse_index
 from snapfs.store.backend import DirListing
 from snapfs.store.cache import ChunkCache
 from snapfs.store.chunks import ChunkReader
@@ -107,6 +107,21 @@ def test_no_more_is_named_than_half_the_cache_holds() -> None:
     assert SequentialWindow().after(stream, 4096, stream.size) == [stream.index.digest(1)]
     stream, _ = image(12, cache_size=4 * MiB)
     assert SequentialWindow().after(stream, 4096, stream.size) == []
+
+
+def test_nothing_is_named_that_would_push_out_the_chunk_being_read() -> None:
+    """A reader in a chunk larger than the cache (kept alone while it is read) gets no chunk
+    named ahead, however small: decoded, it would push the reader's own out, to be decoded
+    again for the next piece read. Beside a chunk of half the cache, the other half is named."""
+    sizes = [6 * MiB, MiB, 2 * MiB, MiB, MiB]
+    contents = [bytes([i + 1]) * size for i, size in enumerate(sizes)]
+    digests = [encode_chunk(c, None, compress=False)[0] for c in contents]
+    ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    index = parse_index(build_dynamic_index(list(zip(ends, digests, strict=True))), name="a.didx")
+    cache = ChunkCache(4 * MiB)
+    stream = IndexStream(index, ChunkReader(ChunkStore(contents), None, cache), "archive")
+    assert SequentialWindow().after(stream, MiB, stream.size) == []  # in the 6 MiB chunk
+    assert SequentialWindow().after(stream, ends[1] + 4096, stream.size) == digests[3:]
 
 
 def test_a_walk_through_a_small_cache_fetches_each_chunk_once() -> None:
