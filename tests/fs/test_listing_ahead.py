@@ -16,7 +16,7 @@ from snapfs.fs.listing_ahead import ListingReadahead
 from snapfs.index.archive import ArchiveIndex
 
 ARCHIVE = 7  # the archive id the cache keys listings by
-WINDOW = 8  # entries: the vector's first window after its root holds three directories
+WINDOW = 5  # entries: the vector's first window after its root holds three directories
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_a_damaged_index_stops_the_readahead_and_the_walk_reports_it(walk, tmp_p
     cache = ListingCache()
     ahead = ListingReadahead(cache)
     db = sqlite3.connect(tmp_path / "index.sqlite")
-    db.execute("DROP TABLE entries")  # as a disk error would leave it, under the mount
+    db.execute("DROP TABLE listings")  # as a disk error would leave it, under the mount
     db.commit()
     db.close()
     ahead.read_after(ARCHIVE, index, offsets[0])  # a hint: no error here

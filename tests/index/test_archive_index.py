@@ -174,6 +174,33 @@ def test_an_index_damaged_under_a_mount_is_a_named_error_not_sqlites(vectors, tm
             query()
 
 
+@pytest.mark.parametrize(
+    "packed",
+    [
+        b"\xff\x00garbage",  # not msgpack
+        b"\x91\x92\xc4\x01x\x01",  # msgpack, but a child with too few columns
+        b"",  # cut off
+    ],
+)
+def test_a_damaged_packed_listing_names_its_directory(vectors, tmp_path, packed):
+    acc = accessor_for(vectors, V1)
+    path = tmp_path / "i.sqlite"
+    built = ArchiveIndex.build(acc, str(path))
+    root = acc.root().entry_offset
+    directory = next(e for _, e in built.listing(root) if e.is_dir).entry_offset
+    db = sqlite3.connect(path)
+    db.execute("UPDATE listings SET packed = ? WHERE directory = ?", (packed, directory))
+    db.commit()
+    db.close()
+    loaded = ArchiveIndex.load(str(path), name="root.pxar")
+    assert loaded is not None and loaded.listing(root) == built.listing(root)  # the others read
+    message = f"root.pxar: the listing of the directory at offset {directory} in its metadata"
+    with pytest.raises(CorruptDataError, match=message):
+        loaded.listing(directory)
+    with pytest.raises(CorruptDataError, match=message):
+        loaded.listings_after(root, 1000)
+
+
 def test_a_corrupt_chunk_fails_the_build_and_leaves_no_file(tmp_path):
     tree = tmp_path / "tree"
     for d in range(8):  # 8 x 300 files of 1 KiB: entries in every 256 KiB chunk
