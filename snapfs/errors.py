@@ -88,7 +88,3 @@ class NotRegularFileError(RequestError):
 
 class NotSymlinkError(RequestError):
     """A readlink of a node that is not a symbolic link."""
-
-
-class NoXattrError(RequestError):
-    """An extended attribute the node does not have."""

@@ -22,7 +22,6 @@ from snapfs.errors import (
     NotFoundError,
     NotRegularFileError,
     NotSymlinkError,
-    NoXattrError,
     SnapfsError,
 )
 from snapfs.fs.listing import ChildrenHandle
@@ -134,12 +133,13 @@ class Node:
         """(name, value) of every extended attribute, ACLs in the kernel's binary form."""
         return []
 
-    def xattr(self, name: bytes) -> bytes:
-        """The value of one extended attribute; NoXattrError if the node has none by that name."""
+    def xattr(self, name: bytes) -> bytes | None:
+        """The value of one extended attribute; None if the node has none by that name (not an
+        error: `ls -l` asks every file for its SELinux label, which nearly none has)."""
         for key, value in self.xattrs():
             if key == name:
                 return value
-        raise NoXattrError(f"{self.where}: no extended attribute {os.fsdecode(name)!r}")
+        return None
 
     def details(self) -> dict[str, str]:
         """What a browser shows of this node beyond its attributes (a snapshot's state, size

@@ -40,7 +40,6 @@ from snapfs.errors import (
     NotFoundError,
     NotRegularFileError,
     NotSymlinkError,
-    NoXattrError,
     RequestError,
     SnapfsError,
     UsageError,
@@ -72,7 +71,6 @@ ERRNOS: tuple[tuple[type[SnapfsError], int], ...] = (
     (IsDirectoryError, errno.EISDIR),
     (NotRegularFileError, errno.EINVAL),
     (NotSymlinkError, errno.EINVAL),
-    (NoXattrError, pyfuse3.ENOATTR),
     (CryptKeyError, errno.EACCES),
     (UsageError, errno.EINVAL),
 )
@@ -174,14 +172,15 @@ class SnapfsOperations(pyfuse3.Operations):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    async def _run(self, where: str, func, *args, quiet_enoent: bool = False):
-        """Run blocking model work in a worker thread; map SnapfsError to FUSEError."""
+    async def _run(self, where: Node | str, func, *args, quiet_enoent: bool = False):
+        """Run blocking model work in a worker thread; map SnapfsError to FUSEError. `where`:
+        the node the request is about (its path is made only if the request fails), or a name."""
         try:
             return await trio.to_thread.run_sync(func, *args, limiter=self._limiter)
         except SnapfsError as exc:
             raise self._fail(exc, where, quiet_enoent) from None
 
-    def _inline(self, where: str, func, *args, quiet_enoent: bool = False):
+    def _inline(self, where: Node | str, func, *args, quiet_enoent: bool = False):
         """Run model work that never blocks right here; map SnapfsError to FUSEError."""
         try:
             return func(*args)
@@ -190,31 +189,34 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def _cached_or_run(self, node: Node, cached, blocking):
         """`cached()` if the node can answer without blocking, else `blocking()` in a thread."""
-        found = self._inline(node.path, cached)
+        found = self._inline(node, cached)
         if found is None:
-            found = await self._run(node.path, blocking)
+            found = await self._run(node, blocking)
         return found
 
     def _fail(
-        self, exc: BaseException, where: str, quiet_enoent: bool = False
+        self, exc: BaseException, where: Node | str, quiet_enoent: bool = False
     ) -> pyfuse3.FUSEError:
         """The FUSEError for `exc`, logged unless it is the asker's mistake, not the data's."""
         code = errno_for(exc)
         if not (isinstance(exc, RequestError) or (quiet_enoent and code == errno.ENOENT)):
-            self.model.report(exc, where)
+            self.model.report(exc, where if isinstance(where, str) else where.path)
         return pyfuse3.FUSEError(code)
 
     async def _node(self, ino: int) -> Node:
-        where = f"inode {ino}"
-        node = self._inline(where, self.model.cached_node, ino, quiet_enoent=True)
+        # Every request starts here: no `_inline`, and its message made only on failure.
+        try:
+            node = self.model.cached_node(ino)
+        except SnapfsError as exc:
+            raise self._fail(exc, f"inode {ino}", quiet_enoent=True) from None
         if node is None:  # given up before its archive was indexed: its directory finds it
-            node = await self._run(where, self.model.node, ino, quiet_enoent=True)
+            node = await self._run(f"inode {ino}", self.model.node, ino, quiet_enoent=True)
         return node
 
     async def _attr(self, node: Node) -> Attr:
         attr = node.attr(load=False)
         if not attr.final:
-            attr = await self._run(node.path, node.attr)
+            attr = await self._run(node, node.attr)
         return attr
 
     # -- metadata -----------------------------------------------------------------------------
@@ -222,9 +224,9 @@ class SnapfsOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         parent = await self._node(parent_inode)
         name = bytes(name)
-        child = self._inline(parent.path, parent.cached_lookup, name, quiet_enoent=True)
+        child = self._inline(parent, parent.cached_lookup, name, quiet_enoent=True)
         if child is None:
-            child = await self._run(parent.path, parent.lookup, name, quiet_enoent=True)
+            child = await self._run(parent, parent.lookup, name, quiet_enoent=True)
         attr = await self._attr(child)
         self.model.remember(child, parent)
         return entry_attributes(attr)
@@ -238,11 +240,14 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def readlink(self, inode, ctx=None):
         node = await self._node(inode)
-        return self._inline(node.path, node.readlink)
+        return self._inline(node, node.readlink)
 
     async def getxattr(self, inode, name, ctx=None):
         node = await self._node(inode)
-        return self._inline(node.path, node.xattr, bytes(name))
+        value = self._inline(node, node.xattr, bytes(name))
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
 
     async def listxattr(self, inode, ctx=None):
         return [key for key, _ in (await self._node(inode)).xattrs()]
@@ -281,13 +286,13 @@ class SnapfsOperations(pyfuse3.Operations):
         if start_id == 0:
             self.model.listings_read += 1
         if not handle.in_memory and handle.loads:
-            await self._run(handle.node.path, handle.load)
+            await self._run(handle.node, handle.load)
         if handle.in_memory:
             self._reply_entries(handle.node, handle.items(start_id), token)
             return
         start = start_id
         while True:
-            items = await self._run(handle.node.path, handle.read, start, READDIR_BATCH)
+            items = await self._run(handle.node, handle.read, start, READDIR_BATCH)
             if not items or not self._reply_entries(handle.node, items, token):
                 return
             start = items[-1].next_offset
