@@ -12,6 +12,7 @@ from support.vectors import VECTOR_PASSWORD
 from snapfs.errors import NotFoundError
 from snapfs.fs import indexing
 from snapfs.fs.indexing import ArchiveIndexer
+from snapfs.index.archive import index_file_name
 from snapfs.keysource import load_crypt_config
 
 ENCRYPTED = "host/testhost/2024-06-01T12:00:00Z"
@@ -62,6 +63,19 @@ def test_a_kept_index_answers_a_later_mount_without_decoding(vectors, tmp_path, 
     opened = fetches(later)
     assert everything(later, root) == expected
     assert fetches(later) == opened  # not one chunk decoded for any lookup or listing
+
+
+def test_an_index_of_another_schema_is_removed_once_this_one_is_built(vectors, tmp_path):
+    model = model_for(vectors / "datastore", indexer=ArchiveIndexer(str(tmp_path)))
+    csum = walk(model, f"{V1}/root.pxar").archive.accessor.archive.index.index_csum.hex()
+    old = tmp_path / f"{csum}.v3.sqlite"
+    other = tmp_path / f"{'0' * len(csum)}.v3.sqlite"  # another archive's: not ours to remove
+    for path in (old, other):
+        path.write_bytes(b"an index of an earlier version")
+    indexed(model, V1)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [other.name, index_file_name(bytes.fromhex(csum))]
+    )
 
 
 def test_indexed_listings_are_the_decoded_ones_with_every_hard_link_counted(vectors, tmp_path):
