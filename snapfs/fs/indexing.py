@@ -26,7 +26,13 @@ import time
 from typing import TYPE_CHECKING
 
 from snapfs.errors import SnapfsError
-from snapfs.index.archive import ArchiveIndex, BuildCancelled, BuildProgress, index_file_name
+from snapfs.index.archive import (
+    ArchiveIndex,
+    BuildCancelled,
+    BuildProgress,
+    index_file_name,
+    remove_other_schemas,
+)
 from snapfs.pxar.accessor import Accessor
 from snapfs.store.readahead import ForwardReader, Readahead
 from snapfs.store.stream import IndexStream
@@ -183,25 +189,8 @@ class ArchiveIndexer:
             time.perf_counter() - start,
         )
         if self.directory is not None and not encrypted:
-            _remove_other_schemas(self.directory, stream.index.index_csum)
+            remove_other_schemas(self.directory, stream.index.index_csum)
         return index
-
-
-def _remove_other_schemas(directory: str, index_csum: bytes) -> None:
-    """This archive's index files of another schema version are never read again (an upgrade
-    built this one): they go, so upgrades do not leave the index folder growing."""
-    kept = index_file_name(index_csum)
-    prefix = f"{index_csum.hex()}.v"
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(prefix) and name.endswith(".sqlite") and name != kept:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError as exc:
-                log.debug("%s: an old index is left: %s", name, exc)
 
 
 class IndexBuild(BuildProgress):

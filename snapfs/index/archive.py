@@ -52,6 +52,7 @@ __all__ = [
     "entry_extra",
     "index_file_name",
     "parse_extra",
+    "remove_other_schemas",
 ]
 
 #: Bumped whenever the tables change: an index of another version is built again.
@@ -130,6 +131,23 @@ _RESOLVED = (
 def index_file_name(index_csum: bytes) -> str:
     """The file an archive's index is kept in, inside the index directory."""
     return f"{index_csum.hex()}.v{SCHEMA_VERSION}.sqlite"
+
+
+def remove_other_schemas(directory: str, index_csum: bytes) -> None:
+    """This archive's index files of another schema version are never read again (an upgrade
+    built this one): they go, so upgrades do not leave the index folder growing."""
+    kept = index_file_name(index_csum)
+    prefix = f"{index_csum.hex()}.v"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".sqlite") and name != kept:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError as exc:
+                log.debug("%s: an old index is left: %s", name, exc)
 
 
 #: A directory's children in archive order as (name, entry), hard links resolved.
