@@ -139,9 +139,9 @@ class FsModel:
         self.files_opened = 0
         # Reads of archive and image files the kernel sent (none for pages it holds already).
         self.reads_sent = 0
-        # The FUSE adapter's line on the files it hands the kernel before they are read
-        # (snapfs.fs.page_fill); None elsewhere.
-        self.page_fill_summary: Callable[[], str] | None = None
+        # The FUSE adapter's lines on its own work: the files it hands the kernel before they
+        # are read (snapfs.fs.page_fill), the memory it returns when idle (snapfs.fs.idle_memory).
+        self.adapter_summaries: list[Callable[[], str]] = []
         # Told the inodes whose attributes changed after the kernel may have cached them (a hard
         # link's target's st_nlink); the FUSE adapter sets it, elsewhere nothing caches them.
         self.notify_attrs_changed: Callable[[int], None] | None = None
@@ -375,6 +375,12 @@ class FsModel:
         if self.versions_index is not None:
             self.versions_index.close()
 
+    def work_done(self) -> int:
+        """A count that grows while the mount works: chunks read (decoded or from the cache),
+        listings and reads the kernel asked for, files opened."""
+        cache = self.cache
+        return cache.hits + cache.misses + self.listings_read + self.reads_sent + self.files_opened
+
     def stats_text(self) -> str:
         """`.snapfs/stats` and the unmount summary: the source's counters and the chunk cache."""
         backend = self.datastore.backend
@@ -404,8 +410,7 @@ class FsModel:
         lines.append(self.listing_readahead.summary())
         lines.append(f"file opens sent by the kernel: {self.files_opened}")
         lines.append(f"archive and image reads sent by the kernel: {self.reads_sent}")
-        if self.page_fill_summary is not None:
-            lines.append(self.page_fill_summary())
+        lines.extend(summary() for summary in self.adapter_summaries)
         lines.append(self.indexer.summary())
         versions = self.versions_index
         lines.append("group versions (.versions): off" if versions is None else versions.summary())

@@ -464,6 +464,7 @@ async def _main(opts: MountOptions, startup: _Startup, ops: SnapfsOperations) ->
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals, ops)
         nursery.start_soon(_announce_ready, opts, startup)
+        nursery.start_soon(ops.idle_memory.run)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
     if startup.pending:

@@ -45,6 +45,7 @@ from snapfs.errors import (
     UsageError,
 )
 from snapfs.fs.content import BytesContent, Content
+from snapfs.fs.idle_memory import IdleMemoryReturn
 from snapfs.fs.listing import DirHandle, DirItem
 from snapfs.fs.model import FsModel
 from snapfs.fs.node import Attr, Node
@@ -116,6 +117,8 @@ class SnapfsOperations(pyfuse3.Operations):
         self._limiter = trio.CapacityLimiter(workers)
         self._readahead = Readahead(readahead_workers, "snapfs-readahead")
         self._filler = PageFiller()
+        #: Run by the mount's main loop beside pyfuse3's (snapfs.fs.mount).
+        self.idle_memory = IdleMemoryReturn(model.work_done)
         self._fhs = itertools.count(1)
         self._files: dict[int, Content | BytesContent] = {}
         #: The kernel opens files itself and reads by inode (snapfs.fs.inode_reads); the mount
@@ -149,7 +152,7 @@ class SnapfsOperations(pyfuse3.Operations):
         with self._session_lock:
             self._session_open = True
         self.model.notify_attrs_changed = self._invalidate_attrs
-        self.model.page_fill_summary = self._fill_summary
+        self.model.adapter_summaries += [self._fill_summary, self.idle_memory.summary]
 
     def detach(self) -> None:
         """Before `pyfuse3.close`: a walk still running must not notify a closed session, nor
