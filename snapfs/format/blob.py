@@ -28,6 +28,7 @@ from snapfs.errors import (
     CorruptDataError,
     DigestMismatchError,
     KeyRequiredError,
+    SnapfsError,
     TruncatedDataError,
     UnsupportedFormatError,
     UsageError,
@@ -327,12 +328,14 @@ def _decompress_in_pieces(dobj, frame: memoryview, on_part: Callable[[bytes], No
 
 
 def _decode(
-    raw: Buffer, crypt: CryptConfig | None, name: str, max_size: int
+    raw: Buffer, crypt: CryptConfig | None, name: str, max_size: int, *, crc: bool = True
 ) -> tuple[BlobKind, bytes]:
+    """The blob's kind and content; `crc`: check the stored CRC first (see `decode_chunk`)."""
     view = _as_view(raw)
     kind = blob_kind(view, name=name)
     payload = view[kind.header_size :]
-    _check_crc(view, zlib.crc32(payload), name)
+    if crc:
+        _check_crc(view, zlib.crc32(payload), name)
     return kind, _open_payload(kind, view, payload, crypt, name, max_size)
 
 
@@ -342,6 +345,16 @@ def _check_crc(view: memoryview, actual_crc: int, name: str) -> None:
         raise ChecksumMismatchError(
             f"{name}: CRC mismatch (stored {stored_crc:08x}, computed {actual_crc:08x})"
         )
+
+
+def _check_stored_crc(raw: Buffer, name: str) -> None:
+    """`_check_crc` of a blob whose decoding failed (nothing to check without a whole header)."""
+    view = _as_view(raw)
+    try:
+        kind = blob_kind(view, name=name)
+    except SnapfsError:
+        return
+    _check_crc(view, zlib.crc32(view[kind.header_size :]), name)
 
 
 def _open_payload(
@@ -367,13 +380,13 @@ def _open_payload(
 
 
 def _decode_sharing(
-    raw: Buffer, crypt: CryptConfig | None, name: str, helper: Executor
+    raw: Buffer, crypt: CryptConfig | None, name: str, helper: Executor, *, crc: bool = True
 ) -> tuple[BlobKind, bytes, bytes]:
-    """`_decode` and the plaintext's digest, on two cores: `helper` checks the CRC and then
-    hashes each piece of plaintext while this thread decrypts and decompresses the next.
+    """`_decode` and the plaintext's digest, on two cores: `helper` checks the CRC (if `crc`)
+    and then hashes each piece of plaintext while this thread decrypts and decompresses the next.
 
-    For a reader waiting on one chunk with a core to spare: the CRC, zstd and SHA-256 (each
-    about a third of a decode, all releasing the GIL) then overlap instead of adding up.
+    For a reader waiting on one chunk with a core to spare: zstd and SHA-256 (each releasing
+    the GIL) then overlap instead of adding up.
     """
     view = _as_view(raw)
     kind = blob_kind(view, name=name)
@@ -381,22 +394,23 @@ def _decode_sharing(
     id_key = crypt.id_key if kind.is_encrypted and crypt is not None else None
     parts: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
 
-    def check() -> tuple[int, bytes]:
-        crc = zlib.crc32(payload)
+    def check() -> tuple[int | None, bytes]:
+        computed = zlib.crc32(payload) if crc else None
         h = hashlib.sha256()
         for part in iter(parts.get, None):
             h.update(part)
         if id_key is not None:
             h.update(id_key)
-        return crc, h.digest()
+        return computed, h.digest()
 
     checked = helper.submit(check)
     try:
         data = _open_payload(kind, view, payload, crypt, name, MAX_BLOB_SIZE, parts.put)
     finally:
         parts.put(None)  # the helper finishes whatever happened here
-        crc, digest = checked.result()
-        _check_crc(view, crc, name)  # a damaged blob is named as such, as in `_decode`
+        computed, digest = checked.result()
+        if computed is not None:
+            _check_crc(view, computed, name)  # a damaged blob is named as such, as in `_decode`
     return kind, data, digest
 
 
@@ -425,26 +439,40 @@ def decode_chunk(
     *,
     name: str | None = None,
     helper: Executor | None = None,
+    check_crc: bool = False,
 ) -> bytes:
     """Decode a chunk and prove it is the chunk named `digest`.
 
     The digest kind follows the blob kind, as upstream: encrypted blobs carry keyed digests,
     plain ones plain SHA-256, whatever key the caller holds. With `helper` (an executor with a
     thread to spare) the checks run beside the decoding (`_decode_sharing`).
+
+    The digest proves the content; the stored CRC (a seventh of a decode's work, ahead of the
+    rest) is checked only when the chunk fails, to name a damaged chunk file as such: the error
+    is the one a CRC checked first would give. `check_crc` checks it first anyway, so that a
+    chunk file whose CRC alone is damaged is reported too (`snapfs verify`).
     """
     label = name if name is not None else f"chunk {digest.hex()}"
-    if helper is not None:
-        _, data, actual = _decode_sharing(raw, crypt, label, helper)
-    else:
-        kind, data = _decode(raw, crypt, label, MAX_BLOB_SIZE)
-        h = hashlib.sha256(data)
-        if kind.is_encrypted:
-            h.update(crypt.id_key)  # type: ignore[union-attr]  # _decode required a key
-        actual = h.digest()
-    if actual != digest:
-        raise DigestMismatchError(
-            f"{label}: content has digest {actual.hex()}, expected {bytes(digest).hex()}"
-        )
+    try:
+        if helper is not None:
+            _, data, actual = _decode_sharing(raw, crypt, label, helper, crc=check_crc)
+        else:
+            kind, data = _decode(raw, crypt, label, MAX_BLOB_SIZE, crc=check_crc)
+            h = hashlib.sha256(data)
+            if kind.is_encrypted:
+                h.update(crypt.id_key)  # type: ignore[union-attr]  # _decode required a key
+            actual = h.digest()
+        if actual != digest:
+            raise DigestMismatchError(
+                f"{label}: content has digest {actual.hex()}, expected {bytes(digest).hex()}"
+            )
+    except SnapfsError as failure:
+        if not check_crc:
+            try:
+                _check_stored_crc(raw, label)
+            except ChecksumMismatchError as damage:
+                raise damage from None  # a damaged chunk file, named as such
+        raise failure
     return data
 
 

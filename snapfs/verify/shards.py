@@ -66,7 +66,8 @@ def check_chunk(backend: Backend, crypt: CryptConfig | None, digest: bytes) -> C
     except SnapfsError as exc:
         return ChunkStatus(MISSING, str(exc))
     try:
-        data = decode_chunk(raw, digest, crypt, name=f"chunk {digest.hex()}")
+        # check_crc: a chunk file whose stored CRC alone is damaged is reported too.
+        data = decode_chunk(raw, digest, crypt, name=f"chunk {digest.hex()}", check_crc=True)
     except KeyRequiredError:
         return ChunkStatus(CRC_ONLY)
     except SnapfsError as exc:

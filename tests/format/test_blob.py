@@ -594,6 +594,36 @@ def test_decoding_with_a_helper_equals_decoding_alone(vectors, key, helper):
     assert len(raw) > 8 * 256 * 1024  # many pieces indeed
 
 
+@pytest.mark.parametrize("with_helper", [False, True])
+def test_a_damaged_chunk_file_is_named_by_its_crc_though_checked_last(helper, with_helper):
+    """A read checks the stored CRC only once the chunk fails: a flipped byte of the payload is
+    still reported as the CRC mismatch it is, as when the CRC is checked first."""
+    data = _many_pieces(1024 * 1024)
+    digest, raw = encode_chunk(data)
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0x40
+    pool = helper if with_helper else None
+    lazy = _outcome(bytes(flipped), digest, helper=pool)
+    first = _outcome(bytes(flipped), digest, helper=pool, check_crc=True)
+    assert lazy == first
+    assert lazy[0] == "ChecksumMismatchError" and "CRC mismatch" in lazy[1]
+
+
+@pytest.mark.parametrize("with_helper", [False, True])
+def test_a_chunk_whose_crc_field_alone_is_damaged_reads_unless_the_crc_is_asked_for(
+    helper, with_helper
+):
+    """Its digest proves the content: a read returns it; `check_crc` (verify) refuses it."""
+    data = _many_pieces(1024 * 1024)
+    digest, raw = encode_chunk(data)
+    damaged = bytearray(raw)
+    damaged[8] ^= 0x01  # the stored CRC
+    pool = helper if with_helper else None
+    assert decode_chunk(bytes(damaged), digest, helper=pool) == data
+    with pytest.raises(ChecksumMismatchError, match="CRC mismatch"):
+        decode_chunk(bytes(damaged), digest, helper=pool, check_crc=True)
+
+
 def test_a_helper_reports_each_fault_as_decoding_alone_does(vectors, key, helper):
     """Flipped bytes (CRC), a CRC-valid corruption (zstd, GCM), a wrong name, no key: the same
     error, naming the same thing."""

@@ -170,3 +170,17 @@ def test_select_group_and_bad_selectors(vectors):
         select_snapshots(ds, (), "vm/999")
     with pytest.raises(UsageError):
         select_snapshots(ds, (), "xx/100")
+
+
+def test_a_chunk_whose_stored_crc_alone_is_damaged_fails_verify(store):
+    """A read trusts the digest and returns such a chunk's (right) bytes; verify reports the
+    damaged chunk file."""
+    digest = _digest_at(store, V1, "root.pxar.didx", 1_500_000)
+    path = _chunk_file(store, digest)
+    raw = bytearray(path.read_bytes())
+    raw[8] ^= 0x01  # the CRC field of the header
+    path.write_bytes(bytes(raw))
+    snaps = _by_name(_verify(store))
+    assert not snaps[V1].ok
+    (bad,) = snaps[V1].bad_chunks
+    assert bad.digest == digest and "CRC mismatch" in bad.message
