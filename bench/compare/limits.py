@@ -4,8 +4,8 @@
   with 2 workers (both cores), no FUSE, page cache dropped first: the ceiling of a cold
   sequential read of the image and of its restore;
 * chunk decode: the image's distinct chunks fetched and decoded (zstd, SHA-256 against the
-  digest, the CRC only if that fails, as every read: ChunkReader.read_chunk) on 2 threads, cold, in chunks/s: the ceiling of cold 4 KiB random
-  reads, each of which decodes a whole chunk; and the same one chunk at a time, each lent the
+  digest, the CRC only if that fails, as every read: ChunkReader.read_chunk) on 2 threads,
+  cold, in chunks/s: the ceiling of cold 4 KiB random reads, each of which decodes a whole chunk; and the same one chunk at a time, each lent the
   spare core as the mount's are, as a reader that waits for each read has them decoded;
 * first walk: the tree archive indexed in this process as the mount's first walk indexes it
   (snapfs.fs.indexing.build_index: every chunk decoded on 2 threads, every entry parsed and

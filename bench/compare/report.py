@@ -365,8 +365,8 @@ def markdown(doc: dict, png_name: str | None, notes: str | None) -> str:
             "",
             "Measured in the same run. Decode: the image read in process through snapfs's own"
             " `IndexStream.iter_range` with 2 workers, no FUSE, page cache dropped. Chunk decode:"
-            " the image's distinct chunks fetched and decoded (zstd, SHA-256, as every read) on 2 threads,"
-            " cold, and the same one chunk at a time (a reader that waits for each read never has"
+            " the image's distinct chunks fetched and decoded (zstd, SHA-256, as every read) on 2"
+            " threads, cold, and the same one chunk at a time (a reader that waits for each read never has"
             " two to decode); each cold random read decodes one chunk (reads that land in a chunk"
             " decoded already do not, so with few distinct chunks the ratio can pass 1). First walk:"
             " the tree archive indexed in process as a mount's first walk indexes it"

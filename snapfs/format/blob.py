@@ -333,28 +333,25 @@ def _decode(
     """The blob's kind and content; `crc`: check the stored CRC first (see `decode_chunk`)."""
     view = _as_view(raw)
     kind = blob_kind(view, name=name)
-    payload = view[kind.header_size :]
     if crc:
-        _check_crc(view, zlib.crc32(payload), name)
-    return kind, _open_payload(kind, view, payload, crypt, name, max_size)
+        _check_crc(view, name)
+    return kind, _open_payload(kind, view, view[kind.header_size :], crypt, name, max_size)
 
 
-def _check_crc(view: memoryview, actual_crc: int, name: str) -> None:
-    stored_crc = int.from_bytes(view[8:12], "little")
-    if actual_crc != stored_crc:
-        raise ChecksumMismatchError(
-            f"{name}: CRC mismatch (stored {stored_crc:08x}, computed {actual_crc:08x})"
-        )
-
-
-def _check_stored_crc(raw: Buffer, name: str) -> None:
-    """`_check_crc` of a blob whose decoding failed (nothing to check without a whole header)."""
+def _check_crc(raw: Buffer, name: str) -> None:
+    """Raise ChecksumMismatchError if the CRC in the blob's header does not match what follows
+    the header. Nothing to check without a whole header: decoding it says what is wrong."""
     view = _as_view(raw)
     try:
         kind = blob_kind(view, name=name)
     except SnapfsError:
         return
-    _check_crc(view, zlib.crc32(view[kind.header_size :]), name)
+    stored_crc = int.from_bytes(view[8:12], "little")
+    actual_crc = zlib.crc32(view[kind.header_size :])
+    if actual_crc != stored_crc:
+        raise ChecksumMismatchError(
+            f"{name}: CRC mismatch (stored {stored_crc:08x}, computed {actual_crc:08x})"
+        )
 
 
 def _open_payload(
@@ -380,10 +377,10 @@ def _open_payload(
 
 
 def _decode_sharing(
-    raw: Buffer, crypt: CryptConfig | None, name: str, helper: Executor, *, crc: bool
+    raw: Buffer, crypt: CryptConfig | None, name: str, helper: Executor
 ) -> tuple[BlobKind, bytes, bytes]:
-    """`_decode` and the plaintext's digest, on two cores: `helper` checks the CRC (if `crc`)
-    and then hashes each piece of plaintext while this thread decrypts and decompresses the next.
+    """`_decode` without the CRC, and the plaintext's digest, on two cores: `helper` hashes
+    each piece of plaintext while this thread decrypts and decompresses the next.
 
     For a reader waiting on one chunk with a core to spare: zstd and SHA-256 (each releasing
     the GIL) then overlap instead of adding up.
@@ -394,24 +391,20 @@ def _decode_sharing(
     id_key = crypt.id_key if kind.is_encrypted and crypt is not None else None
     parts: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
 
-    def check() -> tuple[int | None, bytes]:
-        computed = zlib.crc32(payload) if crc else None
+    def digest() -> bytes:
         h = hashlib.sha256()
         for part in iter(parts.get, None):
             h.update(part)
         if id_key is not None:
             h.update(id_key)
-        return computed, h.digest()
+        return h.digest()
 
-    checked = helper.submit(check)
+    hashed = helper.submit(digest)
     try:
         data = _open_payload(kind, view, payload, crypt, name, MAX_BLOB_SIZE, parts.put)
     finally:
         parts.put(None)  # the helper finishes whatever happened here
-        computed, digest = checked.result()
-        if computed is not None:
-            _check_crc(view, computed, name)  # a damaged blob is named as such, as in `_decode`
-    return kind, data, digest
+    return kind, data, hashed.result()
 
 
 def decode_blob(
@@ -453,11 +446,13 @@ def decode_chunk(
     chunk file whose CRC alone is damaged is reported too (`snapfs verify`).
     """
     label = name if name is not None else f"chunk {digest.hex()}"
+    if check_crc:
+        _check_crc(raw, label)
     try:
         if helper is not None:
-            _, data, actual = _decode_sharing(raw, crypt, label, helper, crc=check_crc)
+            _, data, actual = _decode_sharing(raw, crypt, label, helper)
         else:
-            kind, data = _decode(raw, crypt, label, MAX_BLOB_SIZE, crc=check_crc)
+            kind, data = _decode(raw, crypt, label, MAX_BLOB_SIZE, crc=False)
             h = hashlib.sha256(data)
             if kind.is_encrypted:
                 h.update(crypt.id_key)  # type: ignore[union-attr]  # _decode required a key
@@ -469,7 +464,7 @@ def decode_chunk(
     except Exception as failure:  # a decoder's own bug too: damaged input is named as such
         if not check_crc:
             try:
-                _check_stored_crc(raw, label)
+                _check_crc(raw, label)
             except ChecksumMismatchError as damage:
                 raise damage from None
         raise failure

@@ -19,6 +19,7 @@ import os
 
 _M_ARENA_MAX = -8
 ARENAS = 2
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def limit_malloc_arenas() -> None:
@@ -44,9 +45,6 @@ def _resident_bytes() -> int:
             return int(f.read().split()[1]) * _PAGE_SIZE
     except (OSError, IndexError, ValueError):
         return 0
-
-
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 #: Objects allocated (less those freed) between two collections of the youngest generation;
