@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -282,7 +281,7 @@ def disk_write_tree(runner: Runner) -> None:
     once first, so the copy reads it from the page cache: reading 100,000 small files cold costs
     more than making them (local-tar-cold), and a restore reads a few large chunk files instead."""
     target = os.path.join(runner.work, "disk-write-tree")
-    shutil.rmtree(target, ignore_errors=True)
+    runner.discard(target)
     os.makedirs(target)
     warm = subprocess.Popen(["tar", "-C", runner.data_dir, "-cf", "-", TREE_NAME], stdout=PIPE)
     assert warm.stdout is not None
@@ -301,7 +300,7 @@ def disk_write_tree(runner: Runner) -> None:
     problem = (
         f"tar exited {rc}" if rc else check_tree(os.path.join(target, TREE_NAME), runner.manifest)
     )
-    shutil.rmtree(target, ignore_errors=True)
+    runner.discard(target)
     runner.record_line("disk-write-tree", runner.manifest.tree_bytes / elapsed / 1e6, problem)
 
 

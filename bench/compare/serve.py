@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import os
 import select
-import shutil
 import signal
 import subprocess
 import time
@@ -142,7 +141,7 @@ class ServeLines:
 
     def zip_tree(self, runner: Runner) -> None:
         target = os.path.join(runner.work, "serve-zip")
-        shutil.rmtree(target, ignore_errors=True)
+        runner.discard(target)
         os.makedirs(target)
         out = os.path.join(target, "tree.zip")
         try:
@@ -168,11 +167,11 @@ class ServeLines:
                 rss_before_mib=None if before is None else round(before, 1),
             )
         finally:
-            shutil.rmtree(target, ignore_errors=True)
+            runner.discard(target)
 
     def restore_tree(self, runner: Runner, tool: Tool) -> None:
         target = os.path.join(runner.work, "serve-restore")
-        shutil.rmtree(target, ignore_errors=True)
+        runner.discard(target)
         try:
             drop_caches()
             start = time.perf_counter()
@@ -183,7 +182,7 @@ class ServeLines:
             rate = runner.manifest.tree_bytes / elapsed / 1e6
             runner.record_line("restore-tree-cold", rate, problem, seconds=round(elapsed, 3))
         finally:
-            shutil.rmtree(target, ignore_errors=True)
+            runner.discard(target)
 
 
 def section(lines: list[dict]) -> dict:

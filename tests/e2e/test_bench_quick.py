@@ -109,3 +109,8 @@ def test_bench_tiny_json(tmp_path: Path) -> None:
     assert "snapfs / restic" in table and "snapfs / borg" in table
     assert "## Split archives" in table
     assert (out / "bench-ratios.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The restored trees were set aside while the run measured and deleted when it ended.
+    work = tmp_path / "work"
+    assert not (work / "discarded").exists()
+    assert not list(work.glob("restore-*")) and not (work / "disk-write-tree").exists()
