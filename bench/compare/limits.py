@@ -5,7 +5,8 @@
   sequential read of the image and of its restore;
 * chunk decode: the image's distinct chunks fetched and decoded (zstd, SHA-256 against the
   digest, the CRC only if that fails, as every read: ChunkReader.read_chunk) on 2 threads,
-  cold, in chunks/s: the ceiling of cold 4 KiB random reads, each of which decodes a whole chunk; and the same one chunk at a time, each lent the
+  cold, in chunks/s: the ceiling of cold 4 KiB random reads that each decode a whole chunk
+  (the spread ones: one per chunk); and the same one chunk at a time, each lent the
   spare core as the mount's are, as a reader that waits for each read has them decoded;
 * first walk: the tree archive indexed in this process as the mount's first walk indexes it
   (snapfs.fs.indexing.build_index: every chunk decoded on 2 threads, every entry parsed and
@@ -152,8 +153,8 @@ LINES = [
 COMPARED = [
     ("image-seq-cold", "decode"),
     ("restore-image", "decode"),
-    ("image-rand4k-cold", "chunk-decode"),
-    ("image-rand4k-cold", "chunk-decode-serial"),
+    ("image-rand4k-spread-cold", "chunk-decode"),
+    ("image-rand4k-spread-cold", "chunk-decode-serial"),
     ("find-stat-cold", "first-walk"),
     ("find-stat-next", "index-listings"),
     ("image-seq-cold", "nullfs-seq"),

@@ -407,7 +407,7 @@ class Archive:
                     continue
                 if split and not is_payload_header(view[at - HEADER_SIZE : at], size):
                     continue  # not what its entry names: opening the file says so
-                if not hand(self.ino_at(offset), view[at : at + size]):
+                if not hand(self.ino_at(offset), 0, view[at : at + size]):
                     left.append((offset, content, size))
             if left:
                 self._left_to_fill[i] = left

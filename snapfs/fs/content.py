@@ -13,11 +13,15 @@ from collections.abc import Callable
 from snapfs.store.readahead import Readahead, SequentialWindow
 from snapfs.store.stream import IndexStream
 
-#: hand(inode, bytes): give a file's whole content to whoever caches it; False if it cannot take
-#: that file yet (the kernel takes a file only once it knows its inode).
-Hand = Callable[[int, memoryview], bool]
-#: Work for another thread: hand over the files stored beside one just read.
+#: hand(inode, offset, bytes): give bytes of a file, at that offset, to whoever caches it; False
+#: if it cannot take that file yet (the kernel takes a file only once it knows its inode).
+Hand = Callable[[int, int, memoryview], bool]
+#: Work for another thread: hand over the files stored beside one just read, or the rest of a
+#: chunk a read decoded.
 FilesJob = Callable[[Hand], None]
+
+#: The kernel's page cache takes whole pages: a partial one is kept only at the file's end.
+PAGE = 4096
 
 SEQUENTIAL_SLACK = 4 * 1024 * 1024
 #: Files whose contents start at most this far after the last one read are read in archive order
@@ -109,6 +113,36 @@ class Content:
         """Once this file was read from its start: the job that hands over the other files
         stored in the chunk it starts in, if there is one to do now (Archive.files_beside)."""
         return None if self.beside is None or not self.size else self.beside(self)
+
+    def rest_of_chunk(self, inode: int, offset: int, size: int) -> FilesJob | None:
+        """After a read of [offset, offset+size) that decoded its chunk: the job that hands the
+        rest of this file's bytes in that chunk to the kernel, as file `inode`'s pages, if the
+        chunk is still decoded. A random reader (a VM's disk, a database file) comes back near
+        where it read; each later read there is then answered from the page cache instead of
+        decoding the 4 MiB chunk again once it has left the chunk cache."""
+        chunks = self.stream.index
+        i = chunks.chunk_at(self.base + offset)
+        data = self.stream.chunks.cache.peek(chunks.digest(i))
+        if data is None:
+            return None
+        start, stop = chunks.chunk_range(i)
+        # In file offsets: the chunk's share of the file, in whole pages (or up to its end).
+        first = -(-max(start - self.base, 0) // PAGE) * PAGE
+        last = min(stop - self.base, self.size)
+        if last < self.size:
+            last -= last % PAGE
+        read_end = offset + size
+        pieces = [(a, b) for a, b in ((first, offset), (read_end, last)) if a < b]
+        if not pieces:
+            return None
+        skip = self.base - start  # where file offset 0 lies in the chunk
+
+        def hand_over(hand: Hand) -> None:
+            view = memoryview(data)
+            for a, b in pieces:  # the read's own pages are the kernel's already
+                hand(inode, a, view[skip + a : skip + b])
+
+        return hand_over
 
     def is_sequential(self, offset: int) -> bool:
         # The kernel's readahead keeps several requests in flight, so they may arrive a little

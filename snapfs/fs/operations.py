@@ -141,7 +141,8 @@ class SnapfsOperations(pyfuse3.Operations):
     def _fill_summary(self) -> str:
         filler = self._filler
         return (
-            f"files handed to the kernel's page cache before a read: {filler.files} "
+            f"files and rests of chunks handed to the kernel's page cache before a read: "
+            f"{filler.files} "
             f"({filler.pending} jobs pending)"
         )
 
@@ -345,9 +346,11 @@ class SnapfsOperations(pyfuse3.Operations):
             return content.read(off, size)
         self.model.reads_sent += 1
         sequential = content.is_sequential(off)
+        decoded = False
         try:
             data = content.read(off, size, block=False)
             if data is None:
+                decoded = True
                 if sequential:  # start the chunks after this one while we wait for it
                     self._read_ahead(content, off, size)
                 data = await trio.to_thread.run_sync(content.read, off, size, limiter=self._limiter)
@@ -358,9 +361,21 @@ class SnapfsOperations(pyfuse3.Operations):
             raise self._fail(exc, content.name) from None
         if sequential:
             self._read_ahead(content, off, size)
+        elif decoded and self.reads_by_inode:  # fh is the inode
+            self._fill_rest_of_chunk(fh, content, off, len(data))
         if off == 0:
             self._fill_beside(content)
         return data
+
+    def _fill_rest_of_chunk(self, inode: int, content: Content, off: int, size: int) -> None:
+        """Have the rest of the chunk a random read decoded handed to the kernel."""
+        try:
+            job = content.rest_of_chunk(inode, off, size)
+        except Exception as exc:  # a hint never fails the read it follows
+            log.debug("%s: no page cache fill: %s", content.name, exc)
+            return
+        if job is not None:
+            self._filler.submit(job)
 
     def _fill_beside(self, content: Content) -> None:
         """Have the files stored beside this one handed to the kernel (snapfs.fs.page_fill)."""

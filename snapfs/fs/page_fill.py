@@ -10,6 +10,10 @@ chunk is handed over at the next read in it, once the reader has listed their di
 kernel keeps what it took as it keeps what was read (FOPEN_KEEP_CACHE), and drops it as it
 drops any page cache under memory pressure.
 
+A random read (a VM's disk image, a database file) decodes a whole 4 MiB chunk for a few pages:
+the rest of that chunk's share of the file goes to the kernel the same way
+(Content.rest_of_chunk), so the reads that come back near it are answered from the page cache.
+
 Why a thread of its own, and why `stop` comes before the main loop ends: the kernel locks a
 file's pages while a READ of them is pending, and a store into those pages waits for that
 READ's answer. From the thread that answers READs a store could wait for itself; from this one
@@ -49,7 +53,7 @@ class PageFiller:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopping = False
-        #: Files handed to the kernel so far (one thread writes it).
+        #: Files (or rests of chunks) handed to the kernel so far (one thread writes it).
         self.files = 0
 
     def submit(self, job: FilesJob) -> None:
@@ -113,11 +117,11 @@ class PageFiller:
         except Exception as exc:  # a hint: the reader's own READ reports what is wrong
             log.debug("page cache fill: %s", exc)
 
-    def _hand(self, inode: int, data: memoryview) -> bool:
+    def _hand(self, inode: int, offset: int, data: memoryview) -> bool:
         if self._stopping:
             raise _Stopped
         try:
-            self._store(inode, 0, data)
+            self._store(inode, offset, data)
         except OSError as exc:
             if exc.errno == errno.ENOENT:  # not known to the kernel (yet): nothing to fill
                 return False

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import threading
 
 import pytest
 from support.fs_model import SPLIT, V1, listing, model_for, walk
+from support.serving import backup_image
 
+from snapfs.backup import IMAGE_CHUNK_SIZE as CHUNK
 from snapfs.errors import CorruptDataError
 from snapfs.fs import indexing
 from snapfs.fs.indexing import ArchiveIndexer
@@ -76,7 +79,7 @@ def test_a_read_file_s_chunk_mates_are_handed_over_once_with_their_bytes(indexed
     handed: dict[int, bytes] = {}
     job = content.files_beside()
     assert job is not None
-    job(lambda ino, data: handed.setdefault(ino, bytes(data)) is not None)
+    job(lambda ino, offset, data: offset == 0 and handed.setdefault(ino, bytes(data)) is not None)
     assert handed == expected
     assert content.files_beside() is None  # all of that chunk's files were taken
 
@@ -89,12 +92,14 @@ def test_files_the_kernel_does_not_know_yet_are_handed_at_the_next_read(indexed)
     expected = chunk_mates(archive, first)
     refused = min(expected)
 
-    def hand_all_but_one(ino, data):
+    def hand_all_but_one(ino, offset, data):
         return ino != refused
 
     content.files_beside()(hand_all_but_one)
     handed = {}
-    content.files_beside()(lambda ino, data: handed.setdefault(ino, bytes(data)) is not None)
+    content.files_beside()(
+        lambda ino, offset, data: offset == 0 and handed.setdefault(ino, bytes(data)) is not None
+    )
     assert handed == {refused: expected[refused]}
     assert content.files_beside() is None
 
@@ -121,7 +126,9 @@ def test_a_split_file_whose_payload_header_is_not_its_own_is_not_handed_over(vec
     listed = {offset for offset, _, _ in archive.index.files_within(*chunk)}
     assert nodes[moved].entry.entry_offset in listed  # still in the chunk: the header decides
     handed = {}
-    content.files_beside()(lambda ino, data: handed.setdefault(ino, bytes(data)) is not None)
+    content.files_beside()(
+        lambda ino, offset, data: handed.setdefault(ino, bytes(data)) is not None
+    )
     assert handed == {ino: data for ino, data in expected.items() if ino != moved}
 
 
@@ -150,11 +157,61 @@ def test_a_split_file_opens_without_blocking_once_its_payload_header_is_decoded(
         node.archive.content(elsewhere)
 
 
+@pytest.fixture
+def image(tmp_path):
+    """A disk image of three full chunks and a last one that ends inside a page, backed up;
+    (its bytes, its content as a mount opens it)."""
+    data = os.urandom(3 * CHUNK + 5000)
+    (tmp_path / "disk.raw").write_bytes(data)
+    snapshot = backup_image(tmp_path / "ds", tmp_path / "disk.raw", "vm/100")
+    model = model_for(tmp_path / "ds", cache_size=2 * CHUNK)
+    return data, walk(model, f"{snapshot}/drive-scsi0.img").open()
+
+
+def pieces(job) -> list[tuple[int, int, bytes]]:
+    handed = []
+    job(lambda ino, offset, data: handed.append((ino, offset, bytes(data))) or True)
+    return handed
+
+
+def test_a_random_read_hands_the_rest_of_its_chunk_in_whole_pages(image):
+    data, content = image
+    at = CHUNK + 3 * 4096
+    assert content.rest_of_chunk(7, at, 4096) is None  # the chunk is not decoded yet
+    assert bytes(content.read(at, 4096)) == data[at : at + 4096]
+    handed = pieces(content.rest_of_chunk(7, at, 4096))
+    # The chunk before the read and after it, in file offsets; the read's own page left out.
+    assert [(ino, offset, len(b)) for ino, offset, b in handed] == [
+        (7, CHUNK, 3 * 4096),
+        (7, at + 4096, 2 * CHUNK - at - 4096),
+    ]
+    assert all(b == data[offset : offset + len(b)] for _, offset, b in handed)
+
+
+def test_pieces_end_at_the_file_s_end_and_where_the_read_starts(image):
+    data, content = image
+    last = 3 * CHUNK
+    content.read(last, 4096)
+    assert pieces(content.rest_of_chunk(1, last, 4096)) == [(1, last + 4096, data[last + 4096 :])]
+    content.read(CHUNK - 4096, 4096)  # the last page of chunk 0
+    assert pieces(content.rest_of_chunk(1, CHUNK - 4096, 4096)) == [(1, 0, data[: CHUNK - 4096])]
+
+
+def test_a_chunk_dropped_from_the_cache_is_not_handed(image):
+    data, content = image
+    content.read(4096, 4096)
+    content.read(CHUNK, 4096)
+    content.read(2 * CHUNK, 4096)  # the cache holds two chunks: chunk 0 is gone
+    assert content.rest_of_chunk(1, 4096, 4096) is None
+    assert pieces(content.rest_of_chunk(1, 2 * CHUNK, 4096))[0][1] == 2 * CHUNK + 4096
+
+
 class Recorder:
     """A store that records what it is given, refuses some inodes, and can be held."""
 
     def __init__(self, unknown=(), fail_with=None):
         self.stored: list[int] = []
+        self.offsets: list[int] = []
         self.unknown = set(unknown)
         self.fail_with = fail_with
         self.entered = threading.Event()
@@ -164,19 +221,19 @@ class Recorder:
     def __call__(self, ino, offset, data):
         self.entered.set()
         self.release.wait()
-        assert offset == 0
         if ino in self.unknown:
             raise OSError(errno.ENOENT, "not known")
         if self.fail_with is not None:
             raise OSError(self.fail_with, "refused")
         self.stored.append(ino)
+        self.offsets.append(offset)
 
 
-def job_of(inos, taken=None, done=None):
+def job_of(inos, taken=None, done=None, offset=0):
     def job(hand):
         try:
             for ino in inos:
-                ok = hand(ino, memoryview(b"x"))
+                ok = hand(ino, offset, memoryview(b"x"))
                 if taken is not None:
                     taken[ino] = ok
         finally:
@@ -195,6 +252,15 @@ def test_the_filler_hands_every_file_and_says_which_the_kernel_did_not_take():
     assert done.wait(10) and filler.stop(10)
     assert store.stored == [1, 3] and taken == {1: True, 2: False, 3: True}
     assert filler.files == 2 and filler.pending == 0
+
+
+def test_the_filler_stores_each_piece_at_the_offset_it_is_handed():
+    store = Recorder()
+    filler = PageFiller(store)
+    done = threading.Event()
+    filler.submit(job_of([5], done=done, offset=3 * 4096))
+    assert done.wait(10) and filler.stop(10)
+    assert store.stored == [5] and store.offsets == [3 * 4096] and filler.files == 1
 
 
 def test_a_store_that_fails_otherwise_ends_the_filling():

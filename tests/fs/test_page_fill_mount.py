@@ -13,8 +13,10 @@ import time
 
 import pytest
 from support.mounting import foreground_mount, is_mounted, mounted
+from support.serving import backup_image
 from support.stores import pxar_store
 
+from snapfs.backup import IMAGE_CHUNK_SIZE as CHUNK
 from snapfs.backup import backup, parse_backup_source
 from snapfs.pxar.tree import encode_tree
 
@@ -80,6 +82,33 @@ def test_files_beside_a_read_one_come_from_the_page_cache(tmp_path, small_files)
         for name in rest:
             assert (root / name).read_bytes() == (tree / name).read_bytes(), name
         assert counter(mnt, r"archive and image reads sent by the kernel: (\d+)") == reads
+
+
+def test_reads_near_a_random_one_come_from_the_page_cache(tmp_path):
+    """A random read of a disk image decodes its 4 MiB chunk; the rest of that chunk goes to
+    the kernel, and reads elsewhere in it are answered without a READ."""
+    data = os.urandom(4 * CHUNK)
+    (tmp_path / "disk.raw").write_bytes(data)
+    snapshot = backup_image(tmp_path / "ds", tmp_path / "disk.raw", "vm/100")
+    with mounted(tmp_path / "ds", tmp_path / "mnt", "--index-dir", str(tmp_path / "index")) as mnt:
+        fd = os.open(mnt / snapshot / "drive-scsi0.img", os.O_RDONLY)
+        try:
+            at = 2 * CHUNK + CHUNK // 2  # far from the start: not a sequential read
+            assert os.pread(fd, 4096, at) == data[at : at + 4096]
+            wait_for(
+                mnt,
+                lambda text: re.search(r"before a read: 2 \(0 jobs pending\)", text),
+                "the rest of the chunk was not handed to the kernel",
+            )
+            reads = counter(mnt, r"archive and image reads sent by the kernel: (\d+)")
+            for offset in (2 * CHUNK, at - 8192, 3 * CHUNK - 4096):
+                assert os.pread(fd, 4096, offset) == data[offset : offset + 4096], offset
+            assert counter(mnt, r"archive and image reads sent by the kernel: (\d+)") == reads
+            other = CHUNK // 2  # another chunk: read through the mount as ever
+            assert os.pread(fd, 4096, other) == data[other : other + 4096]
+            assert counter(mnt, r"archive and image reads sent by the kernel: (\d+)") > reads
+        finally:
+            os.close(fd)
 
 
 def test_a_mount_stopped_by_a_signal_while_reading_ends(tmp_path, small_files):
