@@ -133,11 +133,13 @@ class Runner:
         """Set a tree the run made (a restore's) aside, to be deleted when the run ends.
 
         Deleting 100,000 files slows every file made on the same disk for minutes after, where
-        ext4 runs without a journal (as on this kind of VM's root disk): its inode allocator
+        ext4 runs without a journal (the bench machine's root disk does): its inode allocator
         passes over each inode deleted in the last minute (five while its inode table block is
         dirty), one buffer-cache lookup each. A restore just after such a deletion spent a fifth
-        of its CPU there, and its time varied from 5.4 to 9.9 s; the tool restoring after
-        another paid for the other's deletion. Set aside, no measured restore follows a deletion.
+        of its CPU there and took 8.2-9.9 s with its sync, against 6.3-7.1 on a disk nothing
+        was deleted from; the tool restoring after another paid for the other's deletion. Set
+        aside, no measured restore follows a deletion. The disk needs room for them all (about
+        5 GB at full size and three rounds).
         """
         if not os.path.lexists(path):
             return
