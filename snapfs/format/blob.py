@@ -328,13 +328,11 @@ def _decompress_in_pieces(dobj, frame: memoryview, on_part: Callable[[bytes], No
 
 
 def _decode(
-    raw: Buffer, crypt: CryptConfig | None, name: str, max_size: int, *, crc: bool = True
+    raw: Buffer, crypt: CryptConfig | None, name: str, max_size: int
 ) -> tuple[BlobKind, bytes]:
-    """The blob's kind and content; `crc`: check the stored CRC first (see `decode_chunk`)."""
+    """The blob's kind and content; the stored CRC is the caller's to check (`_check_crc`)."""
     view = _as_view(raw)
     kind = blob_kind(view, name=name)
-    if crc:
-        _check_crc(view, name)
     return kind, _open_payload(kind, view, view[kind.header_size :], crypt, name, max_size)
 
 
@@ -379,8 +377,8 @@ def _open_payload(
 def _decode_sharing(
     raw: Buffer, crypt: CryptConfig | None, name: str, helper: Executor
 ) -> tuple[BlobKind, bytes, bytes]:
-    """`_decode` without the CRC, and the plaintext's digest, on two cores: `helper` hashes
-    each piece of plaintext while this thread decrypts and decompresses the next.
+    """`_decode`, and the plaintext's digest, on two cores: `helper` hashes each piece of
+    plaintext while this thread decrypts and decompresses the next.
 
     For a reader waiting on one chunk with a core to spare: zstd and SHA-256 (each releasing
     the GIL) then overlap instead of adding up.
@@ -414,7 +412,9 @@ def decode_blob(
     name: str = "blob",
     max_size: int = MAX_BLOB_SIZE,
 ) -> bytes:
-    """The content of a blob: magic and CRC checked, decrypted, decompressed (at most max_size)."""
+    """The content of a blob: magic and CRC checked, decrypted, decompressed (at most max_size).
+    A blob (an index, a manifest) has no digest to prove it: its CRC is checked first."""
+    _check_crc(raw, name)
     return _decode(raw, crypt, name, max_size)[1]
 
 
@@ -452,7 +452,7 @@ def decode_chunk(
         if helper is not None:
             _, data, actual = _decode_sharing(raw, crypt, label, helper)
         else:
-            kind, data = _decode(raw, crypt, label, MAX_BLOB_SIZE, crc=False)
+            kind, data = _decode(raw, crypt, label, MAX_BLOB_SIZE)
             h = hashlib.sha256(data)
             if kind.is_encrypted:
                 h.update(crypt.id_key)  # type: ignore[union-attr]  # _decode required a key
@@ -461,13 +461,13 @@ def decode_chunk(
             raise DigestMismatchError(
                 f"{label}: content has digest {actual.hex()}, expected {bytes(digest).hex()}"
             )
-    except Exception as failure:  # a decoder's own bug too: damaged input is named as such
+    except Exception:  # a decoder's own bug too: damaged input is named as such
         if not check_crc:
             try:
                 _check_crc(raw, label)
             except ChecksumMismatchError as damage:
                 raise damage from None
-        raise failure
+        raise
     return data
 
 

@@ -8,6 +8,7 @@ next.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 
 from snapfs.store.readahead import Readahead, SequentialWindow
@@ -21,7 +22,7 @@ Hand = Callable[[int, int, memoryview], bool]
 FilesJob = Callable[[Hand], None]
 
 #: The kernel's page cache takes whole pages: a partial one is kept only at the file's end.
-PAGE = 4096
+PAGE = mmap.PAGESIZE
 
 SEQUENTIAL_SLACK = 4 * 1024 * 1024
 #: Files whose contents start at most this far after the last one read are read in archive order

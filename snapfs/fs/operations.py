@@ -142,7 +142,7 @@ class SnapfsOperations(pyfuse3.Operations):
         filler = self._filler
         return (
             f"files and rests of chunks handed to the kernel's page cache before a read: "
-            f"{filler.files} "
+            f"{filler.handed} "
             f"({filler.pending} jobs pending)"
         )
 

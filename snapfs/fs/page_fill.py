@@ -54,7 +54,7 @@ class PageFiller:
         self._lock = threading.Lock()
         self._stopping = False
         #: Files (or rests of chunks) handed to the kernel so far (one thread writes it).
-        self.files = 0
+        self.handed = 0
 
     def submit(self, job: FilesJob) -> None:
         """Run `job` and hand its files over, unless stopping or PENDING_JOBS are waiting (a
@@ -130,7 +130,7 @@ class PageFiller:
             with self._lock:
                 self._stopping = True
             raise _Stopped from None
-        self.files += 1
+        self.handed += 1
         return True
 
 

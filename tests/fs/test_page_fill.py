@@ -251,7 +251,7 @@ def test_the_filler_hands_every_file_and_says_which_the_kernel_did_not_take():
     filler.submit(job_of([1, 2, 3], taken, done))
     assert done.wait(10) and filler.stop(10)
     assert store.stored == [1, 3] and taken == {1: True, 2: False, 3: True}
-    assert filler.files == 2 and filler.pending == 0
+    assert filler.handed == 2 and filler.pending == 0
 
 
 def test_the_filler_stores_each_piece_at_the_offset_it_is_handed():
@@ -260,7 +260,7 @@ def test_the_filler_stores_each_piece_at_the_offset_it_is_handed():
     done = threading.Event()
     filler.submit(job_of([5], done=done, offset=3 * 4096))
     assert done.wait(10) and filler.stop(10)
-    assert store.stored == [5] and store.offsets == [3 * 4096] and filler.files == 1
+    assert store.stored == [5] and store.offsets == [3 * 4096] and filler.handed == 1
 
 
 def test_a_store_that_fails_otherwise_ends_the_filling():
@@ -271,7 +271,7 @@ def test_a_store_that_fails_otherwise_ends_the_filling():
     assert done.wait(10)
     filler.submit(job_of([3]))  # stopped by the failure: dropped
     assert filler.stop(10)
-    assert store.stored == [] and filler.files == 0
+    assert store.stored == [] and filler.handed == 0
     filler.submit(job_of([4]))  # stopped: dropped
     assert filler.pending == 0
 
