@@ -19,6 +19,7 @@ bucket (docs/formats.md §3): chunks under `<store>/.chunks/`, everything else u
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -44,10 +45,21 @@ VECTOR_STORE = "store1"
 START_TIMEOUT = 60.0
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on 127.0.0.1. Every socket stays bound until all are picked:
+    a port picked and released at once can be handed out again by the next pick (a SeaweedFS
+    given one port for two of its services exits at start)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @dataclass
@@ -148,7 +160,7 @@ def start_server(workdir: Path) -> S3Server:
         "admin.grpc",
     ]
     # "s3" first: S3Server.port
-    ports = {name: free_port() for name in names}
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     args = [
         str(WEED),
         "mini",
