@@ -29,7 +29,7 @@ from lru import LRU
 
 from snapfs.errors import SnapfsError, TruncatedDataError, UnsupportedFormatError
 from snapfs.format.archive_names import PxarNames
-from snapfs.fs.content import ArchiveScan, Content, FilesJob, Hand
+from snapfs.fs.content import ArchiveScan, Content, FilesJob, Hand, Piece
 from snapfs.fs.listing import (
     CachedListingHandle,
     DecodingHandle,
@@ -59,6 +59,9 @@ OFFSET_MASK = (1 << ARCHIVE_SHIFT) - 1
 FILLED_CHUNKS = 1024
 #: Chunks whose files were handed out in part, kept with the files left (a few hundred each).
 PART_FILLED_CHUNKS = 32
+
+#: A regular file's inode, where its content starts in its stream, and its size.
+_StoredFile = tuple[int, int, int]
 
 # An enum member read as a class attribute costs ~70 ns on Python 3.11 (measured), a module
 # global ~15: the per-entry paths (every readdir item, every lookup) compare against these.
@@ -154,6 +157,10 @@ class Archive:
         #: with files left to hand, with their (entry_offset, content_offset, size).
         self._filled: LRU = LRU(FILLED_CHUNKS)
         self._left_to_fill: LRU = LRU(PART_FILLED_CHUNKS)
+        #: Set once directory listings hand files over (`files_listed`); the files listed
+        #: whose chunk was not decoded yet, by chunk (read and written by the filler thread).
+        self._fill_by_listing = False
+        self._awaiting: LRU = LRU(PART_FILLED_CHUNKS)
 
     def ino(self, entry: Entry) -> int:
         return self.ino_at(entry.entry_offset)
@@ -368,25 +375,77 @@ class Archive:
             source, entry.content_offset, entry.size, self.path(entry), self.scan, self.files_beside
         )
 
-    def files_beside(self, content: Content) -> FilesJob | None:
-        """For a file of this archive read from its start (`content`): if the chunk it starts
-        in is decoded and some of its files were not handed out yet, the job that hands over
-        the other files stored wholly in that chunk. A reader
-        going through the archive reads them next; the mount hands them to the kernel's page
-        cache (snapfs.fs.page_fill). The kernel takes only files it knows, those of directories
-        already listed: the others are kept for the next read in the chunk, which comes once
-        their directory is. None without an index, which the job lists the chunk's files from.
+    def files_listed(self, nodes: list[PxarNode]) -> FilesJob | None:
+        """While a reader goes through this archive's files in order (`tar`, `cp -r`): the job
+        that hands over the files of `nodes`, entries a directory listing just gave the kernel.
+        The kernel knows their inodes from that listing, and the reader comes to them next: it
+        then reads them from the page cache, with no READ and no wait.
 
-        A split archive's file goes over only if the PAYLOAD header before its content, in the
-        same chunk, is the one its entry names (what opening it checks)."""
-        index = self.index
-        if index is None:
+        Nothing is decoded for it. A file whose chunk is not decoded yet waits for it: the
+        first read in that chunk hands it over (`files_beside`). A reader that lists without
+        reading (`find`, `ls`) is not going through the files in order: nothing is handed."""
+        if not self.scan.in_order:
             return None
-        split = self.accessor.format_version != 1
+        stream = self._content_stream()
+        if stream is None:
+            return None
+        files = [
+            (node.ino, entry.content_offset, entry.size)
+            for node in nodes
+            if (entry := node.entry).kind is _FILE
+            and entry.size
+            and entry.content_offset is not None
+        ]
+        if not files:
+            return None
+        self._fill_by_listing = True
+        chunks = stream.index
+
+        def hand_over(hand: Hand) -> None:
+            by_chunk: dict[int, list[_StoredFile]] = {}
+            for file in files:
+                by_chunk.setdefault(chunks.chunk_at(self._stored_at(file[1])), []).append(file)
+            pieces = []
+            for i, inside in by_chunk.items():
+                data = stream.chunks.cache.peek(chunks.digest(i))
+                if data is None:
+                    self._awaiting[i] = self._awaiting.get(i, []) + inside
+                else:
+                    pieces += self._pieces(stream, i, data, inside)[1]
+            if pieces:
+                hand(pieces)
+
+        return hand_over
+
+    def files_beside(self, content: Content) -> FilesJob | None:
+        """For a file of this archive read from its start (`content`), once the chunk it starts
+        in is decoded: the job that hands over other files stored in that chunk.
+
+        While directory listings drive the handing (`files_listed`), those are the files listed
+        before their chunk was decoded. Otherwise (the kernel had the listings already, from a
+        `find` before) they are the other files stored wholly in the chunk, found in the
+        archive's index; the kernel takes only files it knows, those of directories already
+        listed: the others are kept for the next read in the chunk, which comes once their
+        directory is. None without an index."""
         stream, base = content.stream, content.base
         chunks = stream.index
         i = chunks.chunk_at(base)
-        if i in self._filled:
+        if self._fill_by_listing:
+            if i not in self._awaiting:
+                return None
+            data = stream.chunks.cache.peek(chunks.digest(i))
+            if data is None:
+                return None
+
+            def hand_listed(hand: Hand) -> None:
+                files = [f for f in self._awaiting.pop(i, ()) if f[1] != base]
+                pieces = self._pieces(stream, i, data, files)[1]
+                if pieces:
+                    hand(pieces)
+
+            return hand_listed
+        index = self.index
+        if index is None or i in self._filled:
             return None
         data = stream.chunks.cache.peek(chunks.digest(i))
         if data is None:
@@ -398,17 +457,12 @@ class Archive:
                 return
             files = self._left_to_fill.get(i)
             if files is None:
-                files = index.files_within(start, end)
-            view = memoryview(data)
-            left = []
-            for offset, content, size in files:
-                at = content - start
-                if content == base:  # being read: the kernel has it
-                    continue
-                if split and not is_payload_header(view[at - HEADER_SIZE : at], size):
-                    continue  # not what its entry names: opening the file says so
-                if not hand(self.ino_at(offset), 0, view[at : at + size]):
-                    left.append((offset, content, size))
+                found = index.files_within(start, end)
+                files = [(self.ino_at(offset), at, size) for offset, at, size in found]
+            files = [f for f in files if f[1] != base]  # being read: the kernel has it
+            files, pieces = self._pieces(stream, i, data, files)
+            taken = hand(pieces) if pieces else []
+            left = [file for file, ok in zip(files, taken, strict=True) if not ok]
             if left:
                 self._left_to_fill[i] = left
             else:
@@ -416,6 +470,38 @@ class Archive:
                 self._filled[i] = True
 
         return hand_over
+
+    def _content_stream(self) -> IndexStream | None:
+        """The stream files' bytes lie in: the archive (v1), or the payload stream."""
+        acc = self.accessor
+        stream = acc.archive if acc.format_version == 1 else acc.payload
+        return stream if isinstance(stream, IndexStream) else None
+
+    def _stored_at(self, content_offset: int) -> int:
+        """Where a file stored at `content_offset` starts in its stream: a split archive's
+        PAYLOAD header comes before its content, and must lie in the same chunk."""
+        return content_offset - HEADER_SIZE if self.accessor.format_version != 1 else content_offset
+
+    def _pieces(
+        self, stream: IndexStream, i: int, data: bytes, files: list[_StoredFile]
+    ) -> tuple[list[_StoredFile], list[Piece]]:
+        """Of `files`, those stored wholly in chunk `i` of `stream`, decoded as `data`, and the
+        piece to hand for each. A split archive's file goes over only if the PAYLOAD header
+        before its content is the one its entry names (what opening it checks)."""
+        start, end = stream.index.chunk_range(i)
+        split = self.accessor.format_version != 1
+        view = memoryview(data)
+        kept, pieces = [], []
+        for file in files:
+            ino, content, size = file
+            at = content - start
+            if self._stored_at(content) < start or content + size > end:
+                continue  # in part in another chunk: read as ever
+            if split and not is_payload_header(view[at - HEADER_SIZE : at], size):
+                continue  # not what its entry names: opening the file says so
+            kept.append(file)
+            pieces.append((ino, 0, view[at : at + size]))
+        return kept, pieces
 
 
 def unknown_child(directory: Node, name: bytes) -> None:

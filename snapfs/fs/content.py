@@ -14,9 +14,11 @@ from collections.abc import Callable
 from snapfs.store.readahead import Readahead, SequentialWindow
 from snapfs.store.stream import IndexStream
 
-#: hand(inode, offset, bytes): give bytes of a file, at that offset, to whoever caches it; False
-#: if it cannot take that file yet (the kernel takes a file only once it knows its inode).
-Hand = Callable[[int, int, memoryview], bool]
+#: (inode, offset, bytes): bytes of a file, at that offset in it.
+Piece = tuple[int, int, memoryview]
+#: hand(pieces): give pieces of files to whoever caches them; for each, False if it cannot take
+#: that file yet (the kernel takes a file only once it knows its inode).
+Hand = Callable[[list[Piece]], list[bool]]
 #: Work for another thread: hand over the files stored beside one just read, or the rest of a
 #: chunk a read decoded.
 FilesJob = Callable[[Hand], None]
@@ -38,16 +40,18 @@ class ArchiveScan:
     chunks decoded ahead instead, as a sequential reader of one big file does.
     """
 
-    __slots__ = ("last_end", "window")
+    __slots__ = ("last_end", "window", "in_order")
 
     def __init__(self) -> None:
         self.last_end = -1  # stream offset where the last file read ended
         self.window = SequentialWindow()
+        #: The last file read came just after the one before it in the archive.
+        self.in_order = False
 
     def after(self, content: Content, end: int) -> list[bytes] | None:
         """The chunks to decode after `content` was read up to stream offset `end`, if the files
         are being read in archive order; else None."""
-        in_order = 0 <= content.base - self.last_end <= SCAN_GAP
+        self.in_order = in_order = 0 <= content.base - self.last_end <= SCAN_GAP
         self.last_end = max(self.last_end, end) if in_order else end
         if not in_order:
             return None
@@ -111,8 +115,8 @@ class Content:
             pool.warm(chunks, digests)
 
     def files_beside(self) -> FilesJob | None:
-        """Once this file was read from its start: the job that hands over the other files
-        stored in the chunk it starts in, if there is one to do now (Archive.files_beside)."""
+        """Once this file was read from its start: the job that hands over other files stored
+        in the chunk it starts in, if there is one to do now (Archive.files_beside)."""
         return None if self.beside is None or not self.size else self.beside(self)
 
     def rest_of_chunk(self, inode: int, offset: int, size: int) -> FilesJob | None:
@@ -139,9 +143,8 @@ class Content:
         skip = self.base - start  # where file offset 0 lies in the chunk
 
         def hand_over(hand: Hand) -> None:
-            view = memoryview(data)
-            for a, b in pieces:  # the read's own pages are the kernel's already
-                hand(inode, a, view[skip + a : skip + b])
+            view = memoryview(data)  # the read's own pages are the kernel's already
+            hand([(inode, a, view[skip + a : skip + b]) for a, b in pieces])
 
         return hand_over
 

@@ -20,6 +20,7 @@ from snapfs.index.archive import Listing
 
 if TYPE_CHECKING:
     from snapfs.fs.archive import Archive, PxarNode
+    from snapfs.fs.content import FilesJob
     from snapfs.fs.node import Attr, DatastoreNode, Node
     from snapfs.pxar.entry import Entry
 
@@ -77,6 +78,11 @@ class DirHandle:
         few dozen per request, so an in-memory handle builds only what it sends."""
         raise NotImplementedError
 
+    def files_listed(self, items: list[DirItem]) -> FilesJob | None:
+        """After `items` went to the kernel: the job that hands it their files' bytes, if a
+        reader is about to read them (only a pxar directory has any)."""
+        return None
+
 
 class ChildrenHandle(DirHandle):
     """A datastore-level directory: its children as loaded when it was opened."""
@@ -92,15 +98,27 @@ class ChildrenHandle(DirHandle):
             yield DirItem(name, n, n.attr(load=False), i)
 
 
-class CachedListingHandle(DirHandle):
-    """A pxar directory whose complete listing is cached: no decoding, no lock."""
+class PxarDirHandle(DirHandle):
+    """A directory of a pxar archive."""
 
-    __slots__ = ("archive", "entry", "listing")
+    __slots__ = ("archive", "entry")
 
-    def __init__(self, node: Node, archive: Archive, entry: Entry, listing: Listing | None) -> None:
+    def __init__(self, node: Node, archive: Archive, entry: Entry) -> None:
         super().__init__(node)
         self.archive = archive
         self.entry = entry
+
+    def files_listed(self, items: list[DirItem]) -> FilesJob | None:
+        return self.archive.files_listed([item.node for item in items])
+
+
+class CachedListingHandle(PxarDirHandle):
+    """A pxar directory whose complete listing is cached: no decoding, no lock."""
+
+    __slots__ = ("listing",)
+
+    def __init__(self, node: Node, archive: Archive, entry: Entry, listing: Listing | None) -> None:
+        super().__init__(node, archive, entry)
         self.listing = listing
 
     def find(self, ino: int) -> Node | None:
@@ -146,17 +164,15 @@ class IndexedListingHandle(CachedListingHandle):
         return super().items(start)
 
 
-class DecodingHandle(DirHandle):
+class DecodingHandle(PxarDirHandle):
     """A pxar directory decoded as the kernel asks (blocking), and collected into `_collected`
     so that a read to the end can be cached for the next opendir."""
 
-    __slots__ = ("archive", "entry", "_iter", "_iter_pos", "_pending", "_collected")
+    __slots__ = ("_iter", "_iter_pos", "_pending", "_collected")
     in_memory = False
 
     def __init__(self, node: Node, archive: Archive, entry: Entry) -> None:
-        super().__init__(node)
-        self.archive = archive
-        self.entry = entry
+        super().__init__(node, archive, entry)
         self._iter: Iterator[Entry] | None = None
         self._iter_pos = 0
         self._pending: list[tuple[int, bytes, PxarNode]] = []

@@ -291,18 +291,23 @@ class SnapfsOperations(pyfuse3.Operations):
             self.model.listings_read += 1
         if not handle.in_memory and handle.loads:
             await self._run(handle.node, handle.load)
+        replied: list[DirItem] = []
         if handle.in_memory:
-            self._reply_entries(handle.node, handle.items(start_id), token)
-            return
-        start = start_id
-        while True:
-            items = await self._run(handle.node, handle.read, start, READDIR_BATCH)
-            if not items or not self._reply_entries(handle.node, items, token):
-                return
-            start = items[-1].next_offset
+            self._reply_entries(handle.node, handle.items(start_id), token, replied)
+        else:
+            start = start_id
+            while True:
+                items = await self._run(handle.node, handle.read, start, READDIR_BATCH)
+                if not items or not self._reply_entries(handle.node, items, token, replied):
+                    break
+                start = items[-1].next_offset
+        self._fill_listed(handle, replied)
 
-    def _reply_entries(self, directory: Node, items: Iterable[DirItem], token) -> bool:
-        """Hand entries to the kernel until its buffer is full (False) or they run out (True)."""
+    def _reply_entries(
+        self, directory: Node, items: Iterable[DirItem], token, replied: list[DirItem]
+    ) -> bool:
+        """Hand entries to the kernel until its buffer is full (False) or they run out (True);
+        those handed are added to `replied`."""
         remember = self.model.remember
         for item in items:
             if not pyfuse3.readdir_reply(
@@ -310,6 +315,7 @@ class SnapfsOperations(pyfuse3.Operations):
             ):
                 return False
             remember(item.node, directory)  # readdirplus hands the kernel a reference
+            replied.append(item)
         return True
 
     async def releasedir(self, fh):
@@ -373,6 +379,18 @@ class SnapfsOperations(pyfuse3.Operations):
             job = content.rest_of_chunk(inode, off, size)
         except Exception as exc:  # a hint never fails the read it follows
             log.debug("%s: no page cache fill: %s", content.name, exc)
+            return
+        if job is not None:
+            self._filler.submit(job)
+
+    def _fill_listed(self, handle: DirHandle, items: list[DirItem]) -> None:
+        """Have the files a listing just named handed to the kernel, if a reader is at them."""
+        if not items or not self.reads_by_inode:
+            return
+        try:
+            job = handle.files_listed(items)
+        except Exception as exc:  # a hint never fails the listing it follows
+            log.debug("%s: no page cache fill: %s", handle.node.path, exc)
             return
         if job is not None:
             self._filler.submit(job)

@@ -21,6 +21,13 @@ from snapfs.errors import CorruptDataError
 from snapfs.fs import indexing
 from snapfs.fs.indexing import ArchiveIndexer
 from snapfs.fs.page_fill import PENDING_JOBS, PageFiller
+from snapfs.fs.page_store import (
+    FUSE_NOTIFY_STORE,
+    NOTIFY_STORE_OUT,
+    OUT_HEADER,
+    PageStoreProcess,
+    fuse_device_fd,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +75,22 @@ def chunk_mates(archive, file_node) -> dict[int, bytes]:
     return mates
 
 
+def recording(handed: dict[int, bytes], refuse=()):
+    """A hand that keeps what it takes, by inode (pieces at offset 0 only), and refuses the
+    inodes of `refuse` as a kernel that does not know them yet."""
+
+    def hand(pieces):
+        taken = []
+        for ino, offset, data in pieces:
+            assert offset == 0
+            taken.append(ino not in refuse)
+            if ino not in refuse:
+                handed[ino] = bytes(data)
+        return taken
+
+    return hand
+
+
 def test_a_read_file_s_chunk_mates_are_handed_over_once_with_their_bytes(indexed):
     model, archive, files = indexed
     first = next(node for node in files if node.entry.size)
@@ -79,7 +102,7 @@ def test_a_read_file_s_chunk_mates_are_handed_over_once_with_their_bytes(indexed
     handed: dict[int, bytes] = {}
     job = content.files_beside()
     assert job is not None
-    job(lambda ino, offset, data: offset == 0 and handed.setdefault(ino, bytes(data)) is not None)
+    job(recording(handed))
     assert handed == expected
     assert content.files_beside() is None  # all of that chunk's files were taken
 
@@ -91,15 +114,9 @@ def test_files_the_kernel_does_not_know_yet_are_handed_at_the_next_read(indexed)
     content.read(0, first.entry.size)
     expected = chunk_mates(archive, first)
     refused = min(expected)
-
-    def hand_all_but_one(ino, offset, data):
-        return ino != refused
-
-    content.files_beside()(hand_all_but_one)
-    handed = {}
-    content.files_beside()(
-        lambda ino, offset, data: offset == 0 and handed.setdefault(ino, bytes(data)) is not None
-    )
+    content.files_beside()(recording({}, refuse={refused}))
+    handed: dict[int, bytes] = {}
+    content.files_beside()(recording(handed))
     assert handed == {refused: expected[refused]}
     assert content.files_beside() is None
 
@@ -125,11 +142,82 @@ def test_a_split_file_whose_payload_header_is_not_its_own_is_not_handed_over(vec
     chunk = stream.index.chunk_range(stream.index.chunk_at(first.entry.content_offset))
     listed = {offset for offset, _, _ in archive.index.files_within(*chunk)}
     assert nodes[moved].entry.entry_offset in listed  # still in the chunk: the header decides
-    handed = {}
-    content.files_beside()(
-        lambda ino, offset, data: handed.setdefault(ino, bytes(data)) is not None
-    )
+    handed: dict[int, bytes] = {}
+    content.files_beside()(recording(handed))
     assert handed == {ino: data for ino, data in expected.items() if ino != moved}
+
+
+def read_in_order(nodes) -> None:
+    """Read each file whole, as `tar` does through the mount (the read, then the readahead the
+    mount asks for after a sequential read)."""
+    for node in nodes:
+        content = node.open()
+        content.read(0, node.entry.size)
+        content.readahead(0, node.entry.size)
+
+
+def chunk_of(archive, node) -> int | None:
+    """The chunk the file's bytes (and a split file's PAYLOAD header) lie in, if only one."""
+    split = archive.accessor.format_version != 1
+    stream = archive.accessor.payload if split else archive.accessor.archive
+    i = stream.index.chunk_at(node.entry.content_offset - (16 if split else 0))
+    inside = node.entry.content_offset + node.entry.size <= stream.index.chunk_range(i)[1]
+    return i if inside else None
+
+
+def in_decoded_chunk(archive, node) -> bool:
+    """Whether the file's bytes lie in one chunk, decoded."""
+    i = chunk_of(archive, node)
+    split = archive.accessor.format_version != 1
+    stream = archive.accessor.payload if split else archive.accessor.archive
+    return i is not None and stream.chunks.cache.peek(stream.index.digest(i)) is not None
+
+
+def test_files_a_listing_names_are_handed_while_files_are_read_in_order(indexed):
+    model, archive, files = indexed
+    files = [node for node in files if node.entry.size]
+    assert archive.files_listed(files) is None  # nothing read yet: a `find`, not a `tar`
+    for node in files:  # every chunk decoded (the vector archive is a few MiB)
+        node.open().read(0, node.entry.size)
+    read_in_order(files[:2])
+    listed = files[2:]
+    job = archive.files_listed(listed)
+    assert job is not None
+    expected = {
+        node.ino: bytes(node.open().read(0, node.entry.size))
+        for node in listed
+        if in_decoded_chunk(archive, node)
+    }
+    assert expected, "the vector archive keeps files after the second in a decoded chunk"
+    handed: dict[int, bytes] = {}
+    job(recording(handed))
+    assert handed == expected
+
+
+def test_listed_files_whose_chunk_is_not_decoded_are_handed_at_its_first_read(indexed):
+    model, archive, files = indexed
+    files = [node for node in files if node.entry.size]
+    read_in_order(files[:2])
+    job = archive.files_listed(files[2:])
+    model.cache.clear()  # none of their chunks is decoded now
+    nothing: dict[int, bytes] = {}
+    job(recording(nothing))
+    assert nothing == {}
+    # A chunk holding several of the listed files wholly: the first read of one decodes it.
+    by_chunk: dict[int, list] = {}
+    for node in files[2:]:
+        by_chunk.setdefault(chunk_of(archive, node), []).append(node)
+    first, *mates = next(
+        nodes for chunk, nodes in by_chunk.items() if chunk is not None and len(nodes) > 2
+    )
+    content = first.open()
+    content.read(0, first.entry.size)  # as the mount's READ of it
+    waiting = content.files_beside()
+    assert waiting is not None
+    handed: dict[int, bytes] = {}
+    waiting(recording(handed))
+    assert handed == {node.ino: bytes(node.open().read(0, node.entry.size)) for node in mates}
+    assert content.files_beside() is None  # handed once
 
 
 @pytest.mark.parametrize("archive", [V1, SPLIT])
@@ -170,7 +258,12 @@ def image(tmp_path):
 
 def pieces(job) -> list[tuple[int, int, bytes]]:
     handed = []
-    job(lambda ino, offset, data: handed.append((ino, offset, bytes(data))) or True)
+
+    def hand(batch):
+        handed.extend((ino, offset, bytes(data)) for ino, offset, data in batch)
+        return [True] * len(batch)
+
+    job(hand)
     return handed
 
 
@@ -232,10 +325,9 @@ class Recorder:
 def job_of(inos, taken=None, done=None, offset=0):
     def job(hand):
         try:
-            for ino in inos:
-                ok = hand(ino, offset, memoryview(b"x"))
-                if taken is not None:
-                    taken[ino] = ok
+            oks = hand([(ino, offset, memoryview(b"x")) for ino in inos])
+            if taken is not None:
+                taken.update(zip(inos, oks, strict=True))
         finally:
             if done is not None:
                 done.set()
@@ -300,3 +392,71 @@ def test_stop_waits_for_a_store_and_says_if_it_is_still_held():
     store.release.set()
     assert filler.stop(10) is True
     assert store.stored == [1]  # nothing more was handed once stopping
+
+
+def notify_messages(data: bytes) -> list[tuple[int, int, bytes]]:
+    """FUSE_NOTIFY_STORE messages as /dev/fuse would get them: (inode, offset, bytes) each."""
+    out = []
+    while data:
+        length, code, unique = OUT_HEADER.unpack_from(data)
+        assert code == FUSE_NOTIFY_STORE and unique == 0
+        ino, offset, size, _ = NOTIFY_STORE_OUT.unpack_from(data, OUT_HEADER.size)
+        body = data[OUT_HEADER.size + NOTIFY_STORE_OUT.size : length]
+        assert len(body) == size
+        out.append((ino, offset, body))
+        data = data[length:]
+    return out
+
+
+def test_the_page_store_process_writes_one_notify_store_message_per_piece():
+    """The process writes to the descriptor it is given as to /dev/fuse: here a pipe, read
+    back message by message."""
+    read_end, write_end = os.pipe()
+    store = PageStoreProcess(write_end)
+    try:
+        pieces = [(5, 0, memoryview(b"abc")), (9, 4096, memoryview(os.urandom(20_000)))]
+        assert store.store(pieces[:1]) == [0]
+        assert store.store(pieces) == [0, 0]  # the memory file is reused, larger (within the pipe)
+    finally:
+        store.close()
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        got = notify_messages(f.read())
+    expected = [(ino, offset, bytes(data)) for ino, offset, data in [pieces[0], *pieces]]
+    assert got == expected
+
+
+def test_a_page_store_that_cannot_write_says_so_for_every_piece():
+    read_end, write_end = os.pipe()
+    store = PageStoreProcess(read_end)  # not writable: as a connection gone
+    try:
+        assert (
+            store.store([(1, 0, memoryview(b"a")), (2, 0, memoryview(b"b"))]) == [errno.EBADF] * 2
+        )
+    finally:
+        store.close()
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_page_store_process_that_is_gone_is_an_error():
+    read_end, write_end = os.pipe()
+    store = PageStoreProcess(write_end)
+    try:
+        store._proc.kill()
+        store._proc.wait()
+        with pytest.raises(OSError):
+            store.store([(1, 0, memoryview(b"a"))])
+    finally:
+        store.close()
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_the_fuse_device_is_found_among_open_descriptors():
+    assert fuse_device_fd() is None
+    fd = os.open("/dev/fuse", os.O_RDWR)
+    try:
+        assert fuse_device_fd() == fd
+    finally:
+        os.close(fd)

@@ -84,6 +84,27 @@ def test_files_beside_a_read_one_come_from_the_page_cache(tmp_path, small_files)
         assert counter(mnt, r"archive and image reads sent by the kernel: (\d+)") == reads
 
 
+def test_files_of_a_directory_listed_during_a_tar_come_from_the_page_cache(tmp_path, small_files):
+    """A reader going through the tree as `tar` does (list a directory, read its files, go on):
+    once it reads in archive order, each directory it lists has its files handed over, and
+    reading them sends no READ. No `find` first: the listings are the mount's own."""
+    tree, store = small_files
+    with mounted(store, tmp_path / "mnt", "--index-dir", str(tmp_path / "index")) as mnt:
+        root = mnt / ARCHIVE
+        first, *others = sorted(os.listdir(root))
+        for name in sorted(os.listdir(root / first)):  # decodes the chunk; reads in order
+            assert (root / first / name).read_bytes() == (tree / first / name).read_bytes()
+        for directory in others:
+            names = sorted(os.listdir(root / directory))
+            wait_for(mnt, lambda text: "(0 jobs pending)" in text, "the filler is stuck")
+            reads = counter(mnt, r"archive and image reads sent by the kernel: (\d+)")
+            for name in names:
+                path = f"{directory}/{name}"
+                assert (root / path).read_bytes() == (tree / path).read_bytes(), path
+            assert counter(mnt, r"archive and image reads sent by the kernel: (\d+)") == reads
+        assert counter(mnt, r"before a read: (\d+)") >= 10 * len(others)
+
+
 def test_reads_near_a_random_one_come_from_the_page_cache(tmp_path):
     """A random read of a disk image decodes its 4 MiB chunk; the rest of that chunk goes to
     the kernel, and reads elsewhere in it are answered without a READ."""
