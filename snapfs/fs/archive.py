@@ -154,11 +154,11 @@ class Archive:
         self.build: IndexBuild | None = None  # the indexing walk, once one started
         self.scan = ArchiveScan()  # files read in archive order get the stream read ahead
         #: `files_beside`'s chunks: those whose files were all handed out lately, and those
-        #: with files left to hand, with their (entry_offset, content_offset, size).
+        #: with files left to hand, with their (inode, content_offset, size).
         self._filled: LRU = LRU(FILLED_CHUNKS)
         self._left_to_fill: LRU = LRU(PART_FILLED_CHUNKS)
         #: Set once directory listings hand files over (`files_listed`); the files listed
-        #: whose chunk was not decoded yet, by chunk (read and written by the filler thread).
+        #: whose chunk was not decoded yet, by chunk (changed by the filler thread only).
         self._fill_by_listing = False
         self._awaiting: LRU = LRU(PART_FILLED_CHUNKS)
 
@@ -361,8 +361,8 @@ class Archive:
         acc = self.accessor
         if entry.kind is not _FILE or entry.content_offset is None:
             raise UnsupportedFormatError(f"{acc.name}: {entry.path!r} is not a regular file")
-        source = acc.archive if acc.format_version == 1 else acc.payload
-        if not isinstance(source, IndexStream):
+        source = self._content_stream()
+        if source is None:
             raise UnsupportedFormatError(
                 f"{acc.name}: content of {entry.path!r} is not in an index stream"
             )
