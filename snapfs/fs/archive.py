@@ -405,15 +405,19 @@ class Archive:
             by_chunk: dict[int, list[_StoredFile]] = {}
             for file in files:
                 by_chunk.setdefault(chunks.chunk_at(self._stored_at(file[1])), []).append(file)
-            pieces = []
+            handed, pieces = [], []
             for i, inside in by_chunk.items():
                 data = stream.chunks.cache.peek(chunks.digest(i))
                 if data is None:
-                    self._awaiting[i] = self._awaiting.get(i, []) + inside
-                else:
-                    pieces += self._pieces(stream, i, data, inside)[1]
-            if pieces:
-                hand(pieces)
+                    self._await_chunk(i, inside)
+                    continue
+                kept, found = self._pieces(stream, i, data, inside)
+                handed += [(i, file) for file in kept]
+                pieces += found
+            taken = hand(pieces) if pieces else []
+            for (i, file), ok in zip(handed, taken, strict=True):
+                if not ok:  # the kernel had not linked it yet: the next read in its chunk
+                    self._await_chunk(i, [file])
 
         return hand_over
 
@@ -470,6 +474,10 @@ class Archive:
                 self._filled[i] = True
 
         return hand_over
+
+    def _await_chunk(self, i: int, files: list[_StoredFile]) -> None:
+        """Keep listed files for the first read in chunk `i` (`files_beside`) to hand over."""
+        self._awaiting[i] = self._awaiting.get(i, []) + files
 
     def _content_stream(self) -> IndexStream | None:
         """The stream files' bytes lie in: the archive (v1), or the payload stream."""

@@ -44,7 +44,7 @@ from snapfs.errors import (
     SnapfsError,
     UsageError,
 )
-from snapfs.fs.content import BytesContent, Content
+from snapfs.fs.content import BytesContent, Content, FilesJob
 from snapfs.fs.idle_memory import IdleMemoryReturn
 from snapfs.fs.listing import DirHandle, DirItem
 from snapfs.fs.model import FsModel
@@ -126,6 +126,8 @@ class SnapfsOperations(pyfuse3.Operations):
         self.reads_by_inode = False
         self._by_inode: LRU = LRU(OPEN_FILES)
         self._dirs: dict[int, DirHandle] = {}
+        #: Page cache fills for listings being read, by directory handle (`_fill_listed`).
+        self._listed_jobs: dict[int, list[FilesJob]] = {}
         self._session_lock = threading.Lock()
         self._session_open = False
 
@@ -301,7 +303,7 @@ class SnapfsOperations(pyfuse3.Operations):
                 if not items or not self._reply_entries(handle.node, items, token, replied):
                     break
                 start = items[-1].next_offset
-        self._fill_listed(handle, replied)
+        self._fill_listed(fh, handle, replied)
 
     def _reply_entries(
         self, directory: Node, items: Iterable[DirItem], token, replied: list[DirItem]
@@ -320,6 +322,7 @@ class SnapfsOperations(pyfuse3.Operations):
 
     async def releasedir(self, fh):
         self._dirs.pop(fh, None)
+        self._listed_jobs.pop(fh, None)
 
     # -- files --------------------------------------------------------------------------------
 
@@ -383,9 +386,16 @@ class SnapfsOperations(pyfuse3.Operations):
         if job is not None:
             self._filler.submit(job)
 
-    def _fill_listed(self, handle: DirHandle, items: list[DirItem]) -> None:
-        """Have the files a listing just named handed to the kernel, if a reader is at them."""
-        if not items or not self.reads_by_inode:
+    def _fill_listed(self, fh: int, handle: DirHandle, items: list[DirItem]) -> None:
+        """Have the files a listing named handed to the kernel, if a reader is at them, once the
+        listing is read to its end: the kernel learns the inodes of a reply's entries only as
+        the reader takes them, and the reader asks again, for none left, once it has."""
+        if not self.reads_by_inode:
+            return
+        if not items:
+            jobs = self._listed_jobs.pop(fh, None)
+            if jobs:
+                self._filler.submit(lambda hand: [job(hand) for job in jobs])
             return
         try:
             job = handle.files_listed(items)
@@ -393,7 +403,7 @@ class SnapfsOperations(pyfuse3.Operations):
             log.debug("%s: no page cache fill: %s", handle.node.path, exc)
             return
         if job is not None:
-            self._filler.submit(job)
+            self._listed_jobs.setdefault(fh, []).append(job)
 
     def _fill_beside(self, content: Content) -> None:
         """Have the files stored beside this one handed to the kernel (snapfs.fs.page_fill)."""

@@ -75,6 +75,7 @@ class PageStoreProcess:
                 stdout=subprocess.PIPE,
                 pass_fds=(fuse_fd, self._memfd),
                 bufsize=0,
+                env={},  # it needs none, and carries no credentials of the mount's
             )  # fmt: skip
         except BaseException:
             os.close(self._memfd)
@@ -174,7 +175,9 @@ def serve(fuse_fd: int, memfd: int, requests, replies) -> None:
 
 
 def _die_with_parent() -> None:
-    """Be killed when the mount process ends, whatever ends it (prctl PR_SET_PDEATHSIG)."""
+    """Be killed when the thread that started this process ends (prctl PR_SET_PDEATHSIG):
+    the mount's filler thread, which ends after closing our pipe, or with the mount process,
+    whatever ends it."""
     import ctypes
     import signal
 

@@ -194,6 +194,30 @@ def test_files_a_listing_names_are_handed_while_files_are_read_in_order(indexed)
     assert handed == expected
 
 
+def test_listed_files_the_kernel_refuses_are_handed_at_the_next_read_in_their_chunk(indexed):
+    """A listing's job can run before the kernel has linked the listing's entries: a file it
+    refuses then goes over at the next read in its chunk."""
+    model, archive, files = indexed
+    files = [node for node in files if node.entry.size]
+    for node in files:
+        node.open().read(0, node.entry.size)
+    read_in_order(files[:2])
+    by_chunk: dict[int, list] = {}
+    for node in files[2:]:
+        by_chunk.setdefault(chunk_of(archive, node), []).append(node)
+    first, refused, *_ = next(
+        nodes for chunk, nodes in by_chunk.items() if chunk is not None and len(nodes) > 2
+    )
+    handed: dict[int, bytes] = {}
+    archive.files_listed(files[2:])(recording(handed, refuse={refused.ino}))
+    assert refused.ino not in handed and first.ino in handed
+    content = first.open()
+    content.read(0, first.entry.size)  # the next read in that chunk
+    again: dict[int, bytes] = {}
+    content.files_beside()(recording(again))
+    assert again == {refused.ino: bytes(refused.open().read(0, refused.entry.size))}
+
+
 def test_listed_files_whose_chunk_is_not_decoded_are_handed_at_its_first_read(indexed):
     model, archive, files = indexed
     files = [node for node in files if node.entry.size]
