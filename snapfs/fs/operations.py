@@ -44,7 +44,7 @@ from snapfs.errors import (
     SnapfsError,
     UsageError,
 )
-from snapfs.fs.content import BytesContent, Content, FilesJob
+from snapfs.fs.content import BytesContent, Content, FilesJob, Hand
 from snapfs.fs.idle_memory import IdleMemoryReturn
 from snapfs.fs.listing import DirHandle, DirItem
 from snapfs.fs.model import FsModel
@@ -395,7 +395,12 @@ class SnapfsOperations(pyfuse3.Operations):
         if not items:
             jobs = self._listed_jobs.pop(fh, None)
             if jobs:
-                self._filler.submit(lambda hand: [job(hand) for job in jobs])
+
+                def whole_listing(hand: Hand) -> None:
+                    for job in jobs:
+                        job(hand)
+
+                self._filler.submit(whole_listing)
             return
         try:
             job = handle.files_listed(items)

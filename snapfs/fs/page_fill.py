@@ -4,7 +4,7 @@
 order, and each costs a READ round trip through the mount. The kernel takes a file only once
 it knows its inode, from the listing of its directory; such a reader lists a directory, then
 reads its files. So while an archive's files are being read in archive order, each directory
-listing the kernel asks for has its files handed over right after it (Archive.files_listed):
+listing the kernel reads to its end has its files handed over then (Archive.files_listed):
 those in a chunk decoded already at once, the others at the first read in their chunk, which
 decodes it (Archive.files_beside). The reader then finds them in the page cache and sends no
 READ. When the kernel had the listings before (a `find` first), a file's first read hands over
