@@ -153,14 +153,13 @@ class Archive:
         self._indexing = self.index is not None
         self.build: IndexBuild | None = None  # the indexing walk, once one started
         self.scan = ArchiveScan()  # files read in archive order get the stream read ahead
-        #: `files_beside`'s chunks: those whose files were all handed out lately, and those
-        #: with files left to hand, with their (inode, content_offset, size).
+        #: Chunks whose files `files_beside` found in the index all handed out lately.
         self._filled: LRU = LRU(FILLED_CHUNKS)
-        self._left_to_fill: LRU = LRU(PART_FILLED_CHUNKS)
-        #: Set once directory listings hand files over (`files_listed`); the files listed
-        #: whose chunk was not decoded yet, by chunk (changed by the filler thread only).
-        self._fill_by_listing = False
+        #: Files to hand at the next read in their chunk, by chunk: listed before the chunk was
+        #: decoded, or refused by the kernel (changed by the filler thread only).
         self._awaiting: LRU = LRU(PART_FILLED_CHUNKS)
+        #: Set once directory listings hand files over (`files_listed`).
+        self._fill_by_listing = False
 
     def ino(self, entry: Entry) -> int:
         return self.ino_at(entry.entry_offset)
@@ -405,19 +404,14 @@ class Archive:
             by_chunk: dict[int, list[_StoredFile]] = {}
             for file in files:
                 by_chunk.setdefault(chunks.chunk_at(self._stored_at(file[1])), []).append(file)
-            handed, pieces = [], []
+            decoded = []
             for i, inside in by_chunk.items():
                 data = stream.chunks.cache.peek(chunks.digest(i))
                 if data is None:
                     self._await_chunk(i, inside)
-                    continue
-                kept, found = self._pieces(stream, i, data, inside)
-                handed += [(i, file) for file in kept]
-                pieces += found
-            taken = hand(pieces) if pieces else []
-            for (i, file), ok in zip(handed, taken, strict=True):
-                if not ok:  # the kernel had not linked it yet: the next read in its chunk
-                    self._await_chunk(i, [file])
+                else:
+                    decoded.append((i, data, inside))
+            self._hand_over(hand, stream, decoded)
 
         return hand_over
 
@@ -434,46 +428,43 @@ class Archive:
         stream, base = content.stream, content.base
         chunks = stream.index
         i = chunks.chunk_at(base)
-        if self._fill_by_listing:
-            if i not in self._awaiting:
-                return None
-            data = stream.chunks.cache.peek(chunks.digest(i))
-            if data is None:
-                return None
-
-            def hand_listed(hand: Hand) -> None:
-                files = [f for f in self._awaiting.pop(i, ()) if f[1] != base]
-                pieces = self._pieces(stream, i, data, files)[1]
-                if pieces:
-                    hand(pieces)
-
-            return hand_listed
         index = self.index
-        if index is None or i in self._filled:
+        by_index = not self._fill_by_listing and index is not None and i not in self._filled
+        if i not in self._awaiting and not by_index:
             return None
         data = stream.chunks.cache.peek(chunks.digest(i))
         if data is None:
             return None
-        start, end = chunks.chunk_range(i)
 
         def hand_over(hand: Hand) -> None:
-            if i in self._filled:  # by a job queued before this one
-                return
-            files = self._left_to_fill.get(i)
+            files = self._awaiting.pop(i, None)
             if files is None:
-                found = index.files_within(start, end)
+                if not by_index or i in self._filled:  # by a job queued before this one
+                    return
+                start, end = chunks.chunk_range(i)
+                found = index.files_within(start, end)  # type: ignore[union-attr]
                 files = [(self.ino_at(offset), at, size) for offset, at, size in found]
             files = [f for f in files if f[1] != base]  # being read: the kernel has it
-            files, pieces = self._pieces(stream, i, data, files)
-            taken = hand(pieces) if pieces else []
-            left = [file for file, ok in zip(files, taken, strict=True) if not ok]
-            if left:
-                self._left_to_fill[i] = left
-            else:
-                self._left_to_fill.pop(i, None)
+            self._hand_over(hand, stream, [(i, data, files)])
+            if by_index and i not in self._awaiting:  # all taken: the index is not asked again
                 self._filled[i] = True
 
         return hand_over
+
+    def _hand_over(
+        self, hand: Hand, stream: IndexStream, decoded: list[tuple[int, bytes, list[_StoredFile]]]
+    ) -> None:
+        """Hand `hand` the files of each (chunk index, decoded chunk, files) at once; those the
+        kernel refuses (it has not linked them yet) wait for the next read in their chunk."""
+        handed, pieces = [], []
+        for i, data, files in decoded:
+            kept, found = self._pieces(stream, i, data, files)
+            handed += [(i, file) for file in kept]
+            pieces += found
+        taken = hand(pieces) if pieces else []
+        for (i, file), ok in zip(handed, taken, strict=True):
+            if not ok:
+                self._await_chunk(i, [file])
 
     def _await_chunk(self, i: int, files: list[_StoredFile]) -> None:
         """Keep listed files for the first read in chunk `i` (`files_beside`) to hand over."""
