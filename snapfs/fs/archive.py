@@ -374,7 +374,7 @@ class Archive:
             source, entry.content_offset, entry.size, self.path(entry), self.scan, self.files_beside
         )
 
-    def files_listed(self, nodes: list[PxarNode]) -> FilesJob | None:
+    def files_listed(self, nodes: Iterable[PxarNode]) -> FilesJob | None:
         """While a reader goes through this archive's files in order (`tar`, `cp -r`): the job
         that hands over the files of `nodes`, entries a directory listing just gave the kernel.
         The kernel knows their inodes from that listing, and the reader comes to them next: it

@@ -109,7 +109,8 @@ class PxarDirHandle(DirHandle):
         self.entry = entry
 
     def files_listed(self, items: list[DirItem]) -> FilesJob | None:
-        return self.archive.files_listed([item.node for item in items])
+        # A generator: the archive reads it only while its files are being read in order.
+        return self.archive.files_listed(item.node for item in items)
 
 
 class CachedListingHandle(PxarDirHandle):

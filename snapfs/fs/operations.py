@@ -23,6 +23,7 @@ expect for it (`errno_for`) and is not logged: the datastore is fine.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -75,6 +76,12 @@ ERRNOS: tuple[tuple[type[SnapfsError], int], ...] = (
     (CryptKeyError, errno.EACCES),
     (UsageError, errno.EINVAL),
 )
+
+
+def _whole_listing(jobs: list[FilesJob], hand: Hand) -> None:
+    """One listing's page cache fills, run as one job (`SnapfsOperations._fill_listed`)."""
+    for job in jobs:
+        job(hand)
 
 
 def errno_for(exc: BaseException) -> int:
@@ -395,12 +402,7 @@ class SnapfsOperations(pyfuse3.Operations):
         if not items:
             jobs = self._listed_jobs.pop(fh, None)
             if jobs:
-
-                def whole_listing(hand: Hand) -> None:
-                    for job in jobs:
-                        job(hand)
-
-                self._filler.submit(whole_listing)
+                self._filler.submit(functools.partial(_whole_listing, jobs))
             return
         try:
             job = handle.files_listed(items)

@@ -40,7 +40,7 @@ from collections.abc import Callable
 import pyfuse3
 
 from snapfs.fs.content import FilesJob, Piece
-from snapfs.fs.page_store import PageStoreProcess, fuse_device_fd
+from snapfs.fs.page_store import PageStoreProcess, fuse_device_fd, store_each
 from snapfs.linux.threads import set_os_thread_name
 
 log = logging.getLogger("snapfs.fs")
@@ -143,20 +143,13 @@ class PageFiller:
         return self._one_by_one
 
     def _one_by_one(self, pieces: list[Piece]) -> list[int]:
-        """Store each piece in this thread, as long as nothing fails but an unknown inode."""
-        status = []
-        for inode, offset, data in pieces:
-            if self._stopping:
-                break
-            try:
-                self._store(inode, offset, data)
-            except OSError as exc:
-                status.append(exc.errno or errno.EIO)
-                if exc.errno != errno.ENOENT:
-                    break
-            else:
-                status.append(0)
-        return status + [errno.ECANCELED] * (len(pieces) - len(status))
+        """Store each piece in this thread (as the page store process does, `store_each`)."""
+        return store_each(pieces, self._store_one)
+
+    def _store_one(self, piece: Piece) -> None:
+        if self._stopping:  # the main loop is about to end: a store could wait for it
+            raise OSError(errno.ECANCELED, "page cache fill stopping")
+        self._store(*piece)
 
     def _fill(self, job: FilesJob) -> None:
         try:

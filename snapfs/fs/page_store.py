@@ -31,7 +31,8 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 #: struct fuse_out_header (length, notify code in place of an error, unique 0) and struct
 #: fuse_notify_store_out (inode, offset, size, padding), from linux/fuse.h.
@@ -43,6 +44,8 @@ FUSE_NOTIFY_STORE = 4
 #: its inode, file offset, place in the memory file and length.
 REQUEST = struct.Struct("<QQ")
 PIECE = struct.Struct("<QQQQ")
+
+T = TypeVar("T")
 
 #: At most this many buffers per `pwritev` (the kernel's IOV_MAX).
 _IOV_MAX = 1024
@@ -129,27 +132,36 @@ def _read_exactly(f, size: int) -> bytes:
     return b"".join(parts)
 
 
+def store_each(pieces: Sequence[T], store_one: Callable[[T], object]) -> list[int]:
+    """`store_one` each piece: a status each, 0 if it was taken, else the errno (at most 255).
+    ENOENT (the kernel does not know the inode yet) leaves the rest to try; any other failure
+    means the connection is gone, or the filling is stopping: the rest fail the same way."""
+    status = []
+    for piece in pieces:
+        try:
+            store_one(piece)
+        except OSError as exc:
+            code = min(exc.errno or errno.EIO, 255)
+            status.append(code)
+            if code != errno.ENOENT:
+                return status + [code] * (len(pieces) - len(status))
+        else:
+            status.append(0)
+    return status
+
+
 def store_pieces(fuse_fd: int, table: bytes, data: memoryview) -> bytes:
-    """Write one FUSE_NOTIFY_STORE per piece of `table`: a status byte each (0 or the errno).
-    After a failure other than ENOENT the connection is gone: the rest fail the same way."""
-    status = bytearray(len(table) // PIECE.size)
-    failed = 0
-    for k, (inode, offset, at, length) in enumerate(PIECE.iter_unpack(table)):
-        if failed:
-            status[k] = failed
-            continue
+    """Write one FUSE_NOTIFY_STORE per piece of `table`: a status byte each (`store_each`)."""
+
+    def write(piece: tuple[int, int, int, int]) -> None:
+        inode, offset, at, length = piece
         size = OUT_HEADER.size + NOTIFY_STORE_OUT.size + length
         head = OUT_HEADER.pack(size, FUSE_NOTIFY_STORE, 0) + NOTIFY_STORE_OUT.pack(
             inode, offset, length, 0
         )
-        try:
-            os.writev(fuse_fd, [head, data[at : at + length]])
-        except OSError as exc:
-            code = min(exc.errno or errno.EIO, 255)
-            status[k] = code
-            if code != errno.ENOENT:
-                failed = code
-    return bytes(status)
+        os.writev(fuse_fd, [head, data[at : at + length]])
+
+    return bytes(store_each(list(PIECE.iter_unpack(table)), write))
 
 
 def serve(fuse_fd: int, memfd: int, requests, replies) -> None:
